@@ -1,0 +1,44 @@
+"""The contract between HALI and Label Studio.
+
+Both ``preprocess`` (which writes tasks) and ``ml_backend`` (which reads annotations and writes
+predictions) import this package; it imports neither.
+
+- :mod:`label_config.config`: the labeling XML for any list of class names.
+- :mod:`label_config.schema`: the task-data schema (a tile and its cells, in level-0 slide pixels).
+- :mod:`label_config.regions`: cells <-> Label Studio regions (percent coordinates, region id = cell id).
+
+Exceptions::
+
+    LabelConfigError(ValueError)
+    +-- UnknownLabelError        a label that is not in the project's config
+    +-- TaskDataError            task data that does not follow the schema
+"""
+
+from label_config.config import FROM_NAME, NEUTRAL_LABEL, TO_NAME, build_label_config, parse_classes
+from label_config.errors import LabelConfigError, TaskDataError, UnknownLabelError
+from label_config.regions import (
+    AnnotatedCells,
+    cell_to_region,
+    read_cell_labels,
+    region_to_slide_box,
+    validate_regions,
+)
+from label_config.schema import CellBox, TileTask
+
+__all__ = [
+    "FROM_NAME",
+    "NEUTRAL_LABEL",
+    "TO_NAME",
+    "AnnotatedCells",
+    "CellBox",
+    "LabelConfigError",
+    "TaskDataError",
+    "TileTask",
+    "UnknownLabelError",
+    "build_label_config",
+    "cell_to_region",
+    "parse_classes",
+    "read_cell_labels",
+    "region_to_slide_box",
+    "validate_regions",
+]

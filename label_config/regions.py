@@ -1,0 +1,126 @@
+"""Cells <-> Label Studio regions.
+
+A region's ``id`` is the cell id, so a label that comes back in an annotation names its cell without any
+geometry matching. Region geometry is in percent of the tile image (Label Studio's convention); the
+functions here convert from and to level-0 slide pixels using the tile's ``x0, y0, downsample``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any
+
+from label_config.config import FROM_NAME, NEUTRAL_LABEL, TO_NAME
+from label_config.errors import UnknownLabelError
+from label_config.schema import CellBox, TileTask
+
+
+def cell_to_region(cell: CellBox, tile: TileTask, label: str, score: float | None = None) -> dict[str, Any]:
+    """Label Studio region for ``cell`` in ``tile``, labelled ``label``; percent coordinates clipped to [0, 100]."""
+    left = _pct((cell.x0 - tile.x0) / tile.downsample, tile.width)
+    top = _pct((cell.y0 - tile.y0) / tile.downsample, tile.height)
+    right = _pct((cell.x0 + cell.w - tile.x0) / tile.downsample, tile.width)
+    bottom = _pct((cell.y0 + cell.h - tile.y0) / tile.downsample, tile.height)
+    region: dict[str, Any] = {
+        "id": cell.cell_id,
+        "from_name": FROM_NAME,
+        "to_name": TO_NAME,
+        "type": "rectanglelabels",
+        "original_width": tile.width,
+        "original_height": tile.height,
+        "image_rotation": 0,
+        "value": {
+            "x": left,
+            "y": top,
+            "width": right - left,
+            "height": bottom - top,
+            "rotation": 0,
+            "rectanglelabels": [label],
+        },
+    }
+    if score is not None:
+        region["score"] = float(score)
+    return region
+
+
+def region_to_slide_box(region: dict[str, Any], tile: TileTask) -> tuple[int, int, int, int]:
+    """``(x0, y0, w, h)`` in level-0 slide pixels of a rectangle region drawn on ``tile``'s image."""
+    v = region["value"]
+    x0 = tile.x0 + float(v["x"]) / 100.0 * tile.width * tile.downsample
+    y0 = tile.y0 + float(v["y"]) / 100.0 * tile.height * tile.downsample
+    w = float(v["width"]) / 100.0 * tile.width * tile.downsample
+    h = float(v["height"]) / 100.0 * tile.height * tile.downsample
+    return (round(x0), round(y0), max(1, round(w)), max(1, round(h)))
+
+
+@dataclass(frozen=True)
+class AnnotatedCells:
+    """What one annotation says about the cells of one tile.
+
+    ``labels``: cell id -> class for pre-drawn cells given a class.
+    ``drawn``: (box in level-0 px, class) for boxes the annotator drew by hand (ids we did not make).
+    ``problems``: one message per region that could not be used (a label outside the config, ...).
+    """
+
+    labels: dict[str, str] = field(default_factory=dict)
+    drawn: tuple[tuple[tuple[int, int, int, int], str, str], ...] = ()
+    problems: tuple[str, ...] = ()
+
+
+def read_cell_labels(result: Iterable[dict[str, Any]], tile: TileTask, classes: Sequence[str]) -> AnnotatedCells:
+    """Cell labels in an annotation's ``result`` list.
+
+    Regions still carrying the neutral label are not labels. A region whose label is not one of ``classes``
+    goes to ``problems`` (the others are still read, so one bad region loses no good label).
+    """
+    known = {c.cell_id for c in tile.cells}
+    allowed = set(classes)
+    labels: dict[str, str] = {}
+    drawn: list[tuple[tuple[int, int, int, int], str, str]] = []
+    problems: list[str] = []
+    for region in result:
+        if region.get("from_name") != FROM_NAME or region.get("type") != "rectanglelabels":
+            continue
+        names = (region.get("value") or {}).get("rectanglelabels") or []
+        region_id = str(region.get("id", ""))
+        if len(names) != 1:
+            problems.append(f"region {region_id!r} has {len(names)} labels; give each cell exactly one")
+            continue
+        label = names[0]
+        if label == NEUTRAL_LABEL:
+            continue
+        if label not in allowed:
+            problems.append(
+                f"region {region_id!r} has label {label!r}, which is not in the project's classes {sorted(allowed)}"
+            )
+            continue
+        if region_id in known:
+            labels[region_id] = label
+        else:
+            drawn.append((region_to_slide_box(region, tile), label, region_id))
+    return AnnotatedCells(labels, tuple(drawn), tuple(problems))
+
+
+def validate_regions(config_xml: str, regions: Sequence[dict[str, Any]]) -> None:
+    """Raise :class:`UnknownLabelError` if any region does not fit ``config_xml`` (checked by the SDK's
+    ``LabelInterface``: Label Studio itself stores predictions with misspelled labels without a word)."""
+    errors = _interface(config_xml).validate_prediction({"result": list(regions)}, return_errors=True)
+    if errors:
+        raise UnknownLabelError(
+            f"{len(errors)} region(s) do not fit the label config, first: {errors[0]}; "
+            "use the class names of the project's config"
+        )
+
+
+@lru_cache(maxsize=16)
+def _interface(config_xml: str):
+    # Imported lazily: the SDK import costs ~1 s, and most callers never validate.
+    from label_studio_sdk.label_interface import LabelInterface
+
+    return LabelInterface(config_xml)
+
+
+def _pct(value_px: float, size_px: int) -> float:
+    return min(100.0, max(0.0, 100.0 * value_px / size_px))
