@@ -6,6 +6,7 @@ predictions) import this package; it imports neither.
 - :mod:`label_config.config`: the labeling XML for any list of class names.
 - :mod:`label_config.schema`: the task-data schema (a tile and its cells, in level-0 slide pixels).
 - :mod:`label_config.regions`: cells <-> Label Studio regions (percent coordinates, region id = cell id).
+- :mod:`label_config.serving`: model-version names and the scores that make Label Studio serve our order.
 
 Exceptions::
 
@@ -24,6 +25,7 @@ from label_config.regions import (
     validate_regions,
 )
 from label_config.schema import CellBox, TileTask
+from label_config.serving import parse_version_name, rank_to_score, version_name
 
 __all__ = [
     "FROM_NAME",
@@ -38,7 +40,10 @@ __all__ = [
     "build_label_config",
     "cell_to_region",
     "parse_classes",
+    "parse_version_name",
+    "rank_to_score",
     "read_cell_labels",
     "region_to_slide_box",
     "validate_regions",
+    "version_name",
 ]

@@ -1,0 +1,1 @@
+"""HALI ML backend: Flask service for Label Studio, rq retrain jobs, and the learning core."""

@@ -1,0 +1,39 @@
+"""rq job entry points and how the web process enqueues them.
+
+A job is a process edge: it builds its own settings and adapters from the environment, then calls the
+orchestration function (``run_retrain``).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict
+from typing import Any
+
+from redis import Redis
+from rq import Queue
+
+from ml_backend.label_store import RedisLabelStore
+from ml_backend.retrain import run_retrain
+from ml_backend.settings import BackendSettings
+from preprocess.ls_gateway import LabelStudioGateway
+
+log = logging.getLogger(__name__)
+
+
+def retrain_job(project_id: int) -> dict[str, Any]:
+    """rq job: retrain the head of ``project_id`` and re-rank its queue."""
+    settings = BackendSettings()
+    gateway = LabelStudioGateway.connect(settings.ls_url, settings.ls_api_key.get_secret_value())
+    store = RedisLabelStore(Redis.from_url(settings.redis_url))
+    return asdict(run_retrain(project_id, settings, gateway, store))
+
+
+def enqueue_retrain(queue: Queue, store: RedisLabelStore, project_id: int, settings: BackendSettings) -> str | None:
+    """Enqueue a retrain unless one is already waiting; returns the job id, or None when one waits."""
+    if not store.claim_retrain(project_id, ttl_s=settings.job_timeout_s):
+        return None
+    job = queue.enqueue(retrain_job, project_id, job_timeout=settings.job_timeout_s, result_ttl=86400,
+                        failure_ttl=7 * 86400, description=f"retrain project {project_id}")
+    log.info("project %s: retrain queued as job %s", project_id, job.id)
+    return job.id

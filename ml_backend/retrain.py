@@ -1,0 +1,149 @@
+"""``run_retrain``: the job that turns new labels into a new model version and a new queue order.
+
+Reads every task and annotation from Label Studio (the source of truth, so a lost webhook loses no
+label), fits the classifier head on the labelled cells' frozen embeddings, predicts every open task,
+lets the query strategy pick the most useful cells, ranks open tasks by how many picked cells they hold,
+pushes one prediction per open task whose score is its rank, saves the model, and switches the project
+to the new version so that "Label All Tasks" serves that order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from label_config import TileTask, parse_classes, rank_to_score, version_name
+from ml_backend.embeddings import EmbeddingIndex
+from ml_backend.head import HeadClassifier
+from ml_backend.label_store import RedisLabelStore, merge_labels
+from ml_backend.labels import records_from_tasks
+from ml_backend.model_store import ModelStore
+from ml_backend.predictions import tile_prediction
+from ml_backend.ranking import rank_tiles
+from ml_backend.settings import BackendSettings
+from ml_backend.strategies import get_strategy
+from preprocess.layout import DataLayout
+from preprocess.ls_gateway import LabelStudioGateway
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RetrainReport:
+    project_id: int
+    version: int
+    model_version: str
+    n_labels: int
+    n_open_tasks: int
+    next_task_ids: list[int]
+    metrics: dict[str, Any]
+    seconds: float
+
+
+@dataclass(frozen=True)
+class _Cells:
+    """Every cell of the project that matters for this round, in one array per field."""
+
+    features: np.ndarray  # float32 (N, D)
+    task_ids: np.ndarray  # int (N,)
+    y: np.ndarray  # int (N,): class index, -1 when unlabelled
+
+
+def run_retrain(
+    project_id: int, settings: BackendSettings, gateway: LabelStudioGateway, store: RedisLabelStore
+) -> RetrainReport:
+    t0 = time.perf_counter()
+    store.start_retrain(project_id)
+    with store.lock(project_id, settings.job_timeout_s):
+        classes = parse_classes(gateway.get_project(project_id).label_config)
+        tasks = list(gateway.iter_tasks(project_id))
+        tiles = {t["id"]: TileTask.from_task_data(t["data"]) for t in tasks}
+        records = records_from_tasks(tasks, tiles, classes)
+        store.replace_all(project_id, records)
+        labels = merge_labels(records)
+        open_ids = [t["id"] for t in tasks if not _is_done(t)]
+        layout = DataLayout(settings.data_dir, settings.ls_files_root)
+        cells = _gather_cells(tiles, open_ids, labels, classes, EmbeddingIndex(layout))
+        head = _fit_head(cells, len(classes), settings)
+        order = _rank_open_tasks(cells, head, open_ids, settings)
+        models = ModelStore(layout.models_dir(project_id))
+        version = models.next_version()
+        name = version_name(version)
+        preds = _predictions(order, tiles, head, classes, name, EmbeddingIndex(layout))
+        gateway.import_predictions(project_id, preds)
+        meta = _meta(classes, labels, head, settings)
+        models.save(version, head, meta)
+        gateway.serve_version(project_id, name)
+    report = RetrainReport(project_id, version, name, len(labels), len(open_ids), order[:5], meta["metrics"],
+                           time.perf_counter() - t0)
+    store.set_status(project_id, asdict(report))
+    log.info("project %s: %s trained on %d labels, %d open tasks ranked in %.2f s", project_id, name,
+             len(labels), len(open_ids), report.seconds)
+    return report
+
+
+def _is_done(task: dict[str, Any]) -> bool:
+    return bool(task["annotations"])
+
+
+def _gather_cells(tiles: dict[int, TileTask], open_ids: list[int], labels: dict[str, str],
+                  classes: list[str], index: EmbeddingIndex) -> _Cells:
+    """Labelled cells (any task) plus every cell of an open task."""
+    open_set = set(open_ids)
+    class_index = {c: i for i, c in enumerate(classes)}
+    feats, task_ids, ys = [], [], []
+    for task_id, tile in tiles.items():
+        y = np.array([class_index.get(labels.get(c.cell_id, ""), -1) for c in tile.cells], dtype=np.int64)
+        keep = np.ones(len(y), bool) if task_id in open_set else y >= 0
+        if not keep.any():
+            continue
+        feats.append(index.tile_features(tile)[keep])
+        task_ids.append(np.full(int(keep.sum()), task_id))
+        ys.append(y[keep])
+    if not feats:
+        return _Cells(np.zeros((0, 0), np.float32), np.zeros(0, np.int64), np.zeros(0, np.int64))
+    return _Cells(np.concatenate(feats).astype(np.float32), np.concatenate(task_ids), np.concatenate(ys))
+
+
+def _fit_head(cells: _Cells, n_classes: int, settings: BackendSettings) -> HeadClassifier | None:
+    labelled = cells.y >= 0
+    if not labelled.any():
+        return None
+    head = HeadClassifier(n_classes=n_classes, optimizer=settings.optimizer, random_state=settings.seed)
+    return head.fit(cells.features[labelled], cells.y[labelled])
+
+
+def _rank_open_tasks(cells: _Cells, head: HeadClassifier | None, open_ids: list[int],
+                     settings: BackendSettings) -> list[int]:
+    if not open_ids:
+        return []
+    feats = head.transform(cells.features) if head is not None else cells.features
+    proba = head.predict_proba(cells.features) if head is not None else None
+    picks = get_strategy(settings.strategy)(feats, proba, cells.y >= 0, settings.query_budget, settings.seed)
+    return [int(t) for t in rank_tiles(cells.task_ids, picks, open_ids)]
+
+
+def _predictions(order: list[int], tiles: dict[int, TileTask], head: HeadClassifier | None,
+                 classes: list[str], name: str, index: EmbeddingIndex) -> list[dict[str, Any]]:
+    scores = rank_to_score(len(order))
+    preds = []
+    for task_id, score in zip(order, scores):
+        tile = tiles[task_id]
+        proba = head.predict_proba(index.tile_features(tile)) if head is not None else None
+        preds.append({"task": task_id, **tile_prediction(tile, proba, classes, name, score)})
+    return preds
+
+
+def _meta(classes: list[str], labels: dict[str, str], head: HeadClassifier | None,
+          settings: BackendSettings) -> dict[str, Any]:
+    snapshot = hashlib.sha256(json.dumps(sorted(labels.items())).encode()).hexdigest()[:16]
+    counts = {c: sum(1 for v in labels.values() if v == c) for c in classes}
+    metrics = {"n_labels": len(labels), "per_class": counts,
+               "best_val_loss": getattr(head, "best_val_loss_", None), "epochs": getattr(head, "n_epochs_", 0)}
+    return {"classes": classes, "label_snapshot": snapshot, "strategy": settings.strategy, "metrics": metrics}

@@ -1,0 +1,36 @@
+"""Settings of the ML backend (``hali serve``) and its jobs (``hali worker``), from ``HALI_*`` variables.
+
+Built once per entry point (``create_app``, the worker, each job) and passed down.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class BackendSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="HALI_", extra="ignore")
+
+    data_dir: Path = Path(".state/data")
+    ls_url: str = "http://127.0.0.1:8080"
+    ls_api_key: SecretStr = SecretStr("")
+    ls_files_root: Path = Path(".state/ls-files")
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    queue_name: str = "hali"
+    webhook_secret: SecretStr = Field(
+        SecretStr(""), description="if set, /webhook requires header X-Hali-Secret with this value"
+    )
+    retrain_every: int = Field(5, ge=1, description="new cell labels that trigger a retrain")
+    strategy: str = Field("coreset", description="query strategy: coreset, entropy, margin, random, sequential")
+    optimizer: str = Field("adam", description="head optimiser preset: adam (default) or paper-sgd")
+    query_budget: int = Field(100, ge=1, description="cells the strategy picks before they roll up to tiles")
+    seed: int = 0
+    job_timeout_s: int = 1800
+
+    @field_validator("data_dir", "ls_files_root")
+    @classmethod
+    def _absolute(cls, value: Path) -> Path:
+        return value.expanduser().resolve()

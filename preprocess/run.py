@@ -1,0 +1,184 @@
+"""``run_preprocess``: one slide in, one Label Studio project with pre-drawn cell boxes out.
+
+Steps (each logged with the slide id): read the slide, find tissue, segment nuclei window by window, cut
+tiles of about ``cells_per_task`` cells, embed every cell's patch with the frozen ResNet-18, write tile
+PNGs under Label Studio's local-files root, and import the tiles not yet in the project. Re-running on the
+same slide and project reuses the cell table (keyed by the slide's content hash) and imports nothing twice.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from label_config import TileTask, build_label_config, parse_classes, parse_version_name, version_name
+from preprocess.cells import CellTable, make_cell_id, make_tile_id
+from preprocess.errors import LabelStudioError, SegmentationError, SlideError
+from preprocess.featurize import ResNet18Featurizer, cell_patch_px, extract_patches
+from preprocess.layout import DataLayout
+from preprocess.ls_gateway import LabelStudioGateway
+from preprocess.segment import segment_slide
+from preprocess.settings import PreprocessSettings
+from preprocess.slide import OpenSlideReader
+from preprocess.tasks import build_tiles, task_payloads
+from preprocess.tiling import plan_tiles
+from preprocess.tissue import detect_tissue
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PreprocessResult:
+    slide_id: str
+    project_id: int
+    project_url: str
+    n_cells: int
+    n_tiles: int
+    n_imported: int
+    seconds: dict[str, float]
+
+
+def run_preprocess(
+    slide_path: Path, project_title: str, settings: PreprocessSettings, gateway: LabelStudioGateway
+) -> PreprocessResult:
+    """Preprocess ``slide_path`` into the project titled ``project_title`` (created when missing)."""
+    layout = DataLayout(settings.data_dir, settings.ls_files_root)
+    timer = _Timer()
+    project = _ensure_project(gateway, project_title, settings.class_list())  # fail fast if LS is down
+    with OpenSlideReader(slide_path, mpp=settings.mpp) as reader:
+        tiles, n_cells = _load_or_make_tiles(reader, settings, layout, timer)
+        with timer("tile images"):
+            _write_tile_images(reader, tiles, layout, settings.progress)
+    with timer("import"):
+        n_new = _import_new_tiles(gateway, project, tiles, layout)
+    if settings.backend_url:
+        gateway.connect_backend(project.id, settings.backend_url)
+    slide_id = tiles[0].slide_id
+    log.info("slide %s: %d cells in %d tiles, %d new tasks in project %s (%s)", slide_id, n_cells,
+             len(tiles), n_new, project.id, timer.summary())
+    return PreprocessResult(slide_id, project.id, gateway.project_url(project.id), n_cells, len(tiles), n_new,
+                            dict(timer.seconds))
+
+
+def _ensure_project(gateway: LabelStudioGateway, title: str, classes: list[str]):
+    project = gateway.find_project(title)
+    if project is None:
+        return gateway.create_project(title, build_label_config(classes))
+    existing = parse_classes(project.label_config)
+    if existing != classes:
+        raise LabelStudioError(
+            f"project {title!r} already exists with classes {existing}, not {classes}; "
+            f"pass --classes {','.join(existing)} or choose another --project name"
+        )
+    return project
+
+
+def _load_or_make_tiles(reader: OpenSlideReader, settings: PreprocessSettings, layout: DataLayout, timer):
+    slide_id = reader.slide_id
+    cells_path, tasks_path = layout.cells_path(slide_id), layout.tasks_path(slide_id)
+    if cells_path.exists() and tasks_path.exists():
+        meta = json.loads(tasks_path.read_text())
+        if meta.get("cells_per_task") == settings.cells_per_task:
+            log.info("slide %s: reusing %s (already preprocessed)", slide_id, cells_path)
+            return [TileTask.from_task_data(d) for d in meta["tiles"]], len(CellTable.load(cells_path))
+    table, tiles = _segment_and_embed(reader, settings, layout, timer)
+    table.save(cells_path)
+    meta = {"slide_path": str(Path(reader.path).resolve()), "slide_id": slide_id, "mpp": reader.mpp,
+            "cells_per_task": settings.cells_per_task, "tiles": [t.to_task_data() for t in tiles]}
+    _write_json_atomic(tasks_path, meta)
+    return tiles, len(table)
+
+
+def _segment_and_embed(reader, settings, layout, timer) -> tuple[CellTable, list[TileTask]]:
+    slide_id, mpp = reader.slide_id, reader.require_mpp()
+    with timer("tissue"):
+        thumb, downsample = reader.thumbnail(2048)
+        mask = detect_tissue(thumb)
+    if not mask.any():
+        raise SlideError(f"slide {reader.path} shows no tissue (blank or all background); check the file")
+    with timer("segmentation"):
+        nuclei = segment_slide(reader, mask, downsample, window_px=settings.window_px, progress=settings.progress)
+    if len(nuclei.centroids_xy) == 0:
+        raise SegmentationError(f"no nuclei found in slide {reader.path}; is it a stained tissue section?")
+    plan = plan_tiles(nuclei.centroids_xy, settings.cells_per_task)
+    cell_ids = np.array([make_cell_id(slide_id, x, y) for x, y in nuclei.centroids_xy])
+    grid = plan.grid[plan.tile_index]
+    tile_ids = np.array([make_tile_id(slide_id, int(c), int(r)) for c, r in grid])
+    with timer("embedding"):
+        featurizer = ResNet18Featurizer(settings.checkpoint, device=settings.device)
+        patches = extract_patches(reader, nuclei.centroids_xy, cell_patch_px(mpp, settings.patch_um))
+        features = _embed(featurizer, patches, settings.progress)
+    order = np.argsort(plan.tile_index, kind="stable")  # tiles in reading order, cells grouped by tile
+    table = CellTable(cell_ids[order], nuclei.boxes[order], tile_ids[order], features[order])
+    tiles = build_tiles(slide_id, table.cell_ids, table.tile_ids, table.boxes, reader.dimensions, mpp,
+                        layout.tile_url)
+    return table, tiles
+
+
+def _embed(featurizer: ResNet18Featurizer, patches: np.ndarray, progress: bool) -> np.ndarray:
+    chunk = 2048
+    parts = [featurizer.embed(patches[i : i + chunk])
+             for i in tqdm(range(0, len(patches), chunk), desc="embedding", unit="batch", disable=not progress)]
+    return np.concatenate(parts).astype(np.float32)
+
+
+def _write_tile_images(reader: OpenSlideReader, tiles: list[TileTask], layout: DataLayout, progress: bool) -> None:
+    for tile in tqdm(tiles, desc="tile images", unit="tile", disable=not progress):
+        path = layout.tile_path(tile.slide_id, tile.tile_id)
+        if path.exists():
+            continue
+        path.parent.mkdir(parents=True, exist_ok=True)
+        rgb = reader.read_region(tile.x0, tile.y0, tile.width, tile.height)
+        tmp = path.with_suffix(".tmp.png")
+        Image.fromarray(rgb).save(tmp, compress_level=3)
+        os.replace(tmp, path)
+
+
+def _import_new_tiles(gateway: LabelStudioGateway, project, tiles: list[TileTask], layout: DataLayout) -> int:
+    gateway.ensure_local_storage(project.id, str(layout.tiles_root))
+    known = {t["data"].get("tile_id") for t in gateway.iter_tasks(project.id)}
+    new = [t for t in tiles if t.tile_id not in known]
+    if not new:
+        return 0
+    # New tiles join the version the project serves now, after its ranked tasks, until the next retrain.
+    current = parse_version_name(project.model_version)
+    version = version_name(current if current is not None else 0)
+    gateway.import_tasks(project.id, task_payloads(new, version, score_offset=1.0 if known else 0.0))
+    if current is None:
+        gateway.serve_version(project.id, version)
+    return len(new)
+
+
+def _write_json_atomic(path: Path, obj) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(obj))
+    os.replace(tmp, path)
+
+
+class _Timer:
+    """Seconds spent per named step, for the log line and the CLI's summary."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - t0
+
+    def summary(self) -> str:
+        return ", ".join(f"{k} {v:.1f} s" for k, v in self.seconds.items())

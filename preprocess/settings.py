@@ -1,0 +1,40 @@
+"""Settings of ``hali preprocess``, read once at the entry point from ``HALI_*`` environment variables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_CLASSES = ("Tumor", "Lymphocyte", "Stroma", "Other")
+
+
+class PreprocessSettings(BaseSettings):
+    """Where things go and how a slide is cut into tasks."""
+
+    model_config = SettingsConfigDict(env_prefix="HALI_", extra="ignore")
+
+    data_dir: Path = Field(Path(".state/data"), description="cell tables and embeddings, per slide")
+    ls_url: str = "http://127.0.0.1:8080"
+    ls_api_key: SecretStr = SecretStr("")
+    ls_files_root: Path = Field(
+        Path(".state/ls-files"), description="Label Studio's LOCAL_FILES_DOCUMENT_ROOT; tiles go under hali/"
+    )
+    backend_url: str | None = Field(None, description="URL Label Studio uses to reach `hali serve`")
+    classes: str = ",".join(DEFAULT_CLASSES)
+    cells_per_task: int = Field(20, ge=1, le=2000)
+    patch_um: float = Field(20.0, gt=0, description="side of the square around each nucleus that is embedded")
+    mpp: float | None = Field(None, gt=0, description="microns per pixel, for slides without that metadata")
+    checkpoint: Path | None = Field(None, description="ResNet-18 backbone weights (state_dict)")
+    window_px: int = Field(2048, ge=256)
+    device: str = "cpu"
+    progress: bool = True
+
+    @field_validator("ls_files_root", "data_dir")
+    @classmethod
+    def _absolute(cls, value: Path) -> Path:
+        return value.expanduser().resolve()
+
+    def class_list(self) -> list[str]:
+        return [c.strip() for c in self.classes.split(",") if c.strip()]
