@@ -1,0 +1,28 @@
+# HALI developer entry points. Quick start: `make up` (then open the printed URL), `make test`.
+PYTHON ?= python3
+VENV_PY := .venv/bin/python
+BENCH ?= bench/run.py
+
+.PHONY: install up down status test unit bench
+
+install:  ## redis-server, .venv (project + tests), .venv-ls (Label Studio); idempotent
+	bash scripts/install.sh
+
+up: install  ## start redis, Label Studio, the backend and a worker; preprocess the demo slide
+	$(VENV_PY) scripts/stack.py up
+
+down:  ## stop everything `up` started
+	$(PYTHON) scripts/stack.py down
+
+status:
+	$(PYTHON) scripts/stack.py status
+
+test: install  ## unit and integration tests (integration starts its own redis and Label Studio)
+	$(VENV_PY) -m pytest -q tests
+
+unit: install  ## unit tests only: seconds, no services
+	$(VENV_PY) -m pytest -q tests/unit
+
+bench: install
+	@test -f $(BENCH) || { echo "no benchmark script at $(BENCH) (set BENCH=...)" >&2; exit 2; }
+	$(VENV_PY) $(BENCH)

@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# Install what HALI needs on a Debian machine, idempotently:
+#   - redis-server from Debian (and chromium when HALI_WITH_CHROMIUM=1), only if missing;
+#   - .venv     : torch + torchvision, then the project with its test extras (editable);
+#   - .venv-ls  : Label Studio, in a venv of its own (it pins redis/rq versions the backend outgrows).
+# A venv step is skipped when its stamp file matches (hash of pyproject.toml / the LS version).
+# Environment: PYTHON (default python3), HALI_WITH_CHROMIUM=1.
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+PYTHON="${PYTHON:-python3}"
+TORCH_VERSION=2.14.1
+TORCHVISION_VERSION=0.29.1
+LS_VERSION=1.23.2
+PIP_QUIET=(--quiet --disable-pip-version-check --no-input)
+
+step_start=0
+step() { echo "==> $*"; step_start=$SECONDS; }
+done_step() { echo "    done in $((SECONDS - step_start)) s"; }
+
+need_root() {
+    if [ "$(id -u)" -ne 0 ]; then
+        if command -v sudo >/dev/null; then echo sudo; else
+            echo "ERROR: installing Debian packages needs root (or sudo)" >&2; exit 1; fi
+    fi
+}
+
+apt_packages=()
+command -v redis-server >/dev/null || apt_packages+=(redis-server)
+if [ "${HALI_WITH_CHROMIUM:-0}" = 1 ]; then
+    command -v chromium >/dev/null || apt_packages+=(chromium)
+fi
+if [ ${#apt_packages[@]} -gt 0 ]; then
+    step "apt-get install ${apt_packages[*]}"
+    SUDO="$(need_root)"
+    export DEBIAN_FRONTEND=noninteractive
+    $SUDO apt-get update -qq
+    $SUDO apt-get install -y -qq --no-install-recommends "${apt_packages[@]}" >/dev/null
+    done_step
+else
+    echo "==> Debian packages: already installed"
+fi
+
+# The project venv: stamp = hash of pyproject.toml plus the torch pins.
+project_stamp="$(cat pyproject.toml <(echo "torch==$TORCH_VERSION torchvision==$TORCHVISION_VERSION") \
+    | sha256sum | cut -c1-16)"
+if [ "$(cat .venv/.hali-stamp 2>/dev/null || true)" = "$project_stamp" ] && [ -x .venv/bin/python ]; then
+    echo "==> .venv: up to date (stamp $project_stamp)"
+else
+    step ".venv: torch==$TORCH_VERSION torchvision==$TORCHVISION_VERSION, then -e '.[test]'"
+    [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+    .venv/bin/python -m pip install "${PIP_QUIET[@]}" \
+        "torch==$TORCH_VERSION" "torchvision==$TORCHVISION_VERSION"
+    .venv/bin/python -m pip install "${PIP_QUIET[@]}" -e '.[test]'
+    echo "$project_stamp" > .venv/.hali-stamp
+    done_step
+fi
+
+# Label Studio's own venv: stamp = its version.
+ls_stamp="label-studio==$LS_VERSION"
+if [ "$(cat .venv-ls/.hali-stamp 2>/dev/null || true)" = "$ls_stamp" ] && [ -x .venv-ls/bin/label-studio ]; then
+    echo "==> .venv-ls: up to date ($ls_stamp)"
+else
+    step ".venv-ls: $ls_stamp (about 2 min, 1 GB)"
+    [ -x .venv-ls/bin/python ] || "$PYTHON" -m venv .venv-ls
+    .venv-ls/bin/python -m pip install "${PIP_QUIET[@]}" "$ls_stamp"
+    echo "$ls_stamp" > .venv-ls/.hali-stamp
+    done_step
+fi
