@@ -37,7 +37,8 @@ class Predictor:
         results = []
         for task in tasks:
             tile = TileTask.from_task_data(task.get("data") or {})
-            proba = head.predict_proba(self._index.tile_features(tile)) if head is not None else None
+            features = self._index.tile_features(tile)  # also checks that every cell is known
+            proba = head.predict_proba(features) if head is not None else None
             results.append(tile_prediction(tile, proba, classes, name, PREDICT_SCORE))
         return results
 

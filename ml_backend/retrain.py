@@ -71,8 +71,12 @@ def run_retrain(
         layout = DataLayout(settings.data_dir, settings.ls_files_root)
         cells = _gather_cells(tiles, open_ids, labels, classes, EmbeddingIndex(layout))
         head = _fit_head(cells, len(classes), settings)
-        order = _rank_open_tasks(cells, head, open_ids, settings)
         models = ModelStore(layout.models_dir(project_id))
+        if head is None:
+            log.info("project %s: no cell labels yet, nothing to retrain", project_id)
+            current = models.latest_version()
+            return RetrainReport(project_id, current, version_name(current), 0, len(open_ids), [], {}, 0.0)
+        order = _rank_open_tasks(cells, head, open_ids, settings)
         version = models.next_version()
         name = version_name(version)
         preds = _predictions(order, tiles, head, classes, name, EmbeddingIndex(layout))
@@ -112,6 +116,7 @@ def _gather_cells(tiles: dict[int, TileTask], open_ids: list[int], labels: dict[
 
 
 def _fit_head(cells: _Cells, n_classes: int, settings: BackendSettings) -> HeadClassifier | None:
+    """The head fitted on the labelled cells; None when no cell is labelled."""
     labelled = cells.y >= 0
     if not labelled.any():
         return None

@@ -103,15 +103,21 @@ class LabelStudioGateway:
             )
 
     def iter_tasks(self, project_id: int) -> Iterator[dict[str, Any]]:
-        """Every task of the project as ``{"id", "data", "annotations"}`` dicts (predictions left out)."""
+        """Every task of the project as ``{"id", "data", "annotations"}`` dicts (predictions left out).
+
+        Tasks are listed lean (their predictions grow with every model version) and annotations are read
+        only for the tasks that have some.
+        """
+        fields = "id,data,total_annotations,cancelled_annotations"
         with self._calling(f"list tasks of project {project_id}"):
-            pager = self._client.tasks.list(project=project_id, fields="all", include="id,data,annotations", page_size=500)
-            for task in pager:
-                yield {
-                    "id": task.id,
-                    "data": task.data,
-                    "annotations": [a if isinstance(a, dict) else a.model_dump() for a in (task.annotations or [])],
-                }
+            tasks = list(self._client.tasks.list(project=project_id, fields="all", include=fields, page_size=1000))
+        for task in tasks:
+            has = (task.total_annotations or 0) + (task.cancelled_annotations or 0) > 0
+            yield {"id": task.id, "data": task.data, "annotations": self.annotations(task.id) if has else []}
+
+    def annotations(self, task_id: int) -> list[dict[str, Any]]:
+        with self._calling(f"read annotations of task {task_id}"):
+            return [a.model_dump(mode="json") for a in self._client.annotations.list(id=task_id)]
 
     def connect_backend(self, project_id: int, backend_url: str, title: str = "HALI") -> None:
         """Connect the ML backend at ``backend_url`` (Label Studio also adds a webhook to ``<url>/webhook``)."""

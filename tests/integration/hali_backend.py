@@ -1,0 +1,43 @@
+"""The HALI backend as Label Studio reaches it in tests: the real Flask app on a free loopback port."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from werkzeug.serving import make_server
+
+from ml_backend.app import create_app
+from ml_backend.settings import BackendSettings
+from preprocess.settings import PreprocessSettings
+
+
+def hali_env(label_studio, redis_url: str, data_dir: Path) -> dict[str, str]:
+    """The HALI_* variables that the backend, its jobs and `hali preprocess` read."""
+    return {
+        "HALI_DATA_DIR": str(data_dir),
+        "HALI_LS_URL": label_studio.url,
+        "HALI_LS_API_KEY": label_studio.api_key,
+        "HALI_LS_FILES_ROOT": str(label_studio.files_root),
+        "HALI_REDIS_URL": redis_url,
+        "HALI_QUEUE_NAME": "hali-test",
+    }
+
+
+@contextmanager
+def serve_backend(settings: BackendSettings) -> Iterator[str]:
+    """Serve ``create_app(settings)`` in a thread; yields its URL."""
+    server = make_server("127.0.0.1", 0, create_app(settings), threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        thread.join(timeout=5)
+
+
+def preprocess_settings(**overrides) -> PreprocessSettings:
+    return PreprocessSettings(progress=False, **overrides)

@@ -1,0 +1,117 @@
+"""The backend's HTTP contract and its bad-input answers, on the real Flask app and a real redis-server."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from pydantic import SecretStr
+from redis import Redis
+from rq import Queue
+
+from label_config import CellBox, TileTask, build_label_config, cell_to_region
+from ml_backend.app import create_app
+from ml_backend.settings import BackendSettings
+from preprocess.cells import CellTable
+from preprocess.layout import DataLayout
+
+pytestmark = pytest.mark.integration
+CLASSES = ["Tumor", "Other"]
+CONFIG = build_label_config(CLASSES)
+
+
+@pytest.fixture
+def settings(redis_url, redis_conn, tmp_path):
+    return BackendSettings(data_dir=tmp_path / "data", ls_files_root=tmp_path / "files", redis_url=redis_url,
+                           queue_name="hali-http", ls_url="http://127.0.0.1:9", ls_api_key="x")
+
+
+@pytest.fixture
+def tile(settings) -> TileTask:
+    """A preprocessed tile of 8 cells, its cell table written where the backend looks."""
+    cells = tuple(CellBox(f"s1-{i}", 100 + 20 * i, 100, 10, 10) for i in range(8))
+    rng = np.random.default_rng(0)
+    CellTable(np.array([c.cell_id for c in cells]), np.array([[c.x0, c.y0, c.w, c.h] for c in cells], np.int32),
+              np.array(["t1"] * 8), rng.normal(size=(8, 16)).astype(np.float32)
+              ).save(DataLayout(settings.data_dir, settings.ls_files_root).cells_path("s1"))
+    return TileTask("t1", "s1", "/img.png", 90, 90, 180, 30, 1.0, 0.5, cells)
+
+
+@pytest.fixture
+def client(settings):
+    return create_app(settings).test_client()
+
+
+def _webhook(tile: TileTask, labels: list[str], annotation_id: int = 1) -> dict:
+    result = [cell_to_region(c, tile, lab) for c, lab in zip(tile.cells, labels)]
+    return {"action": "ANNOTATION_CREATED", "project": {"id": 7, "label_config": CONFIG},
+            "annotation": {"id": annotation_id, "result": result, "task": 3, "updated_at": "2026-11-22T10:00:00Z"},
+            "task": {"id": 3, "data": tile.to_task_data()}}
+
+
+def test_health_setup_and_versions_answer_json(client):
+    assert client.get("/health").get_json()["status"] == "UP"
+    assert client.post("/setup", json={"project": "7.1700000000", "schema": CONFIG}).get_json() == \
+        {"model_version": "hali-v0000"}
+    assert client.get("/versions", json={"project": "7.1"}).get_json() == {"versions": ["hali-v0000"]}
+
+
+def test_five_new_labels_enqueue_one_retrain_and_fewer_do_not(client, tile, settings, redis_url):
+    queue = Queue(settings.queue_name, connection=Redis.from_url(redis_url))
+    r = client.post("/webhook", json=_webhook(tile, ["Tumor"] * 4))
+    assert r.status_code == 200 and r.get_json()["pending"] == 4 and queue.count == 0
+    # The same annotation updated with the same labels plus one more: one new label, not five.
+    r = client.post("/webhook", json=_webhook(tile, ["Tumor"] * 4 + ["Other"]))
+    assert r.get_json()["pending"] == 5 and r.get_json()["job"] is not None
+    client.post("/webhook", json=_webhook(tile, ["Other"] * 8, annotation_id=2))
+    assert queue.count == 1, "a second retrain must not be queued while one waits"
+
+
+@pytest.mark.parametrize("body", ["{not json", "[]", '{"action": "ANNOTATION_CREATED"}'])
+def test_malformed_webhook_is_a_400_with_a_message(client, body):
+    r = client.post("/webhook", data=body, content_type="application/json")
+    assert r.status_code == 400 and "error" in r.get_json()
+
+
+def test_label_outside_the_config_is_a_422_and_the_good_labels_are_kept(client, tile):
+    r = client.post("/webhook", json=_webhook(tile, ["Tumor", "Tumour", "Other"]))
+    body = r.get_json()
+    assert r.status_code == 422 and "Tumour" in body["error"] and body["recorded"] == 2
+
+
+def test_unknown_region_id_is_kept_as_a_drawn_cell(client, tile):
+    body = _webhook(tile, ["Tumor"])
+    extra = cell_to_region(CellBox("hand-drawn-1", 150, 100, 8, 8), tile, "Other")
+    body["annotation"]["result"].append(extra)
+    r = client.post("/webhook", json=body)
+    assert r.status_code == 200 and r.get_json()["drawn"] == 1 and r.get_json()["recorded"] == 1
+
+
+def test_task_data_that_is_not_ours_is_a_422(client, tile):
+    body = _webhook(tile, ["Tumor"])
+    body["task"]["data"] = {"image": "x"}
+    r = client.post("/webhook", json=body)
+    assert r.status_code == 422 and "slide_id" in r.get_json()["error"]
+
+
+def test_predict_answers_one_result_per_task_in_order_and_names_unknown_slides(client, tile):
+    tasks = [{"id": 1, "data": tile.to_task_data()}]
+    r = client.post("/predict", json={"tasks": tasks, "project": "7.1", "label_config": CONFIG})
+    results = r.get_json()["results"]
+    assert r.status_code == 200 and len(results) == 1
+    assert [reg["id"] for reg in results[0]["result"]] == [c.cell_id for c in tile.cells]
+    other = TileTask("t9", "unknown-slide", "/x.png", 0, 0, 10, 10, 1.0, None, tile.cells[:1])
+    r = client.post("/predict", json={"tasks": [{"data": other.to_task_data()}], "project": 7, "label_config": CONFIG})
+    assert r.status_code == 409 and "hali preprocess" in r.get_json()["error"]
+
+
+def test_redis_down_is_a_503_that_says_no_label_is_lost(tile, tmp_path):
+    down = BackendSettings(data_dir=tmp_path, ls_files_root=tmp_path, redis_url="redis://127.0.0.1:1/0")
+    r = create_app(down).test_client().post("/webhook", json=_webhook(tile, ["Tumor"]))
+    assert r.status_code == 503 and "No label is lost" in r.get_json()["error"]
+
+
+def test_webhook_secret_is_required_when_set(settings, tile):
+    app = create_app(settings.model_copy(update={"webhook_secret": SecretStr("s3cret")})).test_client()
+    assert app.post("/webhook", json=_webhook(tile, ["Tumor"])).status_code == 401
+    ok = app.post("/webhook", json=_webhook(tile, ["Tumor"]), headers={"X-Hali-Secret": "s3cret"})
+    assert ok.status_code == 200

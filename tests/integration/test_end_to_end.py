@@ -1,0 +1,99 @@
+"""The whole HALI loop against a real Label Studio, a real redis-server and a real rq worker.
+
+preprocess a slide -> a second (non-admin) user takes the next task -> labels cells and submits as the UI
+does -> the webhook lands -> the worker retrains -> the version rises -> the next served task is the top of
+the Coreset ranking, and the predictions it shows carry the new version.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+from redis import Redis
+from rq import Queue, SimpleWorker
+
+from label_config import NEUTRAL_LABEL, parse_classes, version_name
+from ml_backend.label_store import RedisLabelStore
+from ml_backend.settings import BackendSettings
+from preprocess.ls_gateway import LabelStudioGateway
+from preprocess.run import run_preprocess
+
+from hali_backend import hali_env, preprocess_settings, serve_backend
+
+pytestmark = pytest.mark.integration
+CLASSES = "Positive,Negative"
+
+
+@pytest.fixture
+def ihc_slide(tmp_path):
+    """scikit-image's IHC image (ships in the wheel) as a one-level slide; mpp given on the command line."""
+    from skimage import data
+
+    path = tmp_path / "ihc.png"
+    Image.fromarray(data.immunohistochemistry()).save(path)
+    return path
+
+
+@pytest.fixture
+def hali(label_studio, redis_url, redis_conn, tmp_path, monkeypatch):
+    for key, value in hali_env(label_studio, redis_url, tmp_path / "data").items():
+        monkeypatch.setenv(key, value)
+    settings = BackendSettings()
+    with serve_backend(settings) as url:
+        yield settings, url
+
+
+def _run_worker(redis_url: str, queue_name: str) -> None:
+    redis = Redis.from_url(redis_url)
+    SimpleWorker([Queue(queue_name, connection=redis)], connection=redis).work(burst=True)
+
+
+def _label_cells(task: dict, n: int) -> tuple[list[dict], int]:
+    """The annotator's result: the shown prediction with ``n`` cells given a class (the rest untouched)."""
+    prediction = task["predictions"][0]
+    result = [dict(r, value=dict(r["value"])) for r in prediction["result"]]
+    for i, region in enumerate(result[:n]):
+        region["value"]["rectanglelabels"] = ["Positive" if i % 2 else "Negative"]
+        region["origin"] = "prediction-changed"
+    return result, prediction["id"]
+
+
+def test_label_retrain_and_queue_follow_the_ranking(hali, label_studio, ls_client, redis_url, ihc_slide, new_annotator):
+    settings, backend_url = hali
+    gateway = LabelStudioGateway.connect(label_studio.url, label_studio.api_key)
+    pre = preprocess_settings(classes=CLASSES, cells_per_task=10, mpp=0.5, backend_url=backend_url)
+    result = run_preprocess(ihc_slide, "HALI e2e", pre, gateway)
+    pid = result.project_id
+    assert result.n_tiles > 5 and result.n_imported == result.n_tiles
+
+    project = ls_client.projects.get(id=pid)
+    assert project.model_version == version_name(0)
+    assert parse_classes(project.label_config) == ["Positive", "Negative"]
+    assert [b.url for b in ls_client.ml.list(project=pid)] == [backend_url]
+
+    annotator = new_annotator()
+    first = annotator.next_task(pid)
+    assert first["predictions"][0]["model_version"] == version_name(0)
+    labels = {r["value"]["rectanglelabels"][0] for r in first["predictions"][0]["result"]}
+    assert labels == {NEUTRAL_LABEL}
+
+    result_regions, parent = _label_cells(first, 6)
+    annotator.submit(first["id"], result_regions, lead_time=12.5, parent_prediction=parent, project_id=pid)
+
+    store = RedisLabelStore(Redis.from_url(redis_url))
+    queue = Queue(settings.queue_name, connection=Redis.from_url(redis_url))
+    assert store.pending(pid) == 6, "the webhook did not record the 6 new cell labels"
+    assert queue.count == 1, "6 >= 5 new labels must enqueue exactly one retrain"
+
+    _run_worker(redis_url, settings.queue_name)
+
+    status = store.status(pid)
+    assert status["version"] == 1 and status["n_labels"] == 6
+    assert ls_client.projects.get(id=pid).model_version == version_name(1)
+    served = annotator.next_task(pid)
+    assert served["id"] == status["next_task_ids"][0], "Label Studio must serve the top-ranked task"
+    shown = [p for p in served["predictions"] if p["model_version"] == version_name(1)]
+    assert len(shown) == 1
+    shown_labels = {r["value"]["rectanglelabels"][0] for r in shown[0]["result"]}
+    assert shown_labels <= {"Positive", "Negative"} and shown_labels
