@@ -21,6 +21,7 @@ log = logging.getLogger("hali")
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per HTTP call drowns the progress
     try:
         return args.func(args)
     except (PreprocessError, LabelConfigError, BackendError) as exc:
