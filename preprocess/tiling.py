@@ -41,7 +41,9 @@ def plan_tiles(
 
     ``centroids_xy``: float (N, 2) level-0 (x, y) of each cell. The tile side is searched in
     [``min_tile_px``, ``max_tile_px``] over the actual centroids (a side at a bound means the target
-    cannot be reached: cells too dense or too sparse). Empty grid squares are not tiles.
+    cannot be reached: cells too dense or too sparse). Empty grid squares are not tiles, and a square
+    with fewer than a third of ``cells_per_task`` cells (a tissue edge) joins its nearest full neighbour,
+    so no task asks a pathologist to open a tile for one or two cells.
     """
     if cells_per_task < 1:
         raise ValueError(f"cells_per_task is {cells_per_task}; it must be >= 1, e.g. 30 cells per task")
@@ -49,7 +51,7 @@ def plan_tiles(
         raise ValueError(f"tile side bounds [{min_tile_px}, {max_tile_px}] px must satisfy 1 <= min <= max")
     xy = np.asarray(centroids_xy, dtype=np.float64).reshape(-1, 2)
     tile_px = _choose_side(xy, cells_per_task, min_tile_px, max_tile_px)
-    return _grid_plan(xy, tile_px)
+    return _merge_small_tiles(_grid_plan(xy, tile_px), min_cells=max(1, cells_per_task // 3))
 
 
 def mean_cells_per_tile(centroids_xy: np.ndarray, tile_px: int) -> float:
@@ -86,3 +88,22 @@ def _grid_plan(xy: np.ndarray, tile_px: int) -> TilePlan:
 def _grid_cells(xy: np.ndarray, tile_px: int) -> np.ndarray:
     """int64 (N, 2) (col, row) of the grid square holding each centroid."""
     return np.floor(xy / tile_px).astype(np.int64).reshape(-1, 2)
+
+
+def _merge_small_tiles(plan: TilePlan, min_cells: int) -> TilePlan:
+    """Move the cells of tiles holding fewer than ``min_cells`` into the nearest of the 8 neighbouring
+    tiles that hold enough; a small tile with no such neighbour stays as it is."""
+    counts = np.bincount(plan.tile_index, minlength=len(plan))
+    small = np.flatnonzero(counts < min_cells)
+    big = np.flatnonzero(counts >= min_cells)
+    if len(small) == 0 or len(big) == 0:
+        return plan
+    target = np.arange(len(plan))
+    for t in small:
+        offset = plan.grid[big] - plan.grid[t]
+        near = np.abs(offset).max(axis=1) <= 1
+        if near.any():
+            candidates = big[near]
+            target[t] = candidates[np.argmin((offset[near] ** 2).sum(axis=1))]
+    keep, tile_index = np.unique(target[plan.tile_index], return_inverse=True)
+    return TilePlan(plan.tile_px, plan.tile_origins[keep], tile_index.reshape(-1).astype(np.int64), plan.grid[keep])
