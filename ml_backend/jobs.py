@@ -10,6 +10,7 @@ import logging
 from dataclasses import asdict
 from typing import Any
 
+import torch
 from redis import Redis
 from rq import Queue
 
@@ -24,6 +25,7 @@ log = logging.getLogger(__name__)
 def retrain_job(project_id: int) -> dict[str, Any]:
     """rq job: retrain the head of ``project_id`` and re-rank its queue."""
     settings = BackendSettings()
+    torch.set_num_threads(settings.torch_threads)
     gateway = LabelStudioGateway.connect(settings.ls_url, settings.ls_api_key.get_secret_value())
     store = RedisLabelStore(Redis.from_url(settings.redis_url))
     return asdict(run_retrain(project_id, settings, gateway, store))
@@ -33,7 +35,13 @@ def enqueue_retrain(queue: Queue, store: RedisLabelStore, project_id: int, setti
     """Enqueue a retrain unless one is already waiting; returns the job id, or None when one waits."""
     if not store.claim_retrain(project_id, ttl_s=settings.job_timeout_s):
         return None
-    job = queue.enqueue(retrain_job, project_id, job_timeout=settings.job_timeout_s, result_ttl=86400,
-                        failure_ttl=7 * 86400, description=f"retrain project {project_id}")
+    job = queue.enqueue(
+        retrain_job,
+        project_id,
+        job_timeout=settings.job_timeout_s,
+        result_ttl=86400,
+        failure_ttl=7 * 86400,
+        description=f"retrain project {project_id}",
+    )
     log.info("project %s: retrain queued as job %s", project_id, job.id)
     return job.id

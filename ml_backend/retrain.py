@@ -76,19 +76,27 @@ def run_retrain(
             log.info("project %s: no cell labels yet, nothing to retrain", project_id)
             current = models.latest_version()
             return RetrainReport(project_id, current, version_name(current), 0, len(open_ids), [], {}, 0.0)
-        order = _rank_open_tasks(cells, head, open_ids, settings)
+        proba = head.predict_proba(cells.features)
+        order = _rank_open_tasks(cells, head, proba, open_ids, settings)
         version = models.next_version()
         name = version_name(version)
-        preds = _predictions(order, tiles, head, classes, name, EmbeddingIndex(layout))
+        preds = _predictions(order, tiles, cells, proba, classes, name)
         gateway.import_predictions(project_id, preds)
         meta = _meta(classes, labels, head, settings)
         models.save(version, head, meta)
         gateway.serve_version(project_id, name)
-    report = RetrainReport(project_id, version, name, len(labels), len(open_ids), order[:5], meta["metrics"],
-                           time.perf_counter() - t0)
+    report = RetrainReport(
+        project_id, version, name, len(labels), len(open_ids), order[:5], meta["metrics"], time.perf_counter() - t0
+    )
     store.set_status(project_id, asdict(report))
-    log.info("project %s: %s trained on %d labels, %d open tasks ranked in %.2f s", project_id, name,
-             len(labels), len(open_ids), report.seconds)
+    log.info(
+        "project %s: %s trained on %d labels, %d open tasks ranked in %.2f s",
+        project_id,
+        name,
+        len(labels),
+        len(open_ids),
+        report.seconds,
+    )
     return report
 
 
@@ -96,8 +104,9 @@ def _is_done(task: dict[str, Any]) -> bool:
     return bool(task["annotations"])
 
 
-def _gather_cells(tiles: dict[int, TileTask], open_ids: list[int], labels: dict[str, str],
-                  classes: list[str], index: EmbeddingIndex) -> _Cells:
+def _gather_cells(
+    tiles: dict[int, TileTask], open_ids: list[int], labels: dict[str, str], classes: list[str], index: EmbeddingIndex
+) -> _Cells:
     """Labelled cells (any task) plus every cell of an open task."""
     open_set = set(open_ids)
     class_index = {c: i for i, c in enumerate(classes)}
@@ -124,31 +133,38 @@ def _fit_head(cells: _Cells, n_classes: int, settings: BackendSettings) -> HeadC
     return head.fit(cells.features[labelled], cells.y[labelled])
 
 
-def _rank_open_tasks(cells: _Cells, head: HeadClassifier | None, open_ids: list[int],
-                     settings: BackendSettings) -> list[int]:
+def _rank_open_tasks(
+    cells: _Cells, head: HeadClassifier, proba: np.ndarray, open_ids: list[int], settings: BackendSettings
+) -> list[int]:
     if not open_ids:
         return []
-    feats = head.transform(cells.features) if head is not None else cells.features
-    proba = head.predict_proba(cells.features) if head is not None else None
-    picks = get_strategy(settings.strategy)(feats, proba, cells.y >= 0, settings.query_budget, settings.seed)
+    strategy = get_strategy(settings.strategy)
+    picks = strategy(head.transform(cells.features), proba, cells.y >= 0, settings.query_budget, settings.seed)
     return [int(t) for t in rank_tiles(cells.task_ids, picks, open_ids)]
 
 
-def _predictions(order: list[int], tiles: dict[int, TileTask], head: HeadClassifier | None,
-                 classes: list[str], name: str, index: EmbeddingIndex) -> list[dict[str, Any]]:
-    scores = rank_to_score(len(order))
+def _predictions(
+    order: list[int], tiles: dict[int, TileTask], cells: _Cells, proba: np.ndarray, classes: list[str], name: str
+) -> list[dict[str, Any]]:
+    """One prediction per open task in ``order``; an open task's cells are contiguous rows of ``cells``."""
+    first = {int(t): i for i, t in reversed(list(enumerate(cells.task_ids)))}
     preds = []
-    for task_id, score in zip(order, scores):
+    for task_id, score in zip(order, rank_to_score(len(order))):
         tile = tiles[task_id]
-        proba = head.predict_proba(index.tile_features(tile)) if head is not None else None
-        preds.append({"task": task_id, **tile_prediction(tile, proba, classes, name, score)})
+        rows = proba[first[task_id] : first[task_id] + len(tile.cells)]
+        preds.append({"task": task_id, **tile_prediction(tile, rows, classes, name, score)})
     return preds
 
 
-def _meta(classes: list[str], labels: dict[str, str], head: HeadClassifier | None,
-          settings: BackendSettings) -> dict[str, Any]:
+def _meta(
+    classes: list[str], labels: dict[str, str], head: HeadClassifier | None, settings: BackendSettings
+) -> dict[str, Any]:
     snapshot = hashlib.sha256(json.dumps(sorted(labels.items())).encode()).hexdigest()[:16]
     counts = {c: sum(1 for v in labels.values() if v == c) for c in classes}
-    metrics = {"n_labels": len(labels), "per_class": counts,
-               "best_val_loss": getattr(head, "best_val_loss_", None), "epochs": getattr(head, "n_epochs_", 0)}
+    metrics = {
+        "n_labels": len(labels),
+        "per_class": counts,
+        "best_val_loss": getattr(head, "best_val_loss_", None),
+        "epochs": getattr(head, "n_epochs_", 0),
+    }
     return {"classes": classes, "label_snapshot": snapshot, "strategy": settings.strategy, "metrics": metrics}

@@ -28,6 +28,9 @@ class BackendSettings(BaseSettings):
     optimizer: str = Field("adam", description="head optimiser preset: adam (default) or paper-sgd")
     query_budget: int = Field(100, ge=1, description="cells the strategy picks before they roll up to tiles")
     seed: int = 0
+    torch_threads: int = Field(
+        1, ge=1, description="torch threads per process: the head is tiny, and more threads only add overhead"
+    )
     job_timeout_s: int = 1800
 
     @field_validator("data_dir", "ls_files_root")
