@@ -12,7 +12,7 @@ PYTHON="${PYTHON:-python3}"
 TORCH_VERSION=2.14.1
 TORCHVISION_VERSION=0.29.1
 LS_VERSION=1.23.2
-PIP_QUIET=(--quiet --disable-pip-version-check --no-input)
+PIP_QUIET=(-qq --disable-pip-version-check --no-input)  # -qq: errors only (this pip config warns per package)
 
 step_start=0
 step() { echo "==> $*"; step_start=$SECONDS; }
