@@ -48,11 +48,18 @@ class Annotator:
         return {"X-CSRFToken": self.session.cookies.get("csrftoken", ""),
                 "Referer": f"{self.url}/projects/"}
 
+    def request(self, method: str, path: str, **kwargs: Any) -> requests.Response:
+        """``path`` on the server, with the CSRF header and Referer a browser sends (``headers``
+        given here are added to them)."""
+        headers = {**self._headers(), **kwargs.pop("headers", {})}
+        return self.session.request(method, f"{self.url}{path}", headers=headers, timeout=30,
+                                    **kwargs)
+
     def get(self, path: str, **kwargs: Any) -> requests.Response:
-        return self.session.get(f"{self.url}{path}", headers=self._headers(), timeout=30, **kwargs)
+        return self.request("GET", path, **kwargs)
 
     def post(self, path: str, **kwargs: Any) -> requests.Response:
-        return self.session.post(f"{self.url}{path}", headers=self._headers(), timeout=30, **kwargs)
+        return self.request("POST", path, **kwargs)
 
     def next_task(self, project_id: int) -> dict:
         """The task Label Studio serves this user next (it locks it for them).
