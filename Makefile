@@ -1,7 +1,7 @@
 # HALI developer entry points. Quick start: `make up` (then open the printed URL), `make test`.
 PYTHON ?= python3
 VENV_PY := .venv/bin/python
-BENCH ?= bench/run.py
+BENCH ?= $(wildcard bench/bench_*.py)
 
 .PHONY: install up down status test unit bench
 
@@ -23,6 +23,5 @@ test: install  ## unit and integration tests (integration starts its own redis a
 unit: install  ## unit tests only: seconds, no services
 	$(VENV_PY) -m pytest -q tests/unit
 
-bench: install
-	@test -f $(BENCH) || { echo "no benchmark script at $(BENCH) (set BENCH=...)" >&2; exit 2; }
-	$(VENV_PY) $(BENCH)
+bench: install  ## every bench/bench_*.py in turn (or BENCH="bench/bench_webhook.py ...")
+	@set -e; for script in $(BENCH); do echo "==> $$script"; $(VENV_PY) $$script; done
