@@ -65,6 +65,7 @@ def _preprocess(args: argparse.Namespace) -> int:
     from preprocess.ls_gateway import LabelStudioGateway
     from preprocess.run import run_preprocess
     from preprocess.settings import PreprocessSettings
+    from preprocess.slide import OpenSlideReader
 
     overrides = {k: v for k, v in {
         "classes": args.classes, "cells_per_task": args.cells_per_task, "mpp": args.mpp,
@@ -73,6 +74,8 @@ def _preprocess(args: argparse.Namespace) -> int:
     if args.no_progress:
         overrides["progress"] = False
     settings = PreprocessSettings(**overrides)
+    with OpenSlideReader(args.slide, mpp=settings.mpp) as reader:  # a bad slide fails before any LS call
+        reader.require_mpp()
     gateway = LabelStudioGateway.connect(settings.ls_url, settings.ls_api_key.get_secret_value())
     result = run_preprocess(args.slide, args.project, settings, gateway)
     print(f"slide {result.slide_id}: {result.n_cells} cells in {result.n_tiles} tasks "

@@ -88,6 +88,10 @@ class RedisLabelStore:
         pipe.getset(_key(project_id, "pending"), 0)
         return int(pipe.execute()[1] or 0)
 
+    def add_pending(self, project_id: int, n: int) -> None:
+        if n:
+            self._r.incrby(_key(project_id, "pending"), n)
+
     def pending(self, project_id: int) -> int:
         return int(self._r.get(_key(project_id, "pending")) or 0)
 

@@ -58,50 +58,47 @@ class _Cells:
 def run_retrain(
     project_id: int, settings: BackendSettings, gateway: LabelStudioGateway, store: RedisLabelStore
 ) -> RetrainReport:
-    t0 = time.perf_counter()
-    store.start_retrain(project_id)
-    with store.lock(project_id, settings.job_timeout_s):
-        classes = parse_classes(gateway.get_project(project_id).label_config)
-        tasks = list(gateway.iter_tasks(project_id))
-        tiles = {t["id"]: TileTask.from_task_data(t["data"]) for t in tasks}
-        records = records_from_tasks(tasks, tiles, classes)
-        store.replace_all(project_id, records)
-        labels = merge_labels(records)
-        open_ids = [t["id"] for t in tasks if not _is_done(t)]
-        layout = DataLayout(settings.data_dir, settings.ls_files_root)
-        cells = _gather_cells(tiles, open_ids, labels, classes, EmbeddingIndex(layout))
-        head = _fit_head(cells, len(classes), settings)
-        models = ModelStore(layout.models_dir(project_id))
-        if head is None:
-            log.info("project %s: no cell labels yet, nothing to retrain", project_id)
-            current = models.latest_version()
-            return RetrainReport(project_id, current, version_name(current), 0, len(open_ids), [], {}, 0.0)
-        proba = head.predict_proba(cells.features)
-        order = _rank_open_tasks(cells, head, proba, open_ids, settings)
-        version = models.next_version()
-        name = version_name(version)
-        preds = _predictions(order, tiles, cells, proba, classes, name)
-        gateway.import_predictions(project_id, preds)
-        meta = _meta(classes, labels, head, settings)
-        models.save(version, head, meta)
-        gateway.serve_version(project_id, name)
-    report = RetrainReport(
-        project_id, version, name, len(labels), len(open_ids), order[:5], meta["metrics"], time.perf_counter() - t0
-    )
+    """Retrain ``project_id`` and re-rank its queue; on failure the pending label count is put back."""
+    pending = store.start_retrain(project_id)
+    try:
+        with store.lock(project_id, settings.job_timeout_s):
+            report = _retrain(project_id, settings, gateway, store)
+    except Exception:
+        store.add_pending(project_id, pending)  # so the next webhook retries rather than waiting 5 labels
+        raise
     store.set_status(project_id, asdict(report))
-    log.info(
-        "project %s: %s trained on %d labels, %d open tasks ranked in %.2f s",
-        project_id,
-        name,
-        len(labels),
-        len(open_ids),
-        report.seconds,
-    )
+    log.info("project %s: %s trained on %d labels, %d open tasks ranked in %.2f s", project_id,
+             report.model_version, report.n_labels, report.n_open_tasks, report.seconds)
     return report
 
 
-def _is_done(task: dict[str, Any]) -> bool:
-    return bool(task["annotations"])
+def _retrain(project_id: int, settings: BackendSettings, gateway: LabelStudioGateway,
+             store: RedisLabelStore) -> RetrainReport:
+    t0 = time.perf_counter()
+    classes = parse_classes(gateway.get_project(project_id).label_config)
+    tasks = list(gateway.iter_tasks(project_id))
+    tiles = {t["id"]: TileTask.from_task_data(t["data"]) for t in tasks}
+    records = records_from_tasks(tasks, tiles, classes)
+    store.replace_all(project_id, records)  # the mirror now matches Label Studio, lost webhooks included
+    labels = merge_labels(records)
+    open_ids = [t["id"] for t in tasks if not t["annotations"]]
+    layout = DataLayout(settings.data_dir, settings.ls_files_root)
+    models = ModelStore(layout.models_dir(project_id))
+    cells = _gather_cells(tiles, open_ids, labels, classes, EmbeddingIndex(layout))
+    head = _fit_head(cells, len(classes), settings)
+    if head is None:
+        log.info("project %s: no cell labels yet, nothing to retrain", project_id)
+        current = models.latest_version()
+        return RetrainReport(project_id, current, version_name(current), 0, len(open_ids), [], {}, 0.0)
+    proba = head.predict_proba(cells.features)
+    order = _rank_open_tasks(cells, head, proba, open_ids, settings)
+    version = models.next_version()
+    gateway.import_predictions(project_id, _predictions(order, tiles, cells, proba, classes, version_name(version)))
+    meta = _meta(classes, labels, head, settings)
+    models.save(version, head, meta)
+    gateway.serve_version(project_id, version_name(version))  # last: the switch makes the new order live
+    return RetrainReport(project_id, version, version_name(version), len(labels), len(open_ids), order[:5],
+                         meta["metrics"], time.perf_counter() - t0)
 
 
 def _gather_cells(
