@@ -2,18 +2,18 @@
 
 preprocess a slide -> a second (non-admin) user takes the next task -> labels cells and submits as the UI
 does -> the webhook lands -> the worker retrains -> the version rises -> the next served task is the top of
-the Coreset ranking, and the predictions it shows carry the new version.
+the Coreset ranking, and the predictions it shows carry the new version. Then a second pathologist gets
+another task, and the export gives every label back in slide coordinates.
 """
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 from PIL import Image
 from redis import Redis
 from rq import Queue, SimpleWorker
 
-from label_config import NEUTRAL_LABEL, parse_classes, version_name
+from label_config import NEUTRAL_LABEL, TileTask, parse_classes, region_to_slide_box, version_name
 from ml_backend.label_store import RedisLabelStore
 from ml_backend.settings import BackendSettings
 from preprocess.ls_gateway import LabelStudioGateway
@@ -97,3 +97,18 @@ def test_label_retrain_and_queue_follow_the_ranking(hali, label_studio, ls_clien
     assert len(shown) == 1
     shown_labels = {r["value"]["rectanglelabels"][0] for r in shown[0]["result"]}
     assert shown_labels <= {"Positive", "Negative"} and shown_labels
+
+    # A second pathologist working at the same time is served another task (Label Studio's task lock).
+    colleague = new_annotator()
+    assert colleague.next_task(pid)["id"] != served["id"]
+
+    # A data scientist exports through the SDK and gets each label back in slide coordinates.
+    exported = [t for t in ls_client.projects.exports.as_json(project_id=pid) if t["annotations"]]
+    assert [t["id"] for t in exported] == [first["id"]]
+    tile = TileTask.from_task_data(exported[0]["data"])
+    boxes = {c.cell_id: (c.x0, c.y0, c.w, c.h) for c in tile.cells}
+    labelled = [r for r in exported[0]["annotations"][0]["result"]
+                if r["value"]["rectanglelabels"][0] != NEUTRAL_LABEL]
+    assert len(labelled) == 6
+    for region in labelled:
+        assert region_to_slide_box(region, tile) == pytest.approx(boxes[region["id"]], abs=1)
