@@ -71,9 +71,9 @@ def test_image_without_nuclei_gives_none(colour: tuple[int, int, int]) -> None:
 
 def test_size_limits_follow_mpp() -> None:
     rgb = _draw((100, 100), np.array([[50.0, 50.0]]), (slice(0, 100), slice(0, 100)))
-    # 201 px: 50 um^2 at 0.5 um/px, 4 um^2 (too small) at 0.14, 804 um^2 (too large) at 2.0.
+    # 201 px: 50 um^2 at 0.5 um/px, 2 um^2 (too small) at 0.1, 804 um^2 (too large) at 2.0.
     assert len(segment_nuclei(rgb, 0.5)) == 1
-    assert len(segment_nuclei(rgb, 0.14)) == 0
+    assert len(segment_nuclei(rgb, 0.1)) == 0
     assert len(segment_nuclei(rgb, 2.0)) == 0
 
 
@@ -145,3 +145,15 @@ def test_slide_segmentation_needs_mpp_and_a_matching_mask(disc_slide) -> None:
         segment_slide(reader, np.ones((3, 4), bool), 90.0, progress=False)
     with OpenSlideReader(path, mpp=MPP) as reader, pytest.raises(SegmentationError, match="tissue mask"):
         segment_slide(reader, np.ones((30, 40), bool), 90.0, progress=False)
+
+
+def test_dab_brown_nucleus_is_found_as_well_as_a_haematoxylin_blue_one() -> None:
+    """Ki-67 IHC: a brown DAB-positive nucleus and a pale-blue negative one, both on an off-white background."""
+    rows, cols = np.indices((100, 160))
+    rgb = np.full((100, 160, 3), (235.0, 230.0, 220.0))
+    centres_xy = np.array([[45.0, 50.0], [115.0, 50.0]])
+    for (x, y), colour in zip(centres_xy, [(95, 55, 25), (130, 150, 200)]):
+        rgb[(cols - x) ** 2 + (rows - y) ** 2 <= RADIUS_PX**2] = colour
+    rgb += np.random.default_rng(5).normal(0, 2, rgb.shape)
+    nuclei = segment_nuclei(np.clip(rgb, 0, 255).astype(np.uint8), MPP)
+    _assert_matches(nuclei.centroids_xy, centres_xy)
