@@ -40,7 +40,7 @@ LOOPBACK = "127.0.0.1"
 LS_STARTUP_TIMEOUT_S = 240.0  # a cold start runs every migration: 50-70 s on 2 cores
 ADMIN_EMAIL = "admin@hali.local"
 DEMO_CLASSES = "Positive,Negative"
-DEMO_MPP = 0.5
+DEMO_MPP = 0.25  # see scripts/demo_slide.py
 
 # Loopback only: never send our health checks through an HTTP proxy from the environment.
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))

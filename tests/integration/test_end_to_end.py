@@ -62,7 +62,7 @@ def _label_cells(task: dict, n: int) -> tuple[list[dict], int]:
 def test_label_retrain_and_queue_follow_the_ranking(hali, label_studio, ls_client, redis_url, ihc_slide, new_annotator):
     settings, backend_url = hali
     gateway = LabelStudioGateway.connect(label_studio.url, label_studio.api_key)
-    pre = preprocess_settings(classes=CLASSES, cells_per_task=10, mpp=0.5, backend_url=backend_url)
+    pre = preprocess_settings(classes=CLASSES, cells_per_task=10, mpp=0.25, backend_url=backend_url)
     result = run_preprocess(ihc_slide, "HALI e2e", pre, gateway)
     pid = result.project_id
     assert result.n_tiles > 5 and result.n_imported == result.n_tiles
