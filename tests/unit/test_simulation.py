@@ -1,0 +1,168 @@
+"""`hali simulate`'s core: the oracle replay, its time model, and the learning curves, on synthetic cells."""
+
+import numpy as np
+import pytest
+import torch
+
+from ml_backend.simulation.dataset import CellDataset, parse_class_map, split_pool_test
+from ml_backend.simulation.effectiveness import curve_area, label_grid, learning_curve
+from ml_backend.simulation.efficiency import (
+    ReplayConfig, TimeModel, replay_annotator, summarize_replay,
+)
+from ml_backend.simulation.tasks import group_tasks, spatial_order
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    torch.set_num_threads(1)
+
+
+def _blobs(n_per_class=60, n_classes=3, d=8, seed=0):
+    """Gaussian clusters far apart: features (N, d) float32 and classes (N,) in blocks of n_per_class."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(scale=6.0, size=(n_classes, d))
+    y = np.repeat(np.arange(n_classes), n_per_class)
+    return (centres[y] + rng.normal(size=(len(y), d))).astype(np.float32), y
+
+
+def _dataset(n_images=4, per_image=30, seed=0):
+    rng = np.random.default_rng(seed)
+    image = np.repeat([f"img{i}_{k:03d}" for i in range(n_images // 2) for k in range(2)], per_image)
+    source = np.array([name.rsplit("_", 1)[0] for name in image])
+    xy = rng.uniform(0, 256, size=(len(image), 2))
+    split = np.where(np.char.startswith(source, "img0"), "test", "train")
+    return CellDataset(image, source, xy, rng.integers(0, 2, len(image)), ("a", "b"), split)
+
+
+def test_time_model_all_suggestions_right_costs_the_task_plus_a_tenth_per_cell():
+    assert TimeModel().task_cost(10, n_wrong=0) == pytest.approx(3 + 1.0)
+    assert TimeModel().task_cost(10, n_wrong=2) == pytest.approx(3 + 1.0 + 2)
+    assert TimeModel().task_cost(10, n_wrong=None) == pytest.approx(3 + 10)
+
+
+def test_replay_labels_every_cell_at_most_once_and_stops_after_the_budget():
+    x, y = _blobs()
+    tasks = group_tasks(np.zeros(len(y), dtype=int), 20)
+    replay = replay_annotator(x, y, tasks, 3, ReplayConfig("entropy", max_labels=70, retrain_every=30, max_epochs=10))
+    assert len(np.unique(replay.order)) == len(replay.order) == 80  # four whole 20-cell tasks
+    assert sum(len(t.cells) for t in replay.tasks) == 80
+
+
+def test_sequential_control_labels_cells_in_walking_order():
+    x, y = _blobs()
+    tasks = group_tasks(np.repeat([0, 1], 90), 25)  # 90 = 3 x 23 + 21: short last task of each source
+    replay = replay_annotator(x, y, tasks, 3, ReplayConfig("sequential", max_labels=len(y), retrain_every=1000))
+    np.testing.assert_array_equal(replay.order, np.arange(len(y)))
+
+
+def test_focused_tasks_box_only_k_cells():
+    x, y = _blobs()
+    replay = replay_annotator(x, y, group_tasks(np.zeros(len(y), int), 50), 3,
+                              ReplayConfig("margin", focus_cells=5, max_labels=30, retrain_every=10, max_epochs=10))
+    assert [len(t.cells) for t in replay.tasks] == [5] * 6
+    assert len(set(replay.order.tolist())) == 30
+
+
+def test_on_separable_cells_suggestions_are_accepted_and_labelling_speeds_up():
+    x, y = _blobs()
+    replay = replay_annotator(x, y, group_tasks(np.zeros(len(y), int), 10), 3,
+                              ReplayConfig("coreset", max_labels=100, retrain_every=20, ready_after=20, max_epochs=20))
+    summary = summarize_replay(replay)
+    assert summary["acceptance_share"] >= 0.85
+    assert summary["speedup_assisted"] > 2.0  # 13 / (3 + 1 + wrong) per 10-cell task
+
+
+def test_uncertainty_sampling_finds_every_class_where_the_control_sees_one():
+    x, y = _blobs(seed=1)
+    xt, yt = _blobs(seed=1)[0] + 0.1, y  # same clusters, shifted test cells
+    walk = np.argsort(y, kind="stable")  # a walk through one class after another: the control's worst case
+    tasks = group_tasks(np.zeros(len(y), int), 5)
+    grid = [10, 20, 30]
+    curves = {}
+    for strategy in ("entropy", "sequential"):
+        config = ReplayConfig(strategy, max_labels=30, retrain_every=10, max_epochs=20)
+        replay = replay_annotator(x[walk], y[walk], tasks, 3, config)
+        curve = learning_curve(x[walk], y[walk], replay.order, xt, yt, grid, 3, max_epochs=20)
+        curves[strategy] = curve["accuracy"]
+    assert curves["entropy"][-1] > 0.9
+    assert curves["sequential"][-1] < 0.5  # 30 labels of one class
+    assert curve_area(grid, curves["entropy"]) > curve_area(grid, curves["sequential"])
+
+
+def test_replay_is_deterministic_under_a_seed():
+    x, y = _blobs()
+    tasks = group_tasks(np.zeros(len(y), int), 10)
+    config = ReplayConfig("random", max_labels=40, retrain_every=20, max_epochs=10, random_state=3)
+    a, b = replay_annotator(x, y, tasks, 3, config), replay_annotator(x, y, tasks, 3, config)
+    np.testing.assert_array_equal(a.order, b.order)
+    assert a.tasks == b.tasks
+
+
+def test_group_tasks_never_crosses_a_source_and_keeps_sizes_near_the_target():
+    source = np.repeat(["a", "b"], [45, 7])
+    task = group_tasks(source, 20)
+    assert set(task[:45]).isdisjoint(task[45:])
+    assert np.bincount(task).tolist() == [15, 15, 15, 7]
+
+
+def test_spatial_order_walks_one_source_at_a_time():
+    data = _dataset()
+    walk = spatial_order(data, grid_px=64, random_state=1)
+    sources = data.source[walk]
+    changes = np.flatnonzero(sources[1:] != sources[:-1])
+    assert len(changes) == 1 and sorted(walk.tolist()) == list(range(len(data)))
+
+
+def test_split_keeps_each_source_on_one_side():
+    data = _dataset()
+    pool, test = split_pool_test(data)
+    assert set(data.source[test]) == {"img0"} and set(data.source[pool]) == {"img1"}
+    no_split = CellDataset(data.image, data.source, data.xy, data.y, data.class_names)
+    pool, test = split_pool_test(no_split, test_fraction=0.5)
+    assert set(data.source[pool]).isdisjoint(data.source[test])
+
+
+def test_label_grid_ends_at_the_budget():
+    assert label_grid(200) == [5, 10, 20, 30, 50, 75, 100, 150, 200]
+    assert label_grid(60)[-2:] == [50, 60]
+
+
+def test_class_map_orders_named_classes_first_and_rejects_bad_items():
+    assert parse_class_map("inflammatory=TIL,*=other") == {"inflammatory": "TIL", "*": "other"}
+    with pytest.raises(Exception, match="RAW=CLASS"):
+        parse_class_map("inflammatory")
+
+
+def test_cli_simulate_names_a_missing_table(tmp_path, capsys):
+    from ml_backend.cli import main
+
+    code = main(["simulate", "--cells-csv", str(tmp_path / "nope.csv"), "--out", str(tmp_path / "out")])
+    assert code == 2 and "nope.csv" in capsys.readouterr().err
+
+
+def test_cli_simulate_writes_figures_for_a_tiny_table(tmp_path):
+    import json
+
+    from PIL import Image
+
+    from ml_backend.cli import main
+
+    rng = np.random.default_rng(0)
+    rows = ["name,part,x,y,kind"]
+    for i, split in enumerate(["train", "train", "test"]):
+        pixels = np.full((64, 64, 3), 230, np.uint8)
+        for k in range(12):
+            x, y, dark = 8 + 16 * (k % 4), 10 + 20 * (k // 4), k % 2
+            pixels[y - 3 : y + 3, x - 3 : x + 3] = (60, 20, 120) if dark else (200, 120, 160)
+            rows.append(f"im{i},{split},{x + rng.uniform(-1, 1):.1f},{y},{'dark' if dark else 'pale'}")
+        Image.fromarray(pixels).save(tmp_path / f"im{i}.png")
+    (tmp_path / "cells.csv").write_text("\n".join(rows) + "\n")
+    code = main(["simulate", "--cells-csv", str(tmp_path / "cells.csv"), "--images-dir", str(tmp_path),
+                 "--image-suffix", ".png", "--image-col", "name", "--x-col", "x", "--y-col", "y",
+                 "--class-col", "kind", "--split-col", "part", "--strategies", "random,sequential",
+                 "--cells-per-task", "6", "--runs", "1", "--max-labels", "12", "--ready-after", "6",
+                 "--patch-px", "16", "--out", str(tmp_path / "out")])
+    report = json.loads((tmp_path / "out" / "simulation.json").read_text())
+    assert code == 0 and report["classes"] == ["dark", "pale"] and report["pool"]["cells"] == 24
+    assert {r["strategy"] for r in report["results"]} == {"random", "sequential"}
+    assert (tmp_path / "out" / "learning_curves.png").is_file()
