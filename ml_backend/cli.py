@@ -42,6 +42,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--cells-per-task", type=int, help="cells per task (tile); default 20")
     p.add_argument("--mpp", type=float, help="microns per pixel, for slides that do not record it")
     p.add_argument("--checkpoint", type=Path, help="ResNet-18 backbone weights (a state_dict .pt file)")
+    p.add_argument("--segmenter-weights", type=Path,
+                   help="HoVer-Net checkpoint (original repo or tiatoolbox); default: the classical segmenter")
     p.add_argument("--backend-url", help="URL Label Studio uses to reach `hali serve` (connects the backend)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=_preprocess)
@@ -70,6 +72,7 @@ def _preprocess(args: argparse.Namespace) -> int:
 
     overrides = {k: v for k, v in {
         "classes": args.classes, "cells_per_task": args.cells_per_task, "mpp": args.mpp,
+        "segmenter_weights": args.segmenter_weights,
         "checkpoint": args.checkpoint, "backend_url": args.backend_url,
     }.items() if v is not None}
     if args.no_progress:

@@ -6,6 +6,7 @@ Each message says what was wrong, which value, and what to do about it::
     +-- SlideError           a slide that is missing, corrupt, unsupported, or has no mpp
     +-- SegmentationError    nucleus segmentation that cannot run on its input
     +-- FeaturizerError      a backbone checkpoint that is missing or does not fit ResNet-18
+    +-- SegmenterWeightsError  a HoVer-Net checkpoint that is missing or of a layout it cannot load
     +-- LabelStudioError     Label Studio is down, refused the key, or rejected a call
 """
 
@@ -24,6 +25,10 @@ class SegmentationError(PreprocessError):
 
 class FeaturizerError(PreprocessError):
     """A backbone checkpoint that cannot be loaded into the featurizer."""
+
+
+class SegmenterWeightsError(PreprocessError):
+    """A HoVer-Net checkpoint that is missing, unreadable, or not in a layout the loader accepts."""
 
 
 class LabelStudioError(PreprocessError):

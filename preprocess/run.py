@@ -27,7 +27,8 @@ from preprocess.errors import LabelStudioError, SegmentationError, SlideError
 from preprocess.featurize import ResNet18Featurizer, cell_patch_px, extract_patches
 from preprocess.layout import DataLayout
 from preprocess.ls_gateway import LabelStudioGateway
-from preprocess.segment import segment_slide
+from preprocess.hovernet import HoVerNetSegmenter
+from preprocess.segment import segment_nuclei, segment_slide
 from preprocess.settings import PreprocessSettings
 from preprocess.slide import OpenSlideReader
 from preprocess.tasks import build_tiles, task_payloads
@@ -107,7 +108,8 @@ def _segment_and_embed(reader, settings, layout, timer) -> tuple[CellTable, list
     if not mask.any():
         raise SlideError(f"slide {reader.path} shows no tissue (blank or all background); check the file")
     with timer("segmentation"):
-        nuclei = segment_slide(reader, mask, downsample, window_px=settings.window_px, progress=settings.progress)
+        nuclei = segment_slide(reader, mask, downsample, window_px=settings.window_px, progress=settings.progress,
+                               segment=_pick_segmenter(settings))
     if len(nuclei.centroids_xy) == 0:
         raise SegmentationError(f"no nuclei found in slide {reader.path}; is it a stained tissue section?")
     plan = plan_tiles(nuclei.centroids_xy, settings.cells_per_task)
@@ -123,6 +125,13 @@ def _segment_and_embed(reader, settings, layout, timer) -> tuple[CellTable, list
     tiles = build_tiles(slide_id, table.cell_ids, table.tile_ids, table.boxes, reader.dimensions, mpp,
                         layout.tile_url)
     return table, tiles
+
+
+def _pick_segmenter(settings: PreprocessSettings):
+    """The classical segmenter, or HoVer-Net when the settings name its weights."""
+    if settings.segmenter_weights is None:
+        return segment_nuclei
+    return HoVerNetSegmenter(settings.segmenter_weights, device=settings.segmenter_device).segment_nuclei
 
 
 def _embed(featurizer: ResNet18Featurizer, patches: np.ndarray, progress: bool) -> np.ndarray:

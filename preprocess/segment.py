@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -117,6 +117,11 @@ def label_nuclei(rgb: np.ndarray, mpp: float) -> np.ndarray:
     return _keep_sizes(labels, min_area_px, MAX_AREA_UM2 / mpp**2)
 
 
+def nuclei_from_labels(labels: np.ndarray) -> Nuclei:
+    """:class:`Nuclei` measured from an int (rows, cols) instance map numbered 1..N (0 is background)."""
+    return _measure(labels)
+
+
 def _keep_sizes(labels: np.ndarray, min_area_px: float, max_area_px: float) -> np.ndarray:
     """int32 label image with labels outside [min_area_px, max_area_px] removed and the rest numbered 1..N."""
     areas = np.bincount(labels.ravel())
@@ -196,6 +201,7 @@ def segment_slide(
     window_px: int = 2048,
     overlap_px: int = 64,
     progress: bool = True,
+    segment: Callable[[np.ndarray, float], Nuclei] = segment_nuclei,
 ) -> Nuclei:
     """Nuclei of a whole slide, in level-0 pixels, sorted by (y, x).
 
@@ -204,7 +210,8 @@ def segment_slide(
     ``window_px`` with no tissue are skipped. Each window is read with a margin of at least
     ``overlap_px`` (widened to the largest nucleus' diameter), and a nucleus is kept only by the window
     whose core holds its centroid, so nuclei on window borders come out once and whole. Nuclei whose
-    centroid is off the tissue are dropped.
+    centroid is off the tissue are dropped. ``segment(rgb, mpp) -> Nuclei`` segments one window: by
+    default the classical :func:`segment_nuclei`, or e.g. ``HoVerNetSegmenter(weights).segment_nuclei``.
     """
     mpp = reader.require_mpp()
     _check_mask(tissue_mask, mask_downsample, reader.dimensions)
@@ -212,7 +219,7 @@ def segment_slide(
     windows = list(_tissue_windows(tissue_mask, mask_downsample, reader.dimensions, window_px))
     logger.info("slide %s: segmenting %d windows of %d px (mpp %.3f)", reader.path, len(windows), window_px, mpp)
     parts = [
-        _segment_window(reader, window, margin_px, mpp)
+        _segment_window(reader, window, margin_px, mpp, segment)
         for window in tqdm(windows, desc="segmenting", unit="window", disable=not progress)
     ]
     nuclei = Nuclei.concat(parts)
@@ -248,13 +255,14 @@ def _tissue_windows(
 
 
 def _segment_window(
-    reader: OpenSlideReader, window: tuple[int, int, int, int], margin_px: int, mpp: float
+    reader: OpenSlideReader, window: tuple[int, int, int, int], margin_px: int, mpp: float,
+    segment: Callable[[np.ndarray, float], Nuclei],
 ) -> Nuclei:
     """Nuclei, in level-0 px, whose centroid lies in the window core; cut-off objects at the read edge are dropped."""
     x0, y0, w, h = window
     read_x0, read_y0 = x0 - margin_px, y0 - margin_px
     read_w, read_h = w + 2 * margin_px, h + 2 * margin_px
-    local = segment_nuclei(reader.read_region(read_x0, read_y0, read_w, read_h), mpp)
+    local = segment(reader.read_region(read_x0, read_y0, read_w, read_h), mpp)
     bx, by, bw, bh = local.boxes.T
     whole = (bx > 0) & (by > 0) & (bx + bw < read_w) & (by + bh < read_h)
     nuclei = local.take(whole).shifted(read_x0, read_y0)

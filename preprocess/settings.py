@@ -29,6 +29,10 @@ class PreprocessSettings(BaseSettings):
     checkpoint: Path | None = Field(None, description="ResNet-18 backbone weights (state_dict)")
     window_px: int = Field(2048, ge=256)
     device: str = "cpu"
+    segmenter_weights: Path | None = Field(
+        None, description="HoVer-Net checkpoint (original repo or tiatoolbox layout); none: the classical segmenter"
+    )
+    segmenter_device: str = Field("auto", description="HoVer-Net's device: auto (CUDA when there is one), cpu, cuda")
     progress: bool = True
 
     @field_validator("ls_files_root", "data_dir")
