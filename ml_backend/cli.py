@@ -44,6 +44,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", type=Path, help="ResNet-18 backbone weights (a state_dict .pt file)")
     p.add_argument("--segmenter-weights", type=Path,
                    help="HoVer-Net checkpoint (original repo or tiatoolbox); default: the classical segmenter")
+    p.add_argument("--featurizer", choices=("resnet18", "handcrafted"),
+                   help="cell features: resnet18 (backbone, see --checkpoint) or handcrafted (no weights needed)")
     p.add_argument("--backend-url", help="URL Label Studio uses to reach `hali serve` (connects the backend)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=_preprocess)
@@ -56,6 +58,27 @@ def _parser() -> argparse.ArgumentParser:
     w = sub.add_parser("worker", help="run an rq worker for retrain jobs")
     w.add_argument("--burst", action="store_true", help="exit when the queue is empty")
     w.set_defaults(func=_worker)
+
+    t = sub.add_parser("pretrain", help="train the ResNet-18 backbone on labeled nuclei (HALI's pretraining)")
+    t.add_argument("--table", type=Path, help="CoNSeP-style centroid CSV (patch, split, cx, cy, class column)")
+    t.add_argument("--images", type=Path, help="folder of <patch>.jpg images; default images/ beside --table")
+    t.add_argument("--class-column", default="type_name", help="class column of --table (default type_name)")
+    t.add_argument("--train-split", default="train")
+    t.add_argument("--test-split", default="test")
+    t.add_argument("--pannuke-train", type=Path, nargs="+", default=[],
+                   help="PanNuke fold folders with images.npy and masks.npy (the paper: folds 1 and 2)")
+    t.add_argument("--pannuke-test", type=Path, nargs="+", default=[], help="PanNuke test folds (fold 3)")
+    t.add_argument("--mpp", type=float, default=0.25, help="microns per pixel of the images (default 0.25, 40x)")
+    t.add_argument("--patch-um", type=float, default=20.0, help="patch side in micrometres, as HALI_PATCH_UM")
+    t.add_argument("--epochs", type=int, default=5)
+    t.add_argument("--batch-size", type=int, default=128)
+    t.add_argument("--lr", type=float, default=1e-3)
+    t.add_argument("--device", default="cpu")
+    t.add_argument("--limit", type=int, help="use at most this many train (and test) cells, for quick runs")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--out", type=Path, default=Path(".state/models/resnet18-pretrained.pt"),
+                   help="checkpoint path; the JSON sidecar goes beside it with suffix .json")
+    t.set_defaults(func=_pretrain)
 
     r = sub.add_parser("retrain", help="retrain one project now, in this process")
     r.add_argument("project_id", type=int)
@@ -73,7 +96,7 @@ def _preprocess(args: argparse.Namespace) -> int:
     overrides = {k: v for k, v in {
         "classes": args.classes, "cells_per_task": args.cells_per_task, "mpp": args.mpp,
         "segmenter_weights": args.segmenter_weights,
-        "checkpoint": args.checkpoint, "backend_url": args.backend_url,
+        "checkpoint": args.checkpoint, "backend_url": args.backend_url, "featurizer": args.featurizer,
     }.items() if v is not None}
     if args.no_progress:
         overrides["progress"] = False
@@ -86,6 +109,22 @@ def _preprocess(args: argparse.Namespace) -> int:
           f"({result.n_imported} new) in project {result.project_id}")
     print("  " + ", ".join(f"{k} {v:.1f} s" for k, v in result.seconds.items()))
     print(f"open {result.project_url}")
+    return 0
+
+
+def _pretrain(args: argparse.Namespace) -> int:
+    from preprocess.pretrain import run_pretrain
+
+    meta = run_pretrain(
+        args.out, table=args.table, images_dir=args.images, class_column=args.class_column,
+        train_split=args.train_split, test_split=args.test_split, pannuke_train=args.pannuke_train,
+        pannuke_test=args.pannuke_test, mpp=args.mpp, patch_um=args.patch_um, epochs=args.epochs,
+        batch_size=args.batch_size, lr=args.lr, device=args.device, limit=args.limit, random_state=args.seed,
+    )
+    nan = float("nan")
+    print(f"wrote {args.out} (classes {', '.join(meta['classes'])}; test accuracy "
+          f"{meta.get('test_accuracy', nan):.3f}, balanced {meta.get('test_balanced_accuracy', nan):.3f})")
+    print(f"use it with: hali preprocess ... --checkpoint {args.out}")
     return 0
 
 

@@ -8,6 +8,7 @@ Each message says what was wrong, which value, and what to do about it::
     +-- FeaturizerError      a backbone checkpoint that is missing or does not fit ResNet-18
     +-- SegmenterWeightsError  a HoVer-Net checkpoint that is missing or of a layout it cannot load
     +-- LabelStudioError     Label Studio is down, refused the key, or rejected a call
+    +-- PretrainError        labeled-nuclei data for ``hali pretrain`` that is missing or malformed
 """
 
 
@@ -33,3 +34,7 @@ class SegmenterWeightsError(PreprocessError):
 
 class LabelStudioError(PreprocessError):
     """A Label Studio call failed: server down, bad API key, or a rejected request."""
+
+
+class PretrainError(PreprocessError):
+    """Labeled-nuclei data for ``hali pretrain`` that is missing, empty or malformed."""

@@ -8,6 +8,7 @@ same patch gives the same embedding in every process: a random-init backbone is 
 
 from __future__ import annotations
 
+import json
 import logging
 import pickle
 from collections.abc import Mapping
@@ -21,6 +22,7 @@ from torch import nn
 from torchvision.models import resnet18
 
 from preprocess.errors import FeaturizerError
+from preprocess.handcrafted import HandcraftedFeaturizer
 
 if TYPE_CHECKING:  # slides are read through the reader the caller passes in
     from preprocess.slide import OpenSlideReader
@@ -81,7 +83,9 @@ class ResNet18Featurizer:
 
     ``checkpoint``: a ``state_dict`` file (plain, or under a ``"state_dict"``/``"model"`` key; ``module.``
     and ``backbone.`` prefixes and ``fc.*`` keys are accepted). Without one the weights are random
-    (seeded, so every process gets the same ones) and a warning says so.
+    (seeded, so every process gets the same ones) and a warning says so. When a JSON sidecar sits beside
+    the checkpoint (``resnet18.pt`` -> ``resnet18.json``, as ``hali pretrain`` writes) and holds ``mean``
+    and ``std`` (3 floats each, RGB in [0, 1]), patches are normalised with those instead of ImageNet's.
     """
 
     dim = 512
@@ -92,6 +96,7 @@ class ResNet18Featurizer:
         self._device = torch.device(device)
         self._batch_size = batch_size
         self._model = _build_backbone()
+        mean, std = IMAGENET_MEAN, IMAGENET_STD
         if checkpoint is None:
             logger.warning(
                 "no backbone checkpoint given: ResNet-18 has RANDOM weights; suggestions will be weak until "
@@ -102,9 +107,10 @@ class ResNet18Featurizer:
             path = Path(checkpoint)
             self._model.load_state_dict(_read_checkpoint(path, self._model.state_dict()))
             self._name = f"resnet18:{path.name}"
+            mean, std = _sidecar_normalisation(path) or (mean, std)
         self._model.to(self._device).eval()
-        self._mean = torch.tensor(IMAGENET_MEAN, device=self._device).view(1, 3, 1, 1)
-        self._std = torch.tensor(IMAGENET_STD, device=self._device).view(1, 3, 1, 1)
+        self._mean = torch.tensor(mean, dtype=torch.float32, device=self._device).view(1, 3, 1, 1)
+        self._std = torch.tensor(std, dtype=torch.float32, device=self._device).view(1, 3, 1, 1)
 
     @property
     def name(self) -> str:
@@ -127,6 +133,31 @@ class ResNet18Featurizer:
         x = torch.from_numpy(np.ascontiguousarray(batch)).to(self._device)
         x = (x.permute(0, 3, 1, 2).float() / 255.0 - self._mean) / self._std
         return self._model(x).float().cpu().numpy()
+
+
+def _sidecar_normalisation(checkpoint: Path) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+    """``(mean, std)`` from the checkpoint's JSON sidecar, or None when there is no sidecar or it has none."""
+    sidecar = checkpoint.with_suffix(".json")
+    if not sidecar.is_file():
+        return None
+    try:
+        meta = json.loads(sidecar.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise FeaturizerError(f"checkpoint sidecar {sidecar} is not readable JSON ({exc}); fix or remove it") from exc
+    if not isinstance(meta, dict) or "mean" not in meta or "std" not in meta:
+        return None
+    mean, std = meta["mean"], meta["std"]
+    if not (_three_floats(mean) and _three_floats(std) and min(std) > 0):
+        raise FeaturizerError(
+            f"checkpoint sidecar {sidecar} has mean {mean!r} and std {std!r}; each must be 3 numbers (RGB in [0, 1]), "
+            "std > 0"
+        )
+    logger.info("normalising patches with mean %s, std %s from %s", mean, std, sidecar)
+    return tuple(float(v) for v in mean), tuple(float(v) for v in std)
+
+
+def _three_floats(values: object) -> bool:
+    return isinstance(values, list) and len(values) == 3 and all(isinstance(v, (int, float)) for v in values)
 
 
 def _build_backbone() -> nn.Module:
@@ -190,3 +221,23 @@ def _check_keys(path: Path, state: Mapping[str, object], expected: Mapping[str, 
             f"{len(unexpected)} unexpected keys {unexpected[:5]}, {len(mismatched)} keys of the wrong shape "
             f"{mismatched[:5]}; pass a torchvision resnet18 state_dict or a checkpoint from `hali pretrain`"
         )
+
+
+FEATURIZERS = ("resnet18", "handcrafted")
+
+
+def make_featurizer(
+    name: str, checkpoint: str | Path | None = None, device: str = "cpu", patch_um: float = 20.0
+) -> ResNet18Featurizer | HandcraftedFeaturizer:
+    """The featurizer registered as ``name`` (one of :data:`FEATURIZERS`); both have ``embed``, ``dim``, ``name``.
+
+    ``checkpoint`` and ``device`` go to the ResNet-18; ``patch_um`` to the handcrafted measurements, which
+    need no weights and give a fresh install useful features.
+    """
+    if name == "resnet18":
+        return ResNet18Featurizer(checkpoint, device=device)
+    if name == "handcrafted":
+        if checkpoint is not None:
+            logger.warning("featurizer 'handcrafted' needs no weights; ignoring checkpoint %s", checkpoint)
+        return HandcraftedFeaturizer(patch_um=patch_um)
+    raise FeaturizerError(f"unknown featurizer {name!r}; choose one of {', '.join(FEATURIZERS)}")

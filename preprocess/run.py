@@ -24,7 +24,7 @@ from tqdm import tqdm
 from label_config import TileTask, build_label_config, parse_classes, parse_version_name, version_name
 from preprocess.cells import CellTable, make_cell_id, make_tile_id
 from preprocess.errors import LabelStudioError, SegmentationError, SlideError
-from preprocess.featurize import ResNet18Featurizer, cell_patch_px, extract_patches
+from preprocess.featurize import ResNet18Featurizer, cell_patch_px, extract_patches, make_featurizer
 from preprocess.layout import DataLayout
 from preprocess.ls_gateway import LabelStudioGateway
 from preprocess.hovernet import HoVerNetSegmenter
@@ -89,13 +89,16 @@ def _load_or_make_tiles(reader: OpenSlideReader, settings: PreprocessSettings, l
     cells_path, tasks_path = layout.cells_path(slide_id), layout.tasks_path(slide_id)
     if cells_path.exists() and tasks_path.exists():
         meta = json.loads(tasks_path.read_text())
-        if meta.get("cells_per_task") == settings.cells_per_task:
+        # Embeddings from another featurizer would not match what the backend expects: redo them.
+        if (meta.get("cells_per_task"), meta.get("featurizer", "resnet18")) == (settings.cells_per_task,
+                                                                              settings.featurizer):
             log.info("slide %s: reusing %s (already preprocessed)", slide_id, cells_path)
             return [TileTask.from_task_data(d) for d in meta["tiles"]], len(CellTable.load(cells_path))
     table, tiles = _segment_and_embed(reader, settings, layout, timer)
     table.save(cells_path)
     meta = {"slide_path": str(Path(reader.path).resolve()), "slide_id": slide_id, "mpp": reader.mpp,
-            "cells_per_task": settings.cells_per_task, "tiles": [t.to_task_data() for t in tiles]}
+            "cells_per_task": settings.cells_per_task, "featurizer": settings.featurizer,
+            "tiles": [t.to_task_data() for t in tiles]}
     _write_json_atomic(tasks_path, meta)
     return tiles, len(table)
 
@@ -117,7 +120,7 @@ def _segment_and_embed(reader, settings, layout, timer) -> tuple[CellTable, list
     grid = plan.grid[plan.tile_index]
     tile_ids = np.array([make_tile_id(slide_id, int(c), int(r)) for c, r in grid])
     with timer("embedding"):
-        featurizer = ResNet18Featurizer(settings.checkpoint, device=settings.device)
+        featurizer = make_featurizer(settings.featurizer, settings.checkpoint, settings.device, settings.patch_um)
         patches = extract_patches(reader, nuclei.centroids_xy, cell_patch_px(mpp, settings.patch_um))
         features = _embed(featurizer, patches, settings.progress)
     order = np.argsort(plan.tile_index, kind="stable")  # tiles in reading order, cells grouped by tile

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_CLASSES = ("Tumor", "Lymphocyte", "Stroma", "Other")
@@ -27,6 +28,11 @@ class PreprocessSettings(BaseSettings):
     patch_um: float = Field(20.0, gt=0, description="side of the square around each nucleus that is embedded")
     mpp: float | None = Field(None, gt=0, description="microns per pixel, for slides without that metadata")
     checkpoint: Path | None = Field(None, description="ResNet-18 backbone weights (state_dict)")
+    # Handcrafted measurements beat a random-init ResNet-18 on CoNSeP at every N (docs/features.md), so a
+    # fresh install uses them; a checkpoint given without a featurizer picks the ResNet-18 it is for.
+    featurizer: Literal["resnet18", "handcrafted"] = Field(
+        "handcrafted", description="how cells are embedded: stain/shape/texture measurements, or a ResNet-18"
+    )
     window_px: int = Field(2048, ge=256)
     device: str = "cpu"
     segmenter_weights: Path | None = Field(
@@ -39,6 +45,12 @@ class PreprocessSettings(BaseSettings):
     @classmethod
     def _absolute(cls, value: Path) -> Path:
         return value.expanduser().resolve()
+
+    @model_validator(mode="after")
+    def _checkpoint_means_resnet18(self) -> PreprocessSettings:
+        if self.checkpoint is not None and "featurizer" not in self.model_fields_set:
+            self.featurizer = "resnet18"
+        return self
 
     def class_list(self) -> list[str]:
         return [c.strip() for c in self.classes.split(",") if c.strip()]

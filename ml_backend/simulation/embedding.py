@@ -20,6 +20,7 @@ from ml_backend.simulation import SimulationError
 from ml_backend.simulation.dataset import CellDataset
 from preprocess.errors import PreprocessError
 from preprocess.featurize import ResNet18Featurizer, extract_patches
+from preprocess.handcrafted import HandcraftedFeaturizer
 from preprocess.slide import OpenSlideReader
 
 logger = logging.getLogger(__name__)
@@ -33,6 +34,7 @@ class Featurizer(Protocol):
 
 FEATURIZERS: dict[str, Callable[[Path | None], Featurizer]] = {
     "resnet18": lambda checkpoint: ResNet18Featurizer(checkpoint),
+    "handcrafted": lambda checkpoint: HandcraftedFeaturizer(),  # 20 um patches, as --patch-px 80 at 0.25 mpp
 }
 
 
