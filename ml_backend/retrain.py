@@ -20,6 +20,7 @@ import numpy as np
 
 from label_config import TileTask, parse_classes, rank_to_score, version_name
 from ml_backend.embeddings import EmbeddingIndex
+from ml_backend.errors import NotPreprocessedError
 from ml_backend.head import HeadClassifier
 from ml_backend.label_store import RedisLabelStore, merge_labels
 from ml_backend.labels import records_from_tasks
@@ -118,6 +119,12 @@ def _gather_cells(
         ys.append(y[keep])
     if not feats:
         return _Cells(np.zeros((0, 0), np.float32), np.zeros(0, np.int64), np.zeros(0, np.int64))
+    dims = {f.shape[1] for f in feats}
+    if len(dims) > 1:
+        raise NotPreprocessedError(
+            f"the project's slides were embedded with different featurizers ({sorted(dims)} features); "
+            "re-run `hali preprocess` on every slide with the same --featurizer and --checkpoint"
+        )
     return _Cells(np.concatenate(feats).astype(np.float32), np.concatenate(task_ids), np.concatenate(ys))
 
 

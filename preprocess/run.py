@@ -87,20 +87,26 @@ def _ensure_project(gateway: LabelStudioGateway, title: str, classes: list[str])
 def _load_or_make_tiles(reader: OpenSlideReader, settings: PreprocessSettings, layout: DataLayout, timer):
     slide_id = reader.slide_id
     cells_path, tasks_path = layout.cells_path(slide_id), layout.tasks_path(slide_id)
+    recipe = _recipe(settings)
     if cells_path.exists() and tasks_path.exists():
         meta = json.loads(tasks_path.read_text())
-        # Embeddings from another featurizer would not match what the backend expects: redo them.
-        if (meta.get("cells_per_task"), meta.get("featurizer", "resnet18")) == (settings.cells_per_task,
-                                                                              settings.featurizer):
-            log.info("slide %s: reusing %s (already preprocessed)", slide_id, cells_path)
+        if meta.get("recipe") == recipe:
+            log.info("slide %s: reusing %s (already preprocessed with these settings)", slide_id, cells_path)
             return [TileTask.from_task_data(d) for d in meta["tiles"]], len(CellTable.load(cells_path))
+        log.info("slide %s: settings changed since %s was made; preprocessing again", slide_id, cells_path)
     table, tiles = _segment_and_embed(reader, settings, layout, timer)
     table.save(cells_path)
     meta = {"slide_path": str(Path(reader.path).resolve()), "slide_id": slide_id, "mpp": reader.mpp,
-            "cells_per_task": settings.cells_per_task, "featurizer": settings.featurizer,
-            "tiles": [t.to_task_data() for t in tiles]}
+            "recipe": recipe, "featurizer": settings.featurizer, "tiles": [t.to_task_data() for t in tiles]}
     _write_json_atomic(tasks_path, meta)
     return tiles, len(table)
+
+
+def _recipe(settings: PreprocessSettings) -> dict:
+    """Everything that decides the cells, tiles and embeddings: a cached table made otherwise is redone."""
+    return {"cells_per_task": settings.cells_per_task, "featurizer": settings.featurizer,
+            "checkpoint": str(settings.checkpoint or ""), "segmenter_weights": str(settings.segmenter_weights or ""),
+            "patch_um": settings.patch_um, "mpp": settings.mpp}
 
 
 def _segment_and_embed(reader, settings, layout, timer) -> tuple[CellTable, list[TileTask]]:
