@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from label_config import TileTask, parse_classes, rank_to_score, version_name
+from ml_backend.drawn_cells import DrawnCellEmbedder
 from ml_backend.embeddings import EmbeddingIndex
 from ml_backend.errors import NotPreprocessedError
 from ml_backend.head import HeadClassifier
@@ -86,6 +87,7 @@ def _retrain(project_id: int, settings: BackendSettings, gateway: LabelStudioGat
     layout = DataLayout(settings.data_dir, settings.ls_files_root)
     models = ModelStore(layout.models_dir(project_id))
     cells = _gather_cells(tiles, open_ids, labels, classes, EmbeddingIndex(layout))
+    cells = _add_drawn_cells(cells, records, tiles, classes, DrawnCellEmbedder(layout))
     head = _fit_head(cells, len(classes), settings)
     if head is None:
         log.info("project %s: no cell labels yet, nothing to retrain", project_id)
@@ -95,7 +97,7 @@ def _retrain(project_id: int, settings: BackendSettings, gateway: LabelStudioGat
     order = _rank_open_tasks(cells, head, proba, open_ids, settings)
     version = models.next_version()
     gateway.import_predictions(project_id, _predictions(order, tiles, cells, proba, classes, version_name(version)))
-    meta = _meta(classes, labels, head, settings)
+    meta = _meta(classes, labels, head, settings, n_drawn=int((cells.task_ids == -1).sum()))
     models.save(version, head, meta)
     gateway.serve_version(project_id, version_name(version))  # last: the switch makes the new order live
     return RetrainReport(project_id, version, version_name(version), len(labels), len(open_ids), order[:5],
@@ -126,6 +128,27 @@ def _gather_cells(
             "re-run `hali preprocess` on every slide with the same --featurizer and --checkpoint"
         )
     return _Cells(np.concatenate(feats).astype(np.float32), np.concatenate(task_ids), np.concatenate(ys))
+
+
+def _add_drawn_cells(cells: _Cells, records, tiles: dict[int, TileTask], classes: list[str],
+                     embedder: DrawnCellEmbedder) -> _Cells:
+    """``cells`` plus the labelled boxes annotators drew by hand (task id -1: they are never ranked)."""
+    by_slide: dict[str, list[tuple[list[int], str]]] = {}
+    for rec in records.values():
+        for drawn in rec.drawn:
+            by_slide.setdefault(tiles[rec.task_id].slide_id, []).append((drawn["box"], drawn["label"]))
+    class_index = {c: i for i, c in enumerate(classes)}
+    feats, ys = [cells.features], [cells.y]
+    for slide_id, items in by_slide.items():
+        f = embedder.embed(slide_id, [box for box, _ in items])
+        if f is not None and (cells.features.size == 0 or f.shape[1] == cells.features.shape[1]):
+            feats.append(f)
+            ys.append(np.array([class_index[label] for _, label in items], dtype=np.int64))
+    n_new = sum(len(y) for y in ys[1:])
+    if n_new == 0:
+        return cells
+    features = np.concatenate([f for f in feats if f.size]).astype(np.float32)
+    return _Cells(features, np.concatenate([cells.task_ids, np.full(n_new, -1)]), np.concatenate(ys))
 
 
 def _fit_head(cells: _Cells, n_classes: int, settings: BackendSettings) -> HeadClassifier | None:
@@ -161,12 +184,13 @@ def _predictions(
 
 
 def _meta(
-    classes: list[str], labels: dict[str, str], head: HeadClassifier | None, settings: BackendSettings
+    classes: list[str], labels: dict[str, str], head: HeadClassifier, settings: BackendSettings, n_drawn: int
 ) -> dict[str, Any]:
     snapshot = hashlib.sha256(json.dumps(sorted(labels.items())).encode()).hexdigest()[:16]
     counts = {c: sum(1 for v in labels.values() if v == c) for c in classes}
     metrics = {
         "n_labels": len(labels),
+        "n_drawn_cells": n_drawn,
         "per_class": counts,
         "best_val_loss": getattr(head, "best_val_loss_", None),
         "epochs": getattr(head, "n_epochs_", 0),

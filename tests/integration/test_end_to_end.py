@@ -79,6 +79,10 @@ def test_label_retrain_and_queue_follow_the_ranking(hali, label_studio, ls_clien
     assert labels == {NEUTRAL_LABEL}
 
     result_regions, parent = _label_cells(first, 6)
+    # The pathologist also draws a box around a nucleus the segmenter missed.
+    drawn = dict(result_regions[0], id="drawn-by-hand", origin="manual", value=dict(result_regions[0]["value"]))
+    drawn["value"].update(x=1.0, y=1.0, width=4.0, height=4.0, rectanglelabels=["Positive"])
+    result_regions.append(drawn)
     annotator.submit(first["id"], result_regions, lead_time=12.5, parent_prediction=parent, project_id=pid)
 
     store = RedisLabelStore(Redis.from_url(redis_url))
@@ -90,6 +94,7 @@ def test_label_retrain_and_queue_follow_the_ranking(hali, label_studio, ls_clien
 
     status = store.status(pid)
     assert status["version"] == 1 and status["n_labels"] == 6
+    assert status["metrics"]["n_drawn_cells"] == 1, "the hand-drawn cell must be embedded and trained on"
     assert ls_client.projects.get(id=pid).model_version == version_name(1)
     served = annotator.next_task(pid)
     assert served["id"] == status["next_task_ids"][0], "Label Studio must serve the top-ranked task"
@@ -107,8 +112,11 @@ def test_label_retrain_and_queue_follow_the_ranking(hali, label_studio, ls_clien
     assert [t["id"] for t in exported] == [first["id"]]
     tile = TileTask.from_task_data(exported[0]["data"])
     boxes = {c.cell_id: (c.x0, c.y0, c.w, c.h) for c in tile.cells}
-    labelled = [r for r in exported[0]["annotations"][0]["result"]
-                if r["value"]["rectanglelabels"][0] != NEUTRAL_LABEL]
-    assert len(labelled) == 6
-    for region in labelled:
-        assert region_to_slide_box(region, tile) == pytest.approx(boxes[region["id"]], abs=1)
+    labelled = {r["id"]: r for r in exported[0]["annotations"][0]["result"]
+                if r["value"]["rectanglelabels"][0] != NEUTRAL_LABEL}
+    assert len(labelled) == 7
+    for cell_id, region in labelled.items():
+        if cell_id != "drawn-by-hand":
+            assert region_to_slide_box(region, tile) == pytest.approx(boxes[cell_id], abs=1)
+    x0, y0, _, _ = region_to_slide_box(labelled["drawn-by-hand"], tile)
+    assert (x0, y0) == pytest.approx((tile.x0 + 0.01 * tile.width, tile.y0 + 0.01 * tile.height), abs=1)
