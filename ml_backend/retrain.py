@@ -141,9 +141,14 @@ def _add_drawn_cells(cells: _Cells, records, tiles: dict[int, TileTask], classes
     feats, ys = [cells.features], [cells.y]
     for slide_id, items in by_slide.items():
         f = embedder.embed(slide_id, [box for box, _ in items])
-        if f is not None and (cells.features.size == 0 or f.shape[1] == cells.features.shape[1]):
-            feats.append(f)
-            ys.append(np.array([class_index[label] for _, label in items], dtype=np.int64))
+        if f is None:
+            continue
+        if cells.features.size and f.shape[1] != cells.features.shape[1]:
+            log.warning("slide %s: %d hand-drawn cells skipped: %d features, the project's cells have %d",
+                        slide_id, len(items), f.shape[1], cells.features.shape[1])
+            continue
+        feats.append(f)
+        ys.append(np.array([class_index[label] for _, label in items], dtype=np.int64))
     n_new = sum(len(y) for y in ys[1:])
     if n_new == 0:
         return cells
@@ -192,7 +197,7 @@ def _meta(
         "n_labels": len(labels),
         "n_drawn_cells": n_drawn,
         "per_class": counts,
-        "best_val_loss": getattr(head, "best_val_loss_", None),
-        "epochs": getattr(head, "n_epochs_", 0),
+        "best_val_loss": head.best_val_loss_,
+        "epochs": head.n_epochs_,
     }
     return {"classes": classes, "label_snapshot": snapshot, "strategy": settings.strategy, "metrics": metrics}
