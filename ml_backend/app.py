@@ -25,6 +25,7 @@ from rq import Queue
 from werkzeug.exceptions import HTTPException, Unauthorized
 
 from label_config import LabelConfigError, TileTask, parse_classes, version_name
+from ml_backend.embeddings import tables_storage
 from ml_backend.errors import NotPreprocessedError, UnknownCellError, WebhookError
 from ml_backend.jobs import enqueue_retrain
 from ml_backend.label_store import RedisLabelStore
@@ -33,6 +34,7 @@ from ml_backend.model_store import ModelStore
 from ml_backend.predictor import Predictor
 from ml_backend.settings import BackendSettings
 from ml_backend.webhook import AnnotationsDeleted, Ignored, LabelsWritten, TrainingRequested, parse_webhook
+from preprocess.errors import StorageError
 from preprocess.layout import DataLayout
 
 log = logging.getLogger(__name__)
@@ -42,7 +44,7 @@ def create_app(settings: BackendSettings | None = None, redis: Redis | None = No
     settings = settings or BackendSettings()
     redis = redis or Redis.from_url(settings.redis_url, socket_timeout=0.5, socket_connect_timeout=0.5)
     layout = DataLayout(settings.data_dir, settings.ls_files_root)
-    store, queue, predictor = RedisLabelStore(redis), Queue(settings.queue_name, connection=redis), Predictor(layout)
+    store, queue, predictor = RedisLabelStore(redis), Queue(settings.queue_name, connection=redis), Predictor(layout, tables_storage(settings))
     app = Flask("hali")
     _register_errors(app, settings)
 
@@ -120,6 +122,7 @@ def _register_errors(app: Flask, settings: BackendSettings) -> None:
     app.register_error_handler(LabelConfigError, lambda e: answer(422, str(e)))
     app.register_error_handler(UnknownCellError, lambda e: answer(422, str(e)))
     app.register_error_handler(NotPreprocessedError, lambda e: answer(409, str(e)))
+    app.register_error_handler(StorageError, lambda e: answer(503, str(e)))
     app.register_error_handler(
         RedisError,
         lambda e: answer(503, f"Redis at {settings.redis_url} is unreachable ({e.__class__.__name__}); start it. "

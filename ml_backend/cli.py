@@ -41,6 +41,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--classes", help="comma-separated cell classes, e.g. Tumor,Lymphocyte,Stroma,Other")
     p.add_argument("--cells-per-task", type=int, help="cells per task (tile); default 20")
     p.add_argument("--mpp", type=float, help="microns per pixel, for slides that do not record it")
+    p.add_argument("--tile-mpp", type=float, help="microns per pixel of tile images; default 0.5 (20x)")
     p.add_argument("--checkpoint", type=Path, help="ResNet-18 backbone weights (a state_dict .pt file)")
     p.add_argument("--segmenter-weights", type=Path,
                    help="HoVer-Net checkpoint (original repo or tiatoolbox); default: the classical segmenter")
@@ -92,9 +93,10 @@ def _preprocess(args: argparse.Namespace) -> int:
     from preprocess.run import run_preprocess
     from preprocess.settings import PreprocessSettings
     from preprocess.slide import OpenSlideReader
+    from preprocess.storage import open_output_storage
 
     overrides = {k: v for k, v in {
-        "classes": args.classes, "cells_per_task": args.cells_per_task, "mpp": args.mpp,
+        "classes": args.classes, "cells_per_task": args.cells_per_task, "mpp": args.mpp, "tile_mpp": args.tile_mpp,
         "segmenter_weights": args.segmenter_weights,
         "checkpoint": args.checkpoint, "backend_url": args.backend_url, "featurizer": args.featurizer,
     }.items() if v is not None}
@@ -103,8 +105,11 @@ def _preprocess(args: argparse.Namespace) -> int:
     settings = PreprocessSettings(**overrides)
     with OpenSlideReader(args.slide, mpp=settings.mpp) as reader:  # a bad slide fails before any LS call
         reader.require_mpp()
+    storage = open_output_storage(settings.storage_url, settings.data_dir, settings.ls_files_root,
+                                  settings.s3_endpoint_url)
+    storage.check()  # bad S3 credentials or a missing bucket fail before any work
     gateway = LabelStudioGateway.connect(settings.ls_url, settings.ls_api_key.get_secret_value())
-    result = run_preprocess(args.slide, args.project, settings, gateway)
+    result = run_preprocess(args.slide, args.project, settings, gateway, storage)
     print(f"slide {result.slide_id}: {result.n_cells} cells in {result.n_tiles} tasks "
           f"({result.n_imported} new) in project {result.project_id}")
     print("  " + ", ".join(f"{k} {v:.1f} s" for k, v in result.seconds.items()))

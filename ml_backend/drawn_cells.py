@@ -2,13 +2,13 @@
 
 Such a cell has no row in the slide's cell table. It is embedded the way preprocessing embedded every
 other cell of its slide: the same slide file, patch size and featurizer, read from the slide's
-``tasks.json`` (written by ``hali preprocess``). A slide file that has moved away is logged and skipped;
-the label itself stays in Label Studio and in the label mirror.
+``tasks.json`` (written by ``hali preprocess``, read from the same output storage as the cell tables). A
+slide file that has moved away, or a ``tasks.json`` that cannot be read, is logged and skipped; the label
+itself stays in Label Studio and in the label mirror.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,23 +17,23 @@ import numpy as np
 
 from preprocess.errors import PreprocessError
 from preprocess.featurize import cell_patch_px, extract_patches, make_featurizer
-from preprocess.layout import DataLayout
+from preprocess.layout import read_slide_meta
 from preprocess.slide import OpenSlideReader
+from preprocess.storage import Storage
 
 log = logging.getLogger(__name__)
 
 
 class DrawnCellEmbedder:
-    def __init__(self, layout: DataLayout) -> None:
-        self._layout = layout
+    def __init__(self, storage: Storage) -> None:
+        self._storage = storage
 
     def embed(self, slide_id: str, boxes: Sequence[Sequence[int]]) -> np.ndarray | None:
         """float32 (len(boxes), D) features of level-0 boxes ``(x0, y0, w, h)``; None when the slide is gone."""
-        meta_path = self._layout.tasks_path(slide_id)
         try:
-            meta = json.loads(meta_path.read_text())
-        except (OSError, ValueError) as exc:
-            log.warning("slide %s: cannot read %s (%s); hand-drawn cells skipped", slide_id, meta_path, exc)
+            meta = read_slide_meta(self._storage, slide_id)
+        except PreprocessError as exc:
+            log.warning("slide %s: hand-drawn cells skipped: %s", slide_id, exc)
             return None
         recipe = meta.get("recipe", {})
         centroids = np.array([[x0 + w / 2.0, y0 + h / 2.0] for x0, y0, w, h in boxes], dtype=np.float64)

@@ -1,39 +1,52 @@
 """EmbeddingIndex: the frozen backbone's features of every preprocessed cell, by cell id.
 
-Reads the cell tables ``hali preprocess`` wrote (one per slide) and keeps them in memory, reloading a
-table when its file changes.
+Reads the cell tables ``hali preprocess`` wrote (one per slide) from the output storage (``HALI_DATA_DIR``,
+or S3 with ``HALI_STORAGE_URL``) and keeps them in memory. A cached table is checked against the stored
+object's version (mtime or ETag) at most every ``recheck_s`` seconds, so a long-lived predictor picks up a
+re-run of preprocessing without one S3 request per task.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
+
 import numpy as np
 
 from label_config import TileTask
 from ml_backend.errors import NotPreprocessedError, UnknownCellError
+from ml_backend.settings import BackendSettings
 from preprocess.cells import CellTable
-from preprocess.layout import DataLayout
+from preprocess.layout import cells_key, read_cell_table
+from preprocess.storage import Storage, open_output_storage
+
+
+def tables_storage(settings: BackendSettings) -> Storage:
+    """Where the backend reads cell tables and ``tasks.json``: the storage ``hali preprocess`` wrote them to."""
+    return open_output_storage(settings.storage_url, settings.data_dir, settings.ls_files_root,
+                               settings.s3_endpoint_url).tables
 
 
 class EmbeddingIndex:
-    def __init__(self, layout: DataLayout) -> None:
-        self._layout = layout
-        self._tables: dict[str, tuple[float, CellTable]] = {}
+    def __init__(self, storage: Storage, recheck_s: float = 5.0) -> None:
+        self._storage = storage
+        self._recheck_s = recheck_s
+        self._tables: dict[str, tuple[str, float, CellTable]] = {}  # slide -> (version, checked at, table)
 
     def table(self, slide_id: str) -> CellTable:
-        path = self._layout.cells_path(slide_id)
-        try:
-            mtime = path.stat().st_mtime
-        except FileNotFoundError:
-            raise NotPreprocessedError(
-                f"slide {slide_id} has no cell table at {path}; run `hali preprocess` for it with the same "
-                "HALI_DATA_DIR as the backend"
-            ) from None
         cached = self._tables.get(slide_id)
-        if cached is None or cached[0] != mtime:
-            cached = (mtime, CellTable.load(path))
-            self._tables[slide_id] = cached
-        return cached[1]
+        now = time.monotonic()
+        if cached is not None and now - cached[1] < self._recheck_s:
+            return cached[2]
+        version = self._storage.version(cells_key(slide_id))
+        if version is None:
+            raise NotPreprocessedError(
+                f"slide {slide_id} has no cell table at {self._storage.location(cells_key(slide_id))}; run "
+                "`hali preprocess` for it with the same HALI_DATA_DIR / HALI_STORAGE_URL as the backend"
+            )
+        table = cached[2] if cached is not None and cached[0] == version else read_cell_table(self._storage, slide_id)
+        self._tables[slide_id] = (version, now, table)
+        return table
 
     def features(self, slide_id: str, cell_ids: Sequence[str]) -> np.ndarray:
         """float32 (len(cell_ids), D) features of these cells of one slide."""
@@ -48,4 +61,3 @@ class EmbeddingIndex:
 
     def tile_features(self, tile: TileTask) -> np.ndarray:
         return self.features(tile.slide_id, [c.cell_id for c in tile.cells])
-

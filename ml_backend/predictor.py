@@ -15,15 +15,17 @@ from ml_backend.head import HeadClassifier
 from ml_backend.model_store import ModelStore
 from ml_backend.predictions import tile_prediction
 from preprocess.layout import DataLayout
+from preprocess.storage import Storage
 
 # Served after every ranked task: /predict answers are stored as predictions and must not jump the queue.
 PREDICT_SCORE = 1.0
 
 
 class Predictor:
-    def __init__(self, layout: DataLayout) -> None:
+    def __init__(self, layout: DataLayout, tables: Storage) -> None:
+        """``layout``: where model versions are; ``tables``: where ``hali preprocess`` put the cell tables."""
         self._layout = layout
-        self._index = EmbeddingIndex(layout)
+        self._index = EmbeddingIndex(tables)
         self._heads: dict[int, tuple[int, HeadClassifier]] = {}
 
     def current_version(self, project_id: int) -> str:

@@ -20,7 +20,7 @@ import numpy as np
 
 from label_config import TileTask, parse_classes, rank_to_score, version_name
 from ml_backend.drawn_cells import DrawnCellEmbedder
-from ml_backend.embeddings import EmbeddingIndex
+from ml_backend.embeddings import EmbeddingIndex, tables_storage
 from ml_backend.errors import NotPreprocessedError
 from ml_backend.head import HeadClassifier
 from ml_backend.label_store import RedisLabelStore, merge_labels
@@ -86,8 +86,9 @@ def _retrain(project_id: int, settings: BackendSettings, gateway: LabelStudioGat
     open_ids = [t["id"] for t in tasks if not t["annotations"]]
     layout = DataLayout(settings.data_dir, settings.ls_files_root)
     models = ModelStore(layout.models_dir(project_id))
-    cells = _gather_cells(tiles, open_ids, labels, classes, EmbeddingIndex(layout))
-    cells = _add_drawn_cells(cells, records, tiles, classes, DrawnCellEmbedder(layout))
+    tables = tables_storage(settings)
+    cells = _gather_cells(tiles, open_ids, labels, classes, EmbeddingIndex(tables))
+    cells = _add_drawn_cells(cells, records, tiles, classes, DrawnCellEmbedder(tables))
     head = _fit_head(cells, len(classes), settings)
     if head is None:
         log.info("project %s: no cell labels yet, nothing to retrain", project_id)

@@ -18,6 +18,10 @@ class BackendSettings(BaseSettings):
     ls_url: str = "http://127.0.0.1:8080"
     ls_api_key: SecretStr = SecretStr("")
     ls_files_root: Path = Path(".state/ls-files")
+    storage_url: str | None = Field(
+        None, description="s3://bucket/prefix where `hali preprocess` put the cell tables; unset: data_dir"
+    )
+    s3_endpoint_url: str | None = Field(None, description="S3 endpoint (MinIO, moto, ...); unset: AWS")
     redis_url: str = "redis://127.0.0.1:6379/0"
     queue_name: str = "hali"
     webhook_secret: SecretStr = Field(

@@ -7,6 +7,7 @@ a cell id is ``<slide id[:10]>-<round(cx)>-<round(cy)>`` (level-0 centroid), and
 
 from __future__ import annotations
 
+import io
 import os
 import tempfile
 from collections.abc import Sequence
@@ -86,8 +87,20 @@ class CellTable:
     @classmethod
     def load(cls, path: str | Path) -> CellTable:
         """Read a table written by :meth:`save`."""
-        with np.load(path, allow_pickle=False) as data:
-            missing = [name for name in _FIELDS if name not in data.files]
+        with open(path, "rb") as fh:
+            return cls.from_bytes(fh.read(), str(path))
+
+    def to_bytes(self) -> bytes:
+        """The table as ``.npz`` bytes (no pickle), for object storage."""
+        buffer = io.BytesIO()
+        np.savez(buffer, **{name: getattr(self, name) for name in _FIELDS})
+        return buffer.getvalue()
+
+    @classmethod
+    def from_bytes(cls, data: bytes, source: str = "cell table") -> CellTable:
+        """Parse :meth:`to_bytes` output; ``source`` names where it came from in error messages."""
+        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+            missing = [name for name in _FIELDS if name not in npz.files]
             if missing:
-                raise ValueError(f"{path} is not a cell table: fields {missing} are missing; re-run `hali preprocess`")
-            return cls(**{name: data[name] for name in _FIELDS})
+                raise ValueError(f"{source} is not a cell table: fields {missing} are missing; re-run `hali preprocess`")
+            return cls(**{name: npz[name] for name in _FIELDS})

@@ -9,6 +9,7 @@ Each message says what was wrong, which value, and what to do about it::
     +-- SegmenterWeightsError  a HoVer-Net checkpoint that is missing or of a layout it cannot load
     +-- LabelStudioError     Label Studio is down, refused the key, or rejected a call
     +-- PretrainError        labeled-nuclei data for ``hali pretrain`` that is missing or malformed
+    +-- StorageError         output storage (local folder or S3) that cannot be read or written
 """
 
 
@@ -38,3 +39,8 @@ class LabelStudioError(PreprocessError):
 
 class PretrainError(PreprocessError):
     """Labeled-nuclei data for ``hali pretrain`` that is missing, empty or malformed."""
+
+
+class StorageError(PreprocessError):
+    """Tiles or tables cannot be stored or read: bad S3 credentials, a missing bucket, an unreachable
+    endpoint, a folder that is not writable, or an object that is not there."""

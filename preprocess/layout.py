@@ -1,23 +1,81 @@
-"""Where preprocessing writes its outputs (the backend reads the same paths).
+"""Where preprocessing writes its outputs (the backend reads the same keys).
 
-::
+Outputs are stored by key through a :class:`~preprocess.storage.Storage`; the keys are the same for local
+folders and S3::
 
-    <data_dir>/slides/<slide_id>/cells.npz      CellTable: ids, boxes, tile ids, embeddings
-    <data_dir>/slides/<slide_id>/tasks.json     task data of every tile (label_config schema)
-    <data_dir>/projects/<project_id>/           model versions (written by the backend)
-    <ls_files_root>/hali/<slide_id>/<tile>.png  tile images Label Studio serves as local files
+    slides/<slide_id>/cells.npz             CellTable: ids, boxes, tile ids, embeddings   (tables storage)
+    slides/<slide_id>/tasks.json            task data of every tile (label_config schema)  (tables storage)
+    hali/<slide_id>/<tile_id>-<tag>.png     tile images Label Studio shows                 (tiles storage)
+
+Locally the tables storage is ``<data_dir>`` and the tiles storage ``<ls_files_root>`` (Label Studio's
+local-files root); with ``HALI_STORAGE_URL=s3://bucket/prefix`` both are ``s3://bucket/prefix``. ``<tag>`` is
+a hash of the tile's geometry (origin, pixel size, downsample), so a tile rendered under other settings
+gets a new key and a re-run can skip every key that exists. Model versions stay local, in
+``<data_dir>/projects/<project_id>/`` (written by the backend).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+from label_config import TileTask
+from preprocess.cells import CellTable
+from preprocess.errors import StorageError
+from preprocess.storage import LOCAL_FILES_URL, Storage
 
 TILES_DIRNAME = "hali"
 
 
+def cells_key(slide_id: str) -> str:
+    return f"slides/{slide_id}/cells.npz"
+
+
+def tasks_key(slide_id: str) -> str:
+    return f"slides/{slide_id}/tasks.json"
+
+
+def tile_key(tile: TileTask) -> str:
+    """Key of ``tile``'s PNG: its id plus a tag of the geometry the PNG was rendered with."""
+    geometry = f"{tile.x0},{tile.y0},{tile.width},{tile.height},{tile.downsample:.6f}"
+    tag = hashlib.blake2b(geometry.encode(), digest_size=4).hexdigest()
+    return f"{TILES_DIRNAME}/{tile.slide_id}/{tile.tile_id}-{tag}.png"
+
+
+def write_cell_table(storage: Storage, slide_id: str, table: CellTable) -> None:
+    storage.put_bytes(cells_key(slide_id), table.to_bytes())
+
+
+def read_cell_table(storage: Storage, slide_id: str) -> CellTable:
+    """The slide's cell table; StorageError when it is missing or not a cell table."""
+    key = cells_key(slide_id)
+    try:
+        return CellTable.from_bytes(storage.get_bytes(key), storage.location(key))
+    except ValueError as exc:  # also numpy's "not a zip file" for a truncated or foreign file
+        raise StorageError(f"{storage.location(key)} is not a readable cell table ({exc}); re-run `hali preprocess`") \
+            from exc
+
+
+def write_slide_meta(storage: Storage, slide_id: str, meta: dict[str, Any]) -> None:
+    storage.put_bytes(tasks_key(slide_id), json.dumps(meta).encode(), "application/json")
+
+
+def read_slide_meta(storage: Storage, slide_id: str) -> dict[str, Any]:
+    """The slide's ``tasks.json``: slide path, mpp, recipe, featurizer and every tile's task data."""
+    key = tasks_key(slide_id)
+    try:
+        return json.loads(storage.get_bytes(key))
+    except ValueError as exc:
+        raise StorageError(f"{storage.location(key)} is not valid JSON ({exc}); re-run `hali preprocess`") from exc
+
+
 @dataclass(frozen=True)
 class DataLayout:
+    """Local paths of the default (no ``HALI_STORAGE_URL``) layout, and of the backend's model versions."""
+
     data_dir: Path
     ls_files_root: Path
 
@@ -25,10 +83,10 @@ class DataLayout:
         return self.data_dir / "slides" / slide_id
 
     def cells_path(self, slide_id: str) -> Path:
-        return self.slide_dir(slide_id) / "cells.npz"
+        return self.data_dir / cells_key(slide_id)
 
     def tasks_path(self, slide_id: str) -> Path:
-        return self.slide_dir(slide_id) / "tasks.json"
+        return self.data_dir / tasks_key(slide_id)
 
     def models_dir(self, project_id: int) -> Path:
         return self.data_dir / "projects" / str(project_id)
@@ -38,9 +96,7 @@ class DataLayout:
         """The local-files storage path attached to every project."""
         return self.ls_files_root / TILES_DIRNAME
 
-    def tile_path(self, slide_id: str, tile_id: str) -> Path:
-        return self.tiles_root / slide_id / f"{tile_id}.png"
-
     def tile_url(self, slide_id: str, tile_id: str) -> str:
-        """The task's ``data.image``: Label Studio's local-files URL, relative to its document root."""
-        return f"/data/local-files/?d={TILES_DIRNAME}/{slide_id}/{tile_id}.png"
+        """A provisional ``data.image`` for a tile before it is rendered; :func:`preprocess.tile_images.
+        fit_tiles` replaces it with the URI of the PNG actually written."""
+        return f"{LOCAL_FILES_URL}{TILES_DIRNAME}/{slide_id}/{tile_id}.png"

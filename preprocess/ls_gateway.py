@@ -76,6 +76,34 @@ class LabelStudioGateway:
                 project=project_id, path=path, title="HALI tiles", use_blob_urls=False
             )
 
+    def ensure_s3_storage(
+        self,
+        project_id: int,
+        bucket: str,
+        prefix: str,
+        *,
+        endpoint_url: str | None = None,
+        region: str | None = None,
+        access_key_id: str | None = None,
+        secret_access_key: str | None = None,
+        session_token: str | None = None,
+        presign: bool = True,
+    ) -> None:
+        """Attach an S3 import storage for ``bucket``/``prefix``, so tasks may carry ``s3://bucket/key`` images
+        that Label Studio resolves (presigned redirect, or proxied when ``presign`` is False). Never synced:
+        tasks are imported by us. Label Studio checks the bucket with these credentials when it is created."""
+        with self._calling(f"list S3 storages of project {project_id}"):
+            existing = self._client.import_storage.s3.list(project=project_id)
+        if any(s.bucket == bucket and (s.prefix or "") == prefix for s in existing):
+            return
+        given = {"s3endpoint": endpoint_url, "region_name": region, "aws_access_key_id": access_key_id,
+                 "aws_secret_access_key": secret_access_key, "aws_session_token": session_token}
+        with self._calling(f"add S3 storage s3://{bucket}/{prefix} to project {project_id}"):
+            self._client.import_storage.s3.create(
+                project=project_id, bucket=bucket, prefix=prefix, title="HALI tiles (S3)", presign=presign,
+                use_blob_urls=False, **{k: v for k, v in given.items() if v},
+            )
+
     def import_tasks(self, project_id: int, tasks: Sequence[dict[str, Any]]) -> list[int]:
         """Import tasks (each ``{"data", "predictions"}``) in batches; returns the new task ids in order."""
         ids: list[int] = []

@@ -2,15 +2,14 @@
 
 Steps (each logged with the slide id): read the slide, find tissue, segment nuclei window by window, cut
 tiles of about ``cells_per_task`` cells, embed every cell's patch with the frozen ResNet-18, write tile
-PNGs under Label Studio's local-files root, and import the tiles not yet in the project. Re-running on the
-same slide and project reuses the cell table (keyed by the slide's content hash) and imports nothing twice.
+PNGs at ``tile_mpp`` um/px to the output storage (Label Studio's local-files root, or S3), and import the
+tiles not yet in the project. Re-running on the same slide and project reuses the cell table (keyed by the
+slide's content hash), skips tile images already stored, and imports nothing twice.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,20 +17,22 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 from tqdm import tqdm
 
 from label_config import TileTask, build_label_config, parse_classes, parse_version_name, version_name
 from preprocess.cells import CellTable, make_cell_id, make_tile_id
 from preprocess.errors import LabelStudioError, SegmentationError, SlideError
 from preprocess.featurize import ResNet18Featurizer, cell_patch_px, extract_patches, make_featurizer
-from preprocess.layout import DataLayout
+from preprocess.layout import (DataLayout, cells_key, read_cell_table, read_slide_meta, tasks_key, write_cell_table,
+                               write_slide_meta)
 from preprocess.ls_gateway import LabelStudioGateway
 from preprocess.hovernet import HoVerNetSegmenter
 from preprocess.segment import segment_nuclei, segment_slide
 from preprocess.settings import PreprocessSettings
 from preprocess.slide import OpenSlideReader
+from preprocess.storage import OutputStorage, S3Access, open_output_storage
 from preprocess.tasks import build_tiles, task_payloads
+from preprocess.tile_images import fit_tiles, write_tile_images
 from preprocess.tiling import plan_tiles
 from preprocess.tissue import detect_tissue
 
@@ -50,18 +51,25 @@ class PreprocessResult:
 
 
 def run_preprocess(
-    slide_path: Path, project_title: str, settings: PreprocessSettings, gateway: LabelStudioGateway
+    slide_path: Path, project_title: str, settings: PreprocessSettings, gateway: LabelStudioGateway,
+    storage: OutputStorage | None = None,
 ) -> PreprocessResult:
-    """Preprocess ``slide_path`` into the project titled ``project_title`` (created when missing)."""
+    """Preprocess ``slide_path`` into the project titled ``project_title`` (created when missing).
+
+    ``storage``: where tiles and tables go; by default built from ``settings`` (``HALI_STORAGE_URL``).
+    """
     layout = DataLayout(settings.data_dir, settings.ls_files_root)
+    storage = storage or open_output_storage(settings.storage_url, settings.data_dir, settings.ls_files_root,
+                                             settings.s3_endpoint_url)
+    storage.check()  # fail fast on bad S3 credentials or a missing bucket
     timer = _Timer()
     project = _ensure_project(gateway, project_title, settings.class_list())  # fail fast if LS is down
     with OpenSlideReader(slide_path, mpp=settings.mpp) as reader:
-        tiles, n_cells = _load_or_make_tiles(reader, settings, layout, timer)
+        tiles, n_cells = _load_or_make_tiles(reader, settings, layout, timer, storage)
         with timer("tile images"):
-            _write_tile_images(reader, tiles, layout, settings.progress)
+            write_tile_images(reader, tiles, storage.tiles, settings.progress)
     with timer("import"):
-        n_new = _import_new_tiles(gateway, project, tiles, layout)
+        n_new = _import_new_tiles(gateway, project, tiles, layout, storage, settings.s3_presign)
     if settings.backend_url:
         gateway.connect_backend(project.id, settings.backend_url)
     slide_id = tiles[0].slide_id
@@ -84,21 +92,23 @@ def _ensure_project(gateway: LabelStudioGateway, title: str, classes: list[str])
     return project
 
 
-def _load_or_make_tiles(reader: OpenSlideReader, settings: PreprocessSettings, layout: DataLayout, timer):
-    slide_id = reader.slide_id
-    cells_path, tasks_path = layout.cells_path(slide_id), layout.tasks_path(slide_id)
+def _load_or_make_tiles(reader: OpenSlideReader, settings: PreprocessSettings, layout: DataLayout, timer,
+                        storage: OutputStorage):
+    slide_id, tables = reader.slide_id, storage.tables
+    where = tables.location(cells_key(slide_id))
     recipe = _recipe(settings)
-    if cells_path.exists() and tasks_path.exists():
-        meta = json.loads(tasks_path.read_text())
+    if tables.exists(cells_key(slide_id)) and tables.exists(tasks_key(slide_id)):
+        meta = read_slide_meta(tables, slide_id)
         if meta.get("recipe") == recipe:
-            log.info("slide %s: reusing %s (already preprocessed with these settings)", slide_id, cells_path)
-            return [TileTask.from_task_data(d) for d in meta["tiles"]], len(CellTable.load(cells_path))
-        log.info("slide %s: settings changed since %s was made; preprocessing again", slide_id, cells_path)
+            log.info("slide %s: reusing %s (already preprocessed with these settings)", slide_id, where)
+            return [TileTask.from_task_data(d) for d in meta["tiles"]], len(read_cell_table(tables, slide_id))
+        log.info("slide %s: settings changed since %s was made; preprocessing again", slide_id, where)
     table, tiles = _segment_and_embed(reader, settings, layout, timer)
-    table.save(cells_path)
+    tiles = fit_tiles(tiles, reader.mpp, settings.tile_mpp, storage.tiles)
+    write_cell_table(tables, slide_id, table)
     meta = {"slide_path": str(Path(reader.path).resolve()), "slide_id": slide_id, "mpp": reader.mpp,
             "recipe": recipe, "featurizer": settings.featurizer, "tiles": [t.to_task_data() for t in tiles]}
-    _write_json_atomic(tasks_path, meta)
+    write_slide_meta(tables, slide_id, meta)
     return tiles, len(table)
 
 
@@ -106,7 +116,7 @@ def _recipe(settings: PreprocessSettings) -> dict:
     """Everything that decides the cells, tiles and embeddings: a cached table made otherwise is redone."""
     return {"cells_per_task": settings.cells_per_task, "featurizer": settings.featurizer,
             "checkpoint": str(settings.checkpoint or ""), "segmenter_weights": str(settings.segmenter_weights or ""),
-            "patch_um": settings.patch_um, "mpp": settings.mpp}
+            "patch_um": settings.patch_um, "mpp": settings.mpp, "tile_mpp": settings.tile_mpp}
 
 
 def _segment_and_embed(reader, settings, layout, timer) -> tuple[CellTable, list[TileTask]]:
@@ -150,20 +160,9 @@ def _embed(featurizer: ResNet18Featurizer, patches: np.ndarray, progress: bool) 
     return np.concatenate(parts).astype(np.float32)
 
 
-def _write_tile_images(reader: OpenSlideReader, tiles: list[TileTask], layout: DataLayout, progress: bool) -> None:
-    for tile in tqdm(tiles, desc="tile images", unit="tile", disable=not progress):
-        path = layout.tile_path(tile.slide_id, tile.tile_id)
-        if path.exists():
-            continue
-        path.parent.mkdir(parents=True, exist_ok=True)
-        rgb = reader.read_region(tile.x0, tile.y0, tile.width, tile.height)
-        tmp = path.with_suffix(".tmp.png")
-        Image.fromarray(rgb).save(tmp, compress_level=3)
-        os.replace(tmp, path)
-
-
-def _import_new_tiles(gateway: LabelStudioGateway, project, tiles: list[TileTask], layout: DataLayout) -> int:
-    gateway.ensure_local_storage(project.id, str(layout.tiles_root))
+def _import_new_tiles(gateway: LabelStudioGateway, project, tiles: list[TileTask], layout: DataLayout,
+                      storage: OutputStorage, presign: bool) -> int:
+    _attach_tile_storage(gateway, project.id, layout, storage, presign)
     known = {t["data"].get("tile_id") for t in gateway.iter_tasks(project.id)}
     new = [t for t in tiles if t.tile_id not in known]
     if not new:
@@ -177,11 +176,18 @@ def _import_new_tiles(gateway: LabelStudioGateway, project, tiles: list[TileTask
     return len(new)
 
 
-def _write_json_atomic(path: Path, obj) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(obj))
-    os.replace(tmp, path)
+def _attach_tile_storage(gateway: LabelStudioGateway, project_id: int, layout: DataLayout, storage: OutputStorage,
+                         presign: bool) -> None:
+    """The Label Studio storage that lets the project show the tiles: local files, or the S3 bucket."""
+    s3, access = storage.s3, storage.s3_access or S3Access()
+    if s3 is None:
+        gateway.ensure_local_storage(project_id, str(layout.tiles_root))
+        return
+    gateway.ensure_s3_storage(
+        project_id, s3.bucket, s3.prefix, endpoint_url=access.endpoint_url, region=access.region,
+        access_key_id=access.access_key_id, secret_access_key=access.secret_access_key,
+        session_token=access.session_token, presign=presign,
+    )
 
 
 class _Timer:

@@ -22,6 +22,14 @@ class PreprocessSettings(BaseSettings):
     ls_files_root: Path = Field(
         Path(".state/ls-files"), description="Label Studio's LOCAL_FILES_DOCUMENT_ROOT; tiles go under hali/"
     )
+    storage_url: str | None = Field(
+        None, description="s3://bucket/prefix for tiles, cell tables and tasks.json; unset: data_dir and ls_files_root"
+    )
+    s3_endpoint_url: str | None = Field(None, description="S3 endpoint (MinIO, moto, ...); unset: AWS")
+    s3_presign: bool = Field(True, description="Label Studio sends browsers presigned S3 URLs (else it proxies)")
+    tile_mpp: float = Field(
+        0.5, gt=0, description="microns per pixel of tile images (0.5 = 20x); finer scans are downsampled to it"
+    )
     backend_url: str | None = Field(None, description="URL Label Studio uses to reach `hali serve`")
     classes: str = ",".join(DEFAULT_CLASSES)
     cells_per_task: int = Field(20, ge=1, le=2000)

@@ -118,6 +118,26 @@ class OpenSlideReader:
             ) from exc
         return _rgba_on_white(np.asarray(rgba))
 
+    def best_level(self, downsample: float) -> tuple[int, float]:
+        """The pyramid level to read for ``downsample`` level-0 pixels per output pixel: the coarsest level
+        not coarser than that (OpenSlide's ``get_best_level_for_downsample``), and its own downsample."""
+        level = int(self._slide.get_best_level_for_downsample(max(1.0, float(downsample))))
+        return level, float(self._slide.level_downsamples[level])
+
+    def read_level_region(self, x0: int, y0: int, level: int, width: int, height: int) -> np.ndarray:
+        """Pixels of pyramid ``level`` from level-0 column ``x0``, row ``y0``: uint8 (height, width, 3) RGB,
+        ``width x height`` in that level's pixels (each ``level_downsamples[level]`` level-0 pixels wide)."""
+        if width <= 0 or height <= 0:
+            raise ValueError(f"region size {width}x{height} must be positive")
+        try:
+            rgba = self._slide.read_region((int(x0), int(y0)), int(level), (int(width), int(height)))
+        except _OPEN_ERRORS as exc:
+            raise SlideError(
+                f"slide {self._path} failed to read level {level} at x0={x0} y0={y0} {width}x{height} ({exc}); "
+                "the file may be truncated or corrupt: re-copy or re-export it"
+            ) from exc
+        return _rgba_on_white(np.asarray(rgba))
+
     def thumbnail(self, max_side_px: int) -> tuple[np.ndarray, float]:
         """A whole-slide thumbnail no larger than ``max_side_px`` on either side.
 
