@@ -11,6 +11,10 @@ Fixtures:
   creates a project (deleted after the test) and returns the SDK's project.
 - ``new_annotator`` (function): ``new_annotator(email=None, password=None) -> Annotator``, a new
   non-admin user logged in as the UI does (see ``annotator.py``).
+- ``s3_server`` (session): :class:`S3Server`, moto's threaded S3 server on loopback with one IAM user whose
+  keys it accepts. It checks credentials only inside ``s3_server.checking_credentials()`` (moto's IAM
+  checks cannot verify presigned URLs, which Label Studio hands to browsers).
+- ``s3_bucket`` (function): a new, empty bucket on it.
 
 A missing service (no ``redis-server``, no ``.venv-ls``) skips with a reason, and fails when
 ``CI=true``. A migrated, empty Label Studio data dir is cached under ``.state/test-cache`` (keyed
@@ -20,12 +24,15 @@ on the ``label-studio`` executable) so later sessions start in seconds instead o
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import time
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -174,3 +181,72 @@ def new_annotator(label_studio: LabelStudioServer) -> Callable[..., Annotator]:
         return make_annotator(label_studio, email, password or uuid.uuid4().hex)
 
     return create
+
+
+@dataclass(frozen=True)
+class S3Server:
+    """moto's S3 on loopback: its endpoint and the keys of the one IAM user allowed to use it."""
+
+    endpoint_url: str
+    access_key_id: str
+    secret_access_key: str = field(repr=False)
+    region: str = "us-east-1"
+
+    def client(self, **overrides):
+        import boto3
+
+        kwargs = dict(endpoint_url=self.endpoint_url, region_name=self.region, aws_access_key_id=self.access_key_id,
+                      aws_secret_access_key=self.secret_access_key)
+        return boto3.client("s3", **{**kwargs, **overrides})
+
+    def aws_env(self) -> dict[str, str]:
+        """The standard AWS variables that make boto3's default chain pick these keys and nothing else."""
+        return {"AWS_ACCESS_KEY_ID": self.access_key_id, "AWS_SECRET_ACCESS_KEY": self.secret_access_key,
+                "AWS_DEFAULT_REGION": self.region, "AWS_CONFIG_FILE": os.devnull,
+                "AWS_SHARED_CREDENTIALS_FILE": os.devnull}
+
+    @contextmanager
+    def checking_credentials(self) -> Iterator[None]:
+        """Make moto refuse unknown keys and wrong secrets (as AWS does) until the block ends."""
+        _moto_auth(self.endpoint_url, "0")
+        try:
+            yield
+        finally:
+            _moto_auth(self.endpoint_url, "inf")
+
+
+def _moto_auth(endpoint_url: str, unauthenticated_calls: str) -> None:
+    # a raw body: with urllib's default form content type moto finds no data and answers 500
+    request = urllib.request.Request(f"{endpoint_url}/moto-api/reset-auth", data=unauthenticated_calls.encode(),
+                                     headers={"Content-Type": "text/plain"}, method="POST")
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback: never via a proxy
+    with opener.open(request, timeout=10) as response:
+        response.read()
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[S3Server]:
+    try:
+        import boto3
+        from moto.server import ThreadedMotoServer
+    except ImportError as exc:
+        unavailable(f"moto[server] or boto3 is not installed ({exc}); install the test extras: pip install -e '.[test]'")
+    port = stack.free_port()
+    server = ThreadedMotoServer(ip_address=stack.LOOPBACK, port=port, verbose=False)
+    server.start()
+    url = f"http://{stack.LOOPBACK}:{port}"
+    iam = boto3.client("iam", endpoint_url=url, region_name="us-east-1", aws_access_key_id="bootstrap",
+                       aws_secret_access_key="bootstrap")
+    iam.create_user(UserName="hali")
+    policy = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}
+    iam.put_user_policy(UserName="hali", PolicyName="s3", PolicyDocument=json.dumps(policy))
+    key = iam.create_access_key(UserName="hali")["AccessKey"]
+    yield S3Server(url, key["AccessKeyId"], key["SecretAccessKey"])
+    server.stop()
+
+
+@pytest.fixture
+def s3_bucket(s3_server: S3Server) -> str:
+    name = f"hali-test-{uuid.uuid4().hex[:12]}"
+    s3_server.client().create_bucket(Bucket=name)
+    return name
