@@ -2,12 +2,13 @@
 
 Coordinates are level-0 slide pixels (``x0`` = column, ``y0`` = row of the top-left corner). The tile image
 shown in Label Studio covers ``width * downsample`` x ``height * downsample`` level-0 pixels from
-``(x0, y0)``; ``width, height`` are the PNG's own size in pixels.
+``(x0, y0)``; ``width, height`` are the PNG's own size in pixels. ``downsample`` is ``tile_mpp / mpp`` (a 40x
+scan shown at 0.5 um/px has 2.0), and ``image`` may also be ``s3://bucket/prefix/hali/...`` (S3 storage).
 
 Task data as stored in Label Studio (``task["data"]``)::
 
-    {"image": "/data/local-files/?d=hali/<slide>/<tile>.png", "slide_id": "...", "tile_id": "...",
-     "x0": 1024, "y0": 2048, "width": 256, "height": 256, "downsample": 1.0, "mpp": 0.499,
+    {"image": "/data/local-files/?d=hali/<slide>/<tile>-<tag>.png", "slide_id": "...", "tile_id": "...",
+     "x0": 1024, "y0": 2048, "width": 256, "height": 256, "downsample": 2.0, "mpp": 0.25,
      "cells": [{"id": "<cell id>", "x0": 1030, "y0": 2050, "w": 14, "h": 12}, ...]}
 """
 

@@ -119,4 +119,7 @@ def test_label_retrain_and_queue_follow_the_ranking(hali, label_studio, ls_clien
         if cell_id != "drawn-by-hand":
             assert region_to_slide_box(region, tile) == pytest.approx(boxes[cell_id], abs=1)
     x0, y0, _, _ = region_to_slide_box(labelled["drawn-by-hand"], tile)
-    assert (x0, y0) == pytest.approx((tile.x0 + 0.01 * tile.width, tile.y0 + 0.01 * tile.height), abs=1)
+    # the tile PNG is rendered at 0.5 um/px, so one PNG pixel spans `downsample` level-0 pixels
+    assert tile.downsample == 2.0
+    assert (x0, y0) == pytest.approx((tile.x0 + 0.01 * tile.width * tile.downsample,
+                                      tile.y0 + 0.01 * tile.height * tile.downsample), abs=1)
