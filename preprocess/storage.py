@@ -136,17 +136,12 @@ class S3Storage:
     """Objects in ``bucket`` under ``prefix``, through a boto3 S3 ``client`` (whose endpoint, region and
     credentials are the caller's: AWS, MinIO, moto ...)."""
 
-    def __init__(self, bucket: str, prefix: str, client: Any, endpoint_setting: str = "HALI_S3_ENDPOINT_URL") -> None:
+    def __init__(self, bucket: str, prefix: str, client: Any) -> None:
         if not bucket:
             raise StorageError("no S3 bucket given; set HALI_STORAGE_URL to s3://<bucket>/<prefix>")
         self.bucket = bucket
         self.prefix = prefix.strip("/")
         self._client = client
-        self._endpoint_setting = endpoint_setting
-
-    @property
-    def client(self) -> Any:
-        return self._client
 
     def object_key(self, key: str) -> str:
         key = _check_key(key)
@@ -154,7 +149,7 @@ class S3Storage:
 
     def check(self) -> None:
         """Fail now, with a message naming the setting to fix, if the bucket cannot be used."""
-        with self._calling(f"could not reach bucket s3://{self.bucket}"):
+        with self._calling(f"could not reach bucket s3://{self.bucket}", about_bucket=True):
             self._client.head_bucket(Bucket=self.bucket)
 
     def put_bytes(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
@@ -178,16 +173,18 @@ class S3Storage:
         return found
 
     def version(self, key: str) -> str | None:
-        from botocore.exceptions import ClientError
+        from botocore.exceptions import BotoCoreError, ClientError
 
+        doing = f"could not look up {self.location(key)}"
         try:
-            with self._calling(f"could not look up {self.location(key)}", keep=ClientError):
-                head = self._client.head_object(Bucket=self.bucket, Key=self.object_key(key))
+            head = self._client.head_object(Bucket=self.bucket, Key=self.object_key(key))
         except ClientError as exc:
-            # HEAD has no error body: a missing object and a missing bucket are both a bare 404
+            # HEAD has no error body: a missing object and a missing bucket are both a bare 404 (check() tells)
             if _code(exc) in _MISSING_KEY_CODES:
                 return None
-            raise self._error(f"could not look up {self.location(key)}", exc) from exc
+            raise self._error(doing, exc) from exc
+        except BotoCoreError as exc:
+            raise self._error(doing, exc) from exc
         return f"{head.get('ETag', '')}:{head.get('LastModified', '')}"
 
     def location(self, key: str) -> str:
@@ -197,45 +194,43 @@ class S3Storage:
         return self.location(key)
 
     @contextmanager
-    def _calling(self, doing: str, keep: type[Exception] | None = None) -> Iterator[None]:
+    def _calling(self, doing: str, about_bucket: bool = False) -> Iterator[None]:
         from botocore.exceptions import BotoCoreError, ClientError
 
         try:
             yield
         except (BotoCoreError, ClientError) as exc:
-            if keep is not None and isinstance(exc, keep):
-                raise
-            raise self._error(doing, exc) from exc
+            raise self._error(doing, exc, about_bucket) from exc
 
-    def _error(self, doing: str, exc: Exception) -> StorageError:
+    def _error(self, doing: str, exc: Exception, about_bucket: bool = False) -> StorageError:
         endpoint = str(getattr(self._client.meta, "endpoint_url", "") or "AWS S3")
-        return StorageError(describe_s3_error(exc, doing, self.bucket, endpoint, self._endpoint_setting))
+        return StorageError(describe_s3_error(exc, doing, self.bucket, endpoint, about_bucket))
 
     def __repr__(self) -> str:
         return f"S3Storage(s3://{self.bucket}/{self.prefix})"
 
 
-def describe_s3_error(exc: Exception, doing: str, bucket: str, endpoint: str,
-                      endpoint_setting: str = "HALI_S3_ENDPOINT_URL") -> str:
-    """One line for a boto3 failure: what failed, why, and which setting fixes it."""
+def describe_s3_error(exc: Exception, doing: str, bucket: str, endpoint: str, about_bucket: bool = False) -> str:
+    """One line for a boto3 failure: what failed, why, and which setting fixes it. ``about_bucket``: the call
+    was on the bucket itself (HEAD bucket), so a bare 404 means the bucket is missing."""
     from botocore.exceptions import (ClientError, ConnectTimeoutError, EndpointConnectionError,
                                      NoCredentialsError, PartialCredentialsError, ReadTimeoutError)
 
     if isinstance(exc, (NoCredentialsError, PartialCredentialsError)):
         return f"{doing}: no usable AWS credentials ({exc}); {_CREDENTIALS_FIX}"
     if isinstance(exc, (EndpointConnectionError, ConnectTimeoutError, ReadTimeoutError)):
-        return f"{doing}: the S3 endpoint {endpoint} is unreachable ({exc}); start it or fix {endpoint_setting}"
+        return f"{doing}: the S3 endpoint {endpoint} is unreachable ({exc}); start it or fix HALI_S3_ENDPOINT_URL"
     if isinstance(exc, ClientError):
         code = _code(exc)
         if code in _DENIED_CODES:
             return f"{doing}: S3 at {endpoint} refused the credentials ({code}); {_CREDENTIALS_FIX}"
-        if code in _MISSING_BUCKET_CODES or (code in _MISSING_KEY_CODES and doing.startswith("could not reach")):
+        if code in _MISSING_BUCKET_CODES or (code in _MISSING_KEY_CODES and about_bucket):
             return (f"{doing}: bucket {bucket!r} does not exist at {endpoint}; create it or fix the bucket in "
                     "HALI_STORAGE_URL")
         if code in _MISSING_KEY_CODES:
             return f"{doing}: no such object; run `hali preprocess` for this slide with the same HALI_STORAGE_URL"
         return f"{doing}: S3 at {endpoint} answered {code} ({exc}); check HALI_STORAGE_URL and the credentials"
-    return f"{doing}: {exc.__class__.__name__}: {exc}; check HALI_STORAGE_URL and {endpoint_setting}"
+    return f"{doing}: {exc.__class__.__name__}: {exc}; check HALI_STORAGE_URL and HALI_S3_ENDPOINT_URL"
 
 
 @dataclass(frozen=True)

@@ -135,4 +135,5 @@ def test_s3_failures_name_the_setting_to_fix():
     down = EndpointConnectionError(endpoint_url="http://127.0.0.1:9000")
     assert "unreachable" in msg(down) and "HALI_S3_ENDPOINT_URL" in msg(down)
     head_404 = ClientError({"Error": {"Code": "404"}}, "HeadBucket")
-    assert "does not exist" in describe_s3_error(head_404, "could not reach bucket s3://b", "b", "AWS S3")
+    assert "does not exist" in describe_s3_error(head_404, "could not reach bucket s3://b", "b", "AWS S3", True)
+    assert "no such object" in describe_s3_error(head_404, "could not read s3://b/k", "b", "AWS S3")
