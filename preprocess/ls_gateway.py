@@ -80,7 +80,7 @@ class LabelStudioGateway:
         self,
         project_id: int,
         bucket: str,
-        prefix: str,
+        prefix: str = "",
         *,
         endpoint_url: str | None = None,
         region: str | None = None,
@@ -89,20 +89,31 @@ class LabelStudioGateway:
         session_token: str | None = None,
         presign: bool = True,
     ) -> None:
-        """Attach an S3 import storage for ``bucket``/``prefix``, so tasks may carry ``s3://bucket/key`` images
-        that Label Studio resolves (presigned redirect, or proxied when ``presign`` is False). Never synced:
-        tasks are imported by us. Label Studio checks the bucket with these credentials when it is created."""
+        """Attach an S3 import storage for ``bucket``, so tasks may carry ``s3://bucket/key`` images that Label
+        Studio resolves (presigned redirect, or proxied when ``presign`` is False); any storage of the bucket
+        resolves any key in it. Never synced: tasks are imported by us. Label Studio checks the bucket with
+        these credentials when the storage is created; with a ``prefix`` it also insists that some object
+        already lies under it, so HALI attaches the whole bucket (before any tile is written)."""
         with self._calling(f"list S3 storages of project {project_id}"):
             existing = self._client.import_storage.s3.list(project=project_id)
         if any(s.bucket == bucket and (s.prefix or "") == prefix for s in existing):
             return
         given = {"s3endpoint": endpoint_url, "region_name": region, "aws_access_key_id": access_key_id,
                  "aws_secret_access_key": secret_access_key, "aws_session_token": session_token}
-        with self._calling(f"add S3 storage s3://{bucket}/{prefix} to project {project_id}"):
-            self._client.import_storage.s3.create(
-                project=project_id, bucket=bucket, prefix=prefix, title="HALI tiles (S3)", presign=presign,
-                use_blob_urls=False, **{k: v for k, v in given.items() if v},
-            )
+        what = f"add S3 storage s3://{bucket}/{prefix} to project {project_id}"
+        with self._calling(what):
+            try:
+                self._client.import_storage.s3.create(
+                    project=project_id, bucket=bucket, prefix=prefix, title="HALI tiles (S3)", presign=presign,
+                    use_blob_urls=False, **{k: v for k, v in given.items() if v},
+                )
+            except ApiError as exc:  # Label Studio's own check of the bucket failed; its answer rarely says why
+                raise LabelStudioError(
+                    f"could not {what}: {_describe_api_error(exc)}; Label Studio reads the bucket itself, so it must "
+                    f"reach {endpoint_url or 'AWS S3'} (for loopback or private addresses start it with "
+                    "LABEL_STUDIO_USE_DEFAULT_BANNED_SUBNETS=false) and accept the AWS credentials HALI passes on "
+                    "(AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY)"
+                ) from exc
 
     def import_tasks(self, project_id: int, tasks: Sequence[dict[str, Any]]) -> list[int]:
         """Import tasks (each ``{"data", "predictions"}``) in batches; returns the new task ids in order."""

@@ -64,12 +64,13 @@ def run_preprocess(
     storage.check()  # fail fast on bad S3 credentials or a missing bucket
     timer = _Timer()
     project = _ensure_project(gateway, project_title, settings.class_list())  # fail fast if LS is down
+    _attach_tile_storage(gateway, project.id, layout, storage, settings.s3_presign)  # and if LS cannot read S3
     with OpenSlideReader(slide_path, mpp=settings.mpp) as reader:
         tiles, n_cells = _load_or_make_tiles(reader, settings, layout, timer, storage)
         with timer("tile images"):
             write_tile_images(reader, tiles, storage.tiles, settings.progress)
     with timer("import"):
-        n_new = _import_new_tiles(gateway, project, tiles, layout, storage, settings.s3_presign)
+        n_new = _import_new_tiles(gateway, project, tiles)
     if settings.backend_url:
         gateway.connect_backend(project.id, settings.backend_url)
     slide_id = tiles[0].slide_id
@@ -160,9 +161,7 @@ def _embed(featurizer: ResNet18Featurizer, patches: np.ndarray, progress: bool) 
     return np.concatenate(parts).astype(np.float32)
 
 
-def _import_new_tiles(gateway: LabelStudioGateway, project, tiles: list[TileTask], layout: DataLayout,
-                      storage: OutputStorage, presign: bool) -> int:
-    _attach_tile_storage(gateway, project.id, layout, storage, presign)
+def _import_new_tiles(gateway: LabelStudioGateway, project, tiles: list[TileTask]) -> int:
     known = {t["data"].get("tile_id") for t in gateway.iter_tasks(project.id)}
     new = [t for t in tiles if t.tile_id not in known]
     if not new:
@@ -181,10 +180,11 @@ def _attach_tile_storage(gateway: LabelStudioGateway, project_id: int, layout: D
     """The Label Studio storage that lets the project show the tiles: local files, or the S3 bucket."""
     s3, access = storage.s3, storage.s3_access or S3Access()
     if s3 is None:
+        layout.tiles_root.mkdir(parents=True, exist_ok=True)  # Label Studio refuses a path that does not exist
         gateway.ensure_local_storage(project_id, str(layout.tiles_root))
         return
-    gateway.ensure_s3_storage(
-        project_id, s3.bucket, s3.prefix, endpoint_url=access.endpoint_url, region=access.region,
+    gateway.ensure_s3_storage(  # the whole bucket: Label Studio refuses a prefix that holds no object yet
+        project_id, s3.bucket, endpoint_url=access.endpoint_url, region=access.region,
         access_key_id=access.access_key_id, secret_access_key=access.secret_access_key,
         session_token=access.session_token, presign=presign,
     )

@@ -94,7 +94,7 @@ def test_preprocess_to_s3_serves_tiles_through_label_studio_and_retrains_from_s3
         images = sorted(t.data["image"] for t in tasks)
         assert images == [f"s3://{s3_bucket}/{k}" for k in pngs]
         storages = ls_client.import_storage.s3.list(project=pid)
-        assert [(s.bucket, s.prefix) for s in storages] == [(s3_bucket, PREFIX)]
+        assert [(s.bucket, s.prefix or "") for s in storages] == [(s3_bucket, "")]
 
         # Label Studio serves the PNG itself: the same bytes as in the bucket, 0.5 um per pixel
         task = tasks[0]
@@ -102,6 +102,8 @@ def test_preprocess_to_s3_serves_tiles_through_label_studio_and_retrains_from_s3
         resolved, served = _served_image(label_studio, task.id)
         assert f"/tasks/{task.id}/resolve/?fileuri=" in resolved
         assert served.status_code == 200, served.text[:300]
+        assert [r.status_code for r in served.history] == [303], "presign: Label Studio redirects to S3"
+        assert served.url.startswith(s3_server.endpoint_url) and "Signature" in served.url
         key = tile.image.removeprefix(f"s3://{s3_bucket}/")
         assert served.content == s3.get_object(Bucket=s3_bucket, Key=key)["Body"].read()
         assert served.content.startswith(b"\x89PNG")
@@ -187,3 +189,48 @@ def test_backend_with_wrong_s3_keys_answers_predict_with_a_json_error(s3_server,
                                                                           "label_config": build_label_config(["A", "B"])})
     assert answer.status_code == 503
     assert "refused the credentials" in answer.get_json()["error"]
+
+
+def test_label_studio_proxies_s3_images_with_the_keys_hali_gave_it(label_studio, ls_client, s3_server, s3_bucket,
+                                                                  fresh_project):
+    """presign=False: Label Studio reads the object itself, with the credentials in its S3 storage, while
+    moto checks them; attaching the storage twice adds it once."""
+    from label_config import build_label_config
+
+    project = fresh_project(label_config=build_label_config(["A", "B"]))
+    gateway = LabelStudioGateway.connect(label_studio.url, label_studio.api_key)
+    key, png = f"{PREFIX}/hali/s/t.png", _png_bytes()
+    s3_server.client().put_object(Bucket=s3_bucket, Key=key, Body=png)
+    access = dict(endpoint_url=s3_server.endpoint_url, region=s3_server.region,
+                  access_key_id=s3_server.access_key_id, secret_access_key=s3_server.secret_access_key)
+    with s3_server.checking_credentials():
+        for _ in range(2):
+            gateway.ensure_s3_storage(project.id, s3_bucket, PREFIX, presign=False, **access)
+        (task_id,) = gateway.import_tasks(project.id, [{"data": {"image": f"s3://{s3_bucket}/{key}"}}])
+        resolved, served = _served_image(label_studio, task_id)
+    assert len(ls_client.import_storage.s3.list(project=project.id)) == 1
+    assert served.status_code == 200 and not served.history, "proxied by Label Studio, not redirected"
+    assert served.content == png
+
+
+def test_label_studio_refusing_the_s3_keys_is_a_clear_gateway_error(label_studio, s3_server, s3_bucket,
+                                                                   fresh_project):
+    from label_config import build_label_config
+    from preprocess.errors import LabelStudioError
+
+    project = fresh_project(label_config=build_label_config(["A", "B"]))
+    gateway = LabelStudioGateway.connect(label_studio.url, label_studio.api_key)
+    with s3_server.checking_credentials(), pytest.raises(LabelStudioError) as refused:
+        gateway.ensure_s3_storage(project.id, s3_bucket, endpoint_url=s3_server.endpoint_url,
+                                  region=s3_server.region, access_key_id=s3_server.access_key_id,
+                                  secret_access_key="not-the-secret")
+    message = str(refused.value)
+    assert f"could not add S3 storage s3://{s3_bucket}/ to project {project.id}" in message
+    assert "AWS_SECRET_ACCESS_KEY" in message and s3_server.endpoint_url in message
+    assert len(message) < 1000 and "\n" not in message, "one readable line, not a page of HTML"
+
+
+def _png_bytes() -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 6), (200, 30, 90)).save(buffer, format="PNG")
+    return buffer.getvalue()
