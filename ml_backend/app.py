@@ -44,7 +44,8 @@ def create_app(settings: BackendSettings | None = None, redis: Redis | None = No
     settings = settings or BackendSettings()
     redis = redis or Redis.from_url(settings.redis_url, socket_timeout=0.5, socket_connect_timeout=0.5)
     layout = DataLayout(settings.data_dir, settings.ls_files_root)
-    store, queue, predictor = RedisLabelStore(redis), Queue(settings.queue_name, connection=redis), Predictor(layout, tables_storage(settings))
+    store, queue = RedisLabelStore(redis), Queue(settings.queue_name, connection=redis)
+    predictor = Predictor(layout, tables_storage(settings))
     app = Flask("hali")
     _register_errors(app, settings)
 

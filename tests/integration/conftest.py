@@ -230,7 +230,8 @@ def s3_server() -> Iterator[S3Server]:
         import boto3
         from moto.server import ThreadedMotoServer
     except ImportError as exc:
-        unavailable(f"moto[server] or boto3 is not installed ({exc}); install the test extras: pip install -e '.[test]'")
+        unavailable(f"moto[server] or boto3 is not installed ({exc}); install the test extras: "
+                    "pip install -e '.[test]'")
     port = stack.free_port()
     server = ThreadedMotoServer(ip_address=stack.LOOPBACK, port=port, verbose=False)
     server.start()

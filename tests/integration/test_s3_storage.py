@@ -184,9 +184,9 @@ def test_backend_with_wrong_s3_keys_answers_predict_with_a_json_error(s3_server,
                                storage_url=f"s3://{s3_bucket}/x", s3_endpoint_url=s3_server.endpoint_url)
     task = {"data": {"image": "s3://x/y.png", "slide_id": "s1", "tile_id": "t1", "x0": 0, "y0": 0, "width": 10,
                      "height": 10, "downsample": 1.0, "cells": [{"id": "c1", "x0": 1, "y0": 1, "w": 2, "h": 2}]}}
+    body = {"project": 1, "tasks": [task], "label_config": build_label_config(["A", "B"])}
     with s3_server.checking_credentials():
-        answer = create_app(settings).test_client().post("/predict", json={"project": 1, "tasks": [task],
-                                                                          "label_config": build_label_config(["A", "B"])})
+        answer = create_app(settings).test_client().post("/predict", json=body)
     assert answer.status_code == 503
     assert "refused the credentials" in answer.get_json()["error"]
 
