@@ -103,7 +103,8 @@ def _preprocess(args: argparse.Namespace) -> int:
     settings = PreprocessSettings(**overrides)
     with OpenSlideReader(args.slide, mpp=settings.mpp) as reader:  # a bad slide fails before any LS call
         reader.require_mpp()
-    gateway = LabelStudioGateway.connect(settings.ls_url, settings.ls_api_key.get_secret_value())
+    gateway = LabelStudioGateway.connect(settings.ls_url, settings.ls_api_key.get_secret_value(),
+                                         retry=settings.retry_policy(), batch_size=settings.ls_import_batch_size)
     result = run_preprocess(args.slide, args.project, settings, gateway)
     print(f"slide {result.slide_id}: {result.n_cells} cells in {result.n_tiles} tasks "
           f"({result.n_imported} new) in project {result.project_id}")
