@@ -216,7 +216,7 @@ class LabelStudioGateway:
     def _import_stopped(self, project_id: int, n_done: int, n_total: int, exc: RetriesExhausted) -> str:
         last = exc.last
         cause = (f"it answered {last.status_code}" if isinstance(last, ApiError)
-                 else f"{last.__class__.__name__}: {last}")
+                 else f"{last.__class__.__name__}: {str(last).rstrip('.')}")
         return (
             f"Label Studio at {self.url or '?'} stopped answering while importing tasks into project {project_id} "
             f"({cause}; {exc.tries} tries over {exc.seconds:.0f} s): at least {n_done} of {n_total} tasks are in. "
@@ -234,7 +234,8 @@ def _is_transient(exc: Exception) -> bool:
 def _describe_api_error(exc: ApiError) -> str:
     status = exc.status_code
     if status == 401:
-        return "Label Studio refused the API key (401); set HALI_LS_API_KEY to a valid token"
+        return ("Label Studio refused the API key (401); check HALI_LS_API_KEY: it must be a token of this server "
+                "(Account & Settings > Access Token) and HALI_LS_URL must point at that server")
     if status == 404 and isinstance(exc.body, str) and "<html" in exc.body[:500].lower():
         return "404 from Label Studio: this endpoint does not exist in this edition (Enterprise-only?)"
     body = exc.body if isinstance(exc.body, (dict, list)) else str(exc.body)[:300]

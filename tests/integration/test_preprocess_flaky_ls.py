@@ -121,9 +121,14 @@ def test_outage_mid_import_stops_with_a_resumable_error_and_a_rerun_completes(
     assert cells.stat().st_mtime_ns == made_at, "the re-run must reuse the cell table, not segment again"
 
 
-def test_wrong_api_key_says_to_check_it(env, slide, label_studio, monkeypatch, capsys):
+# A legacy token, a word, and a JWT-shaped refresh token that this server never issued.
+_JWT_LIKE = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJ0b2tlbl90eXBlIjoicmVmcmVzaCIsImV4cCI6NDEwMjQ0NDgwMH0.c2ln"
+
+
+@pytest.mark.parametrize("key", ["f" * 40, "not-a-token", _JWT_LIKE], ids=["hex", "word", "jwt"])
+def test_wrong_api_key_says_to_check_it(env, slide, label_studio, monkeypatch, capsys, key):
     monkeypatch.setenv("HALI_LS_URL", label_studio.url)
-    monkeypatch.setenv("HALI_LS_API_KEY", "f" * 40)
+    monkeypatch.setenv("HALI_LS_API_KEY", key)
     code, _, err = _preprocess(capsys, slide)
-    assert code == 2 and len(err.strip().splitlines()) == 1
-    assert "401" in err and "HALI_LS_API_KEY" in err
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "401" in err and "check HALI_LS_API_KEY" in err
