@@ -110,7 +110,8 @@ def _preprocess(args: argparse.Namespace) -> int:
     settings = PreprocessSettings(**overrides)
     _check_inputs(args.slide, settings)
     gateway = LabelStudioGateway.connect(settings.ls_url, settings.ls_api_key.get_secret_value(),
-                                         retry=settings.retry_policy(), batch_size=settings.ls_import_batch_size)
+                                         timeout_s=settings.ls_timeout_s, retry=settings.retry_policy(),
+                                         batch_size=settings.ls_import_batch_size)
     result = run_preprocess(args.slide, args.project, settings, gateway)
     print(f"slide {result.slide_id}: {result.n_cells} cells in {result.n_tiles} tasks "
           f"({result.n_imported} new) in project {result.project_id}")

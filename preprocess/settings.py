@@ -43,6 +43,7 @@ class PreprocessSettings(BaseSettings):
     segmenter_device: str = Field("auto", description="HoVer-Net's device: auto (CUDA when there is one), cpu, cuda")
     progress: bool = True
     # Label Studio blinks (restart, proxy timeout): imports retry a few times, then stop with a resumable error.
+    ls_timeout_s: float = Field(60.0, gt=0, description="seconds to wait for one Label Studio answer")
     ls_import_batch_size: int = Field(100, ge=1, le=10000, description="tasks per import request")
     ls_retry_tries: int = Field(4, ge=1, le=20, description="tries per Label Studio import request (1: no retry)")
     ls_retry_first_delay_s: float = Field(1.0, ge=0, description="sleep before the 2nd try; doubles, capped at 8 s")

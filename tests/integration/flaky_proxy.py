@@ -5,7 +5,8 @@ It forwards bytes both ways and reads just enough of each HTTP/1.1 request (requ
 passed, the next matching request is still forwarded (the server acts on it) but its answer is dropped and
 the connection closed: the client cannot know whether it worked. Then, when ``outage`` is True, every later
 connection is closed as soon as it is accepted until :meth:`FlakyProxy.heal`; when False, traffic flows
-again at once (a single blip).
+again at once (a single blip). With ``hang=True`` the proxy instead turns into a black hole at the cut: the
+request is not forwarded, and it and every later one wait, unanswered, until the proxy heals or closes.
 """
 
 from __future__ import annotations
@@ -25,11 +26,13 @@ class FlakyProxy:
     """
 
     def __init__(self, upstream: tuple[str, int], cut_after: int, match: Callable[[str, str], bool],
-                 outage: bool = True) -> None:
+                 outage: bool = True, hang: bool = False) -> None:
         self._upstream = upstream
         self._cut_after = cut_after
         self._match = match
-        self._outage = outage
+        self._outage = outage or hang
+        self._hang = hang
+        self._released = threading.Event()  # set when hung connections may be closed
         self._lock = threading.Lock()
         self._down = False
         self.matched = 0
@@ -45,8 +48,10 @@ class FlakyProxy:
             self._down = False
             self._cut_after = cut_after if cut_after is not None else 10**9
             self.matched = 0
+        self._released.set()
 
     def close(self) -> None:
+        self._released.set()
         self._listener.close()
 
     def __enter__(self) -> FlakyProxy:
@@ -64,9 +69,14 @@ class FlakyProxy:
             with self._lock:
                 down = self._down
             if down:
-                _close(client)
+                threading.Thread(target=self._refuse, args=(client,), daemon=True).start()
                 continue
             threading.Thread(target=self._serve, args=(client,), daemon=True).start()
+
+    def _refuse(self, client: socket.socket) -> None:
+        if self._hang:
+            self._released.wait()
+        _close(client)
 
     def _serve(self, client: socket.socket) -> None:
         try:
@@ -105,6 +115,8 @@ class FlakyProxy:
                 rest += chunk
             body, buf = rest[:length], rest[length:]
             if not self._admit(method, path, drop):
+                if self._hang:
+                    self._released.wait()
                 return
             upstream.sendall(head + b"\r\n\r\n" + body)
 
@@ -116,6 +128,10 @@ class FlakyProxy:
             if self._match(method, path):
                 self.matched += 1
                 if self.matched > self._cut_after:
+                    if self._hang:
+                        self._down = True
+                        self.dropped += 1
+                        return False
                     drop.set()
                     self.dropped += 1
                     self._down = self._outage

@@ -55,8 +55,8 @@ def proxy_to(label_studio, monkeypatch, ls_client):
     parts = urlsplit(label_studio.url)
     proxies: list[FlakyProxy] = []
 
-    def make(cut_after: int, outage: bool) -> FlakyProxy:
-        proxy = FlakyProxy((parts.hostname, parts.port), cut_after, _is_task_import, outage=outage)
+    def make(cut_after: int, outage: bool, hang: bool = False) -> FlakyProxy:
+        proxy = FlakyProxy((parts.hostname, parts.port), cut_after, _is_task_import, outage=outage, hang=hang)
         proxies.append(proxy)
         monkeypatch.setenv("HALI_LS_URL", proxy.url)
         return proxy
@@ -119,6 +119,16 @@ def test_outage_mid_import_stops_with_a_resumable_error_and_a_rerun_completes(
     assert f"({len(tiles) - 3 * BATCH} new)" in out
     assert sorted(_tile_ids_in_project(ls_client)) == sorted(tiles), "each tile must be in the project exactly once"
     assert cells.stat().st_mtime_ns == made_at, "the re-run must reuse the cell table, not segment again"
+
+
+def test_server_that_stops_answering_mid_import_is_given_up_on(env, slide, proxy_to, ls_client, capsys, monkeypatch):
+    monkeypatch.setenv("HALI_LS_TIMEOUT_S", "2")
+    proxy = proxy_to(cut_after=1, outage=True, hang=True)  # after one batch, requests are never answered
+    code, _, err = _preprocess(capsys, slide)
+    assert code == 2 and proxy.dropped == 1 and len(err.strip().splitlines()) == 1, err
+    assert "ReadTimeout" in err and "3 tries" in err and f"at least {BATCH} of" in err and "Re-run" in err
+    proxy.heal()
+    assert Counter(_tile_ids_in_project(ls_client)) == Counter(_tile_ids_of_slide(env)[:BATCH])
 
 
 # A legacy token, a word, and a JWT-shaped refresh token that this server never issued.
