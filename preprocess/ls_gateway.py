@@ -185,7 +185,6 @@ class LabelStudioGateway:
         except ApiError as exc:
             raise LabelStudioError(f"could not {what}: {_describe_api_error(exc)}") from exc
 
-
     def _import_batch(self, project_id: int, batch: list[dict[str, Any]], key: str) -> list[int]:
         """Import one batch, retrying transient failures; a retry first drops the tasks already in the project."""
 
@@ -218,9 +217,9 @@ class LabelStudioGateway:
         cause = (f"it answered {last.status_code}" if isinstance(last, ApiError)
                  else f"{last.__class__.__name__}: {str(last).rstrip('.')}")
         return (
-            f"Label Studio at {self.url or '?'} stopped answering while importing tasks into project {project_id} "
-            f"({cause}; {exc.tries} tries over {exc.seconds:.0f} s): at least {n_done} of {n_total} tasks are in. "
-            "Re-run the same command once it answers: tiles already in the project are skipped"
+            f"Label Studio at {self.url or '?'} failed {exc.tries} tries over {exc.seconds:.0f} s while importing "
+            f"tasks into project {project_id} ({cause}): at least {n_done} of {n_total} tasks are in. "
+            "Re-run the same command once it answers again: tiles already in the project are skipped"
         )
 
 

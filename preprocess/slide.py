@@ -55,6 +55,7 @@ class OpenSlideReader:
         _check_file(self._path)
         vendor = _detect_vendor(self._path)
         self._plain_image = vendor is None
+        self._image: Image.Image | None = None  # the decoded plain image, which ImageSlide does not close
         if vendor is not None:
             self._slide = _open_with_openslide(self._path, vendor)
         elif self._path.suffix.lower() in WSI_ONLY_SUFFIXES:
@@ -63,7 +64,8 @@ class OpenSlideReader:
                 f"or corrupt; {_FIX_CORRUPT}, or convert it to a pyramidal TIFF"
             )
         else:
-            self._slide = openslide.ImageSlide(_decode_plain_image(self._path))
+            self._image = _decode_plain_image(self._path)
+            self._slide = openslide.ImageSlide(self._image)
             logger.info("slide %s: not a whole-slide format; read as a plain one-level image", self._path)
         self._mpp_override = mpp
 
@@ -154,10 +156,9 @@ class OpenSlideReader:
 
     def close(self) -> None:
         """Release the OpenSlide handle (or the decoded image)."""
-        image = getattr(self._slide, "_file_arg", None)  # ImageSlide leaves an Image it was given open
         self._slide.close()
-        if isinstance(image, Image.Image):
-            image.close()
+        if self._image is not None:
+            self._image.close()
 
     def __enter__(self) -> OpenSlideReader:
         return self
