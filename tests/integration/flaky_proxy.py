@@ -2,11 +2,16 @@
 
 It forwards bytes both ways and reads just enough of each HTTP/1.1 request (request line, headers,
 ``Content-Length`` body) to count the requests that match. After ``cut_after`` matching requests have
-passed, the next matching request is still forwarded (the server acts on it) but its answer is dropped and
-the connection closed: the client cannot know whether it worked. Then, when ``outage`` is True, every later
-connection is closed as soon as it is accepted until :meth:`FlakyProxy.heal`; when False, traffic flows
-again at once (a single blip). With ``hang=True`` the proxy instead turns into a black hole at the cut: the
-request is not forwarded, and it and every later one wait, unanswered, until the proxy heals or closes.
+passed, the next matching one fails, by ``failure``:
+
+- ``"drop"``: it is still forwarded (the server acts on it) but its answer is dropped and the connection
+  closed, so the client cannot know whether it worked;
+- ``"503"``: it is answered ``503 Service Unavailable`` without reaching the server, as a proxy in front of
+  a restarting server answers;
+- ``"hang"``: it is not forwarded and never answered (a black hole).
+
+Then, when ``outage`` is True, every later request fails too ("drop": the connection is closed at once)
+until :meth:`FlakyProxy.heal`; when False, traffic flows again at once (a single blip).
 """
 
 from __future__ import annotations
@@ -16,22 +21,25 @@ import threading
 from collections.abc import Callable
 
 _BUF = 65536
+_FAILURES = ("drop", "503", "hang")
+_UNAVAILABLE = b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
 
 
 class FlakyProxy:
     """Proxy ``127.0.0.1:<port>`` -> ``upstream`` that fails after ``cut_after`` requests for which ``match`` holds.
 
-    ``match(method, path) -> bool``. ``url`` is what clients use; ``dropped`` counts answers thrown away and
-    ``matched`` the matching requests seen.
+    ``match(method, path) -> bool``. ``url`` is what clients use; ``dropped`` counts the requests cut (answer
+    lost, 503 or hung) and ``matched`` the matching requests seen.
     """
 
     def __init__(self, upstream: tuple[str, int], cut_after: int, match: Callable[[str, str], bool],
-                 outage: bool = True, hang: bool = False) -> None:
+                 outage: bool = True, failure: str = "drop") -> None:
+        assert failure in _FAILURES, failure
         self._upstream = upstream
         self._cut_after = cut_after
         self._match = match
-        self._outage = outage or hang
-        self._hang = hang
+        self._outage = outage
+        self._failure = failure
         self._released = threading.Event()  # set when hung connections may be closed
         self._lock = threading.Lock()
         self._down = False
@@ -74,9 +82,17 @@ class FlakyProxy:
             threading.Thread(target=self._serve, args=(client,), daemon=True).start()
 
     def _refuse(self, client: socket.socket) -> None:
-        if self._hang:
-            self._released.wait()
-        _close(client)
+        """A connection made while the proxy is down: closed, answered 503, or held unanswered."""
+        try:
+            if self._failure == "hang":
+                self._released.wait()
+            elif self._failure == "503":
+                client.recv(_BUF)
+                client.sendall(_UNAVAILABLE)
+        except OSError:
+            pass
+        finally:
+            _close(client)
 
     def _serve(self, client: socket.socket) -> None:
         try:
@@ -114,30 +130,34 @@ class FlakyProxy:
                     return
                 rest += chunk
             body, buf = rest[:length], rest[length:]
-            if not self._admit(method, path, drop):
-                if self._hang:
-                    self._released.wait()
-                return
-            upstream.sendall(head + b"\r\n\r\n" + body)
+            verdict = self._admit(method, path)
+            if verdict == "forward":
+                upstream.sendall(head + b"\r\n\r\n" + body)
+                continue
+            if verdict == "drop":
+                drop.set()  # the answer pump hangs up when the server's answer arrives
+                upstream.sendall(head + b"\r\n\r\n" + body)
+            elif verdict == "503":
+                client.sendall(_UNAVAILABLE)
+            elif verdict == "hang":
+                self._released.wait()
+            return
 
-    def _admit(self, method: str, path: str, drop: threading.Event) -> bool:
-        """False when the proxy is down (close the connection); sets ``drop`` for the request that is cut."""
+    def _admit(self, method: str, path: str) -> str:
+        """What to do with a request: "forward", "close" (the proxy is down), or the failure for a cut one."""
         with self._lock:
             if self._down:
-                return False
-            if self._match(method, path):
-                self.matched += 1
-                if self.matched > self._cut_after:
-                    if self._hang:
-                        self._down = True
-                        self.dropped += 1
-                        return False
-                    drop.set()
-                    self.dropped += 1
-                    self._down = self._outage
-                    if not self._outage:
-                        self._cut_after = 10**9
-            return True
+                return {"drop": "close"}.get(self._failure, self._failure)
+            if not self._match(method, path):
+                return "forward"
+            self.matched += 1
+            if self.matched <= self._cut_after:
+                return "forward"
+            self.dropped += 1
+            self._down = self._outage
+            if not self._outage:
+                self._cut_after = 10**9
+            return self._failure
 
     def _answers(self, upstream: socket.socket, client: socket.socket, drop: threading.Event) -> None:
         """Pass answers back, except the one to a cut request: wait for it (the server has acted), then hang up."""

@@ -55,8 +55,8 @@ def proxy_to(label_studio, monkeypatch, ls_client):
     parts = urlsplit(label_studio.url)
     proxies: list[FlakyProxy] = []
 
-    def make(cut_after: int, outage: bool, hang: bool = False) -> FlakyProxy:
-        proxy = FlakyProxy((parts.hostname, parts.port), cut_after, _is_task_import, outage=outage, hang=hang)
+    def make(cut_after: int, outage: bool, failure: str = "drop") -> FlakyProxy:
+        proxy = FlakyProxy((parts.hostname, parts.port), cut_after, _is_task_import, outage=outage, failure=failure)
         proxies.append(proxy)
         monkeypatch.setenv("HALI_LS_URL", proxy.url)
         return proxy
@@ -86,8 +86,10 @@ def _tile_ids_of_slide(data_dir) -> list[str]:
     return [t["tile_id"] for t in json.loads(tasks_json.read_text())["tiles"]]
 
 
-def test_lost_answer_mid_import_is_retried_without_importing_twice(env, slide, proxy_to, ls_client, capsys):
-    proxy = proxy_to(cut_after=1, outage=False)  # the 2nd batch is imported but its answer is lost, once
+@pytest.mark.parametrize("failure", ["drop", "503"], ids=["answer-lost", "503"])
+def test_blip_mid_import_is_retried_without_importing_twice(env, slide, proxy_to, ls_client, capsys, failure):
+    # "drop": the 2nd batch is imported but its answer is lost; "503": it is refused before reaching LS
+    proxy = proxy_to(cut_after=1, outage=False, failure=failure)
     code, out, err = _preprocess(capsys, slide)
     assert code == 0, err
     assert proxy.dropped == 1, "the proxy never cut a request: the test did not exercise a retry"
@@ -123,7 +125,7 @@ def test_outage_mid_import_stops_with_a_resumable_error_and_a_rerun_completes(
 
 def test_server_that_stops_answering_mid_import_is_given_up_on(env, slide, proxy_to, ls_client, capsys, monkeypatch):
     monkeypatch.setenv("HALI_LS_TIMEOUT_S", "2")
-    proxy = proxy_to(cut_after=1, outage=True, hang=True)  # after one batch, requests are never answered
+    proxy = proxy_to(cut_after=1, outage=True, failure="hang")  # after one batch, requests are never answered
     code, _, err = _preprocess(capsys, slide)
     assert code == 2 and proxy.dropped == 1 and len(err.strip().splitlines()) == 1, err
     assert "ReadTimeout" in err and "3 tries" in err and f"at least {BATCH} of" in err and "Re-run" in err
