@@ -67,7 +67,8 @@ def describe_load_error(exc: BaseException, is_zip: bool = False) -> str:
     if is_zip or "unexpected EOF" in text or isinstance(exc, EOFError):
         return f"is truncated or corrupt ({_first_sentence(text)}): download or copy it again"
     if "Weights only load failed" in text:
-        return f"is not a torch checkpoint (torch.load found no pickle or zip archive it reads: {_first_sentence(detail)})"
+        return ("is not a torch checkpoint (torch.load found no pickle or zip archive it reads: "
+                f"{_first_sentence(detail)})")
     return f"cannot be read by torch.load ({_first_sentence(text)})"
 
 
