@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
 from pathlib import Path
 
@@ -16,6 +17,8 @@ from ml_backend.errors import BackendError
 from preprocess.errors import PreprocessError
 
 log = logging.getLogger("hali")
+_ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")
+_TISSUE_THUMBNAIL_PX = 2048  # the thumbnail size run_preprocess finds tissue on
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -25,10 +28,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except (PreprocessError, LabelConfigError, BackendError) as exc:
-        print(f"hali {args.command}: error: {exc}", file=sys.stderr)
+        print(f"hali {args.command}: error: {one_line(str(exc))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
+
+
+def one_line(message: str) -> str:
+    """``message`` on one line: a library's multi-line text (torch's, with terminal colours) folded in."""
+    return " ".join(_ANSI_ESCAPE.sub("", message).split())
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -92,7 +100,6 @@ def _preprocess(args: argparse.Namespace) -> int:
     from preprocess.ls_gateway import LabelStudioGateway
     from preprocess.run import run_preprocess
     from preprocess.settings import PreprocessSettings
-    from preprocess.slide import OpenSlideReader
     from preprocess.storage import open_output_storage
 
     overrides = {k: v for k, v in {
@@ -103,18 +110,45 @@ def _preprocess(args: argparse.Namespace) -> int:
     if args.no_progress:
         overrides["progress"] = False
     settings = PreprocessSettings(**overrides)
-    with OpenSlideReader(args.slide, mpp=settings.mpp) as reader:  # a bad slide fails before any LS call
-        reader.require_mpp()
+    _check_inputs(args.slide, settings)
     storage = open_output_storage(settings.storage_url, settings.data_dir, settings.ls_files_root,
                                   settings.s3_endpoint_url)
     storage.check()  # bad S3 credentials or a missing bucket fail before any work
-    gateway = LabelStudioGateway.connect(settings.ls_url, settings.ls_api_key.get_secret_value())
+    gateway = LabelStudioGateway.connect(settings.ls_url, settings.ls_api_key.get_secret_value(),
+                                         timeout_s=settings.ls_timeout_s, retry=settings.retry_policy(),
+                                         batch_size=settings.ls_import_batch_size)
     result = run_preprocess(args.slide, args.project, settings, gateway, storage)
     print(f"slide {result.slide_id}: {result.n_cells} cells in {result.n_tiles} tasks "
           f"({result.n_imported} new) in project {result.project_id}")
     print("  " + ", ".join(f"{k} {v:.1f} s" for k, v in result.seconds.items()))
     print(f"open {result.project_url}")
     return 0
+
+
+def _check_inputs(slide: Path, settings) -> None:
+    """Fail in seconds, before any Label Studio call or segmentation, on a slide or weights that cannot work.
+
+    Opens the slide, needs its mpp and some tissue on its thumbnail, and loads the backbone checkpoint and
+    HoVer-Net weights the settings name (each raises its own :class:`PreprocessError` with the fix).
+    """
+    from preprocess.errors import SlideError
+    from preprocess.featurize import make_featurizer
+    from preprocess.hovernet.weights import load_hovernet
+    from preprocess.slide import OpenSlideReader
+    from preprocess.tissue import detect_tissue
+
+    with OpenSlideReader(slide, mpp=settings.mpp) as reader:
+        reader.require_mpp()
+        thumbnail, _ = reader.thumbnail(_TISSUE_THUMBNAIL_PX)
+        if not detect_tissue(thumbnail).any():
+            raise SlideError(
+                f"slide {slide} shows no tissue on its thumbnail (blank, or all background); check that it is "
+                "the right file and that the scan is not empty"
+            )
+    if settings.featurizer == "resnet18" and settings.checkpoint is not None:
+        make_featurizer(settings.featurizer, settings.checkpoint, "cpu", settings.patch_um)
+    if settings.segmenter_weights is not None:
+        load_hovernet(settings.segmenter_weights, "cpu")
 
 
 def _pretrain(args: argparse.Namespace) -> int:

@@ -1,13 +1,17 @@
 """Exceptions of the preprocess package.
 
-Each message says what was wrong, which value, and what to do about it::
+Each message says what was wrong, which value, and what to do about it, on one line (the CLI prints it
+after ``hali <command>: error:`` and exits 2). ``preprocess.retry.RetriesExhausted`` is not part of the tree:
+it only carries a retried call's last error to the adapter, which turns it into one of these::
 
     PreprocessError(Exception)
-    +-- SlideError           a slide that is missing, corrupt, unsupported, or has no mpp
+    +-- SlideError           a slide that is missing, empty, truncated, corrupt, unsupported, blank, has no
+    |                        mpp, or fails to decode part way (the message names the level-0 region)
     +-- SegmentationError    nucleus segmentation that cannot run on its input
-    +-- FeaturizerError      a backbone checkpoint that is missing or does not fit ResNet-18
+    +-- FeaturizerError      a backbone checkpoint that is unreadable (see weights_file.py) or does not fit ResNet-18
     +-- SegmenterWeightsError  a HoVer-Net checkpoint that is missing or of a layout it cannot load
-    +-- LabelStudioError     Label Studio is down, refused the key, or rejected a call
+    +-- LabelStudioError     Label Studio is down, refused the key, rejected a call, or stopped answering
+    |                        mid-import after the retries (re-running the same command resumes)
     +-- PretrainError        labeled-nuclei data for ``hali pretrain`` that is missing or malformed
     +-- StorageError         output storage (local folder or S3) that cannot be read or written
 """

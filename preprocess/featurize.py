@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import pickle
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -23,6 +22,7 @@ from torchvision.models import resnet18
 
 from preprocess.errors import FeaturizerError
 from preprocess.handcrafted import HandcraftedFeaturizer
+from preprocess.weights_file import load_weights_file
 
 if TYPE_CHECKING:  # slides are read through the reader the caller passes in
     from preprocess.slide import OpenSlideReader
@@ -171,15 +171,9 @@ def _build_backbone() -> nn.Module:
 
 def _read_checkpoint(path: Path, expected: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The backbone weights in ``path``, keyed as ``expected``; :class:`FeaturizerError` if they do not fit."""
-    if not path.is_file():
-        raise FeaturizerError(f"backbone checkpoint {path} does not exist; check --checkpoint or run `hali pretrain`")
-    try:
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as exc:
-        raise FeaturizerError(
-            f"backbone checkpoint {path} cannot be read as a weights-only torch file ({exc}); "
-            "save it with torch.save(model.state_dict(), path)"
-        ) from exc
+    loaded = load_weights_file(path, lambda reason: FeaturizerError(
+        f"backbone checkpoint {path} {reason}; check --checkpoint: it takes a weights-only torch file of a "
+        "ResNet-18 state_dict, torch.save(model.state_dict(), path), as `hali pretrain` writes"))
     state = _normalise_keys(_unwrap(loaded, path))
     _check_keys(path, state, expected)
     # BatchNorm step counters do not change outputs; fill them in for checkpoints saved without them.

@@ -8,6 +8,8 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from preprocess.retry import RetryPolicy
+
 DEFAULT_CLASSES = ("Tumor", "Lymphocyte", "Stroma", "Other")
 
 
@@ -48,6 +50,12 @@ class PreprocessSettings(BaseSettings):
     )
     segmenter_device: str = Field("auto", description="HoVer-Net's device: auto (CUDA when there is one), cpu, cuda")
     progress: bool = True
+    # Label Studio blinks (restart, proxy timeout): imports retry a few times, then stop with a resumable error.
+    ls_timeout_s: float = Field(60.0, gt=0, description="seconds to wait for one Label Studio answer")
+    ls_import_batch_size: int = Field(100, ge=1, le=10000, description="tasks per import request")
+    ls_retry_tries: int = Field(4, ge=1, le=20, description="tries per Label Studio import request (1: no retry)")
+    ls_retry_first_delay_s: float = Field(1.0, ge=0, description="sleep before the 2nd try; doubles, capped at 8 s")
+    ls_retry_deadline_s: float = Field(30.0, ge=0, description="no retry starts later than this after the 1st try")
 
     @field_validator("ls_files_root", "data_dir")
     @classmethod
@@ -59,6 +67,11 @@ class PreprocessSettings(BaseSettings):
         if self.checkpoint is not None and "featurizer" not in self.model_fields_set:
             self.featurizer = "resnet18"
         return self
+
+    def retry_policy(self) -> RetryPolicy:
+        """How Label Studio import requests are retried."""
+        return RetryPolicy(tries=self.ls_retry_tries, first_delay_s=self.ls_retry_first_delay_s,
+                           deadline_s=self.ls_retry_deadline_s)
 
     def class_list(self) -> list[str]:
         return [c.strip() for c in self.classes.split(",") if c.strip()]

@@ -1,15 +1,23 @@
 """Slide reading: the one adapter around OpenSlide.
 
-:class:`OpenSlideReader` opens whole-slide formats (SVS, pyramidal TIFF, NDPI, ...) and, through
-``openslide.open_slide``, plain PNG/JPEG/TIFF images as one-level slides. Every coordinate is a level-0
-pixel: ``x0`` is the column and ``y0`` the row of a region's top-left corner. Pixel arrays are
-(rows, cols, 3) uint8 RGB; transparent or out-of-slide areas come back white.
+:class:`OpenSlideReader` opens whole-slide formats (SVS, pyramidal TIFF, NDPI, ...) with OpenSlide and
+plain PNG/JPEG/TIFF images with Pillow as one-level slides. Every coordinate is a level-0 pixel: ``x0`` is
+the column and ``y0`` the row of a region's top-left corner. Pixel arrays are (rows, cols, 3) uint8 RGB;
+transparent or out-of-slide areas come back white.
+
+What is refused at open, each with its own message: a path that is missing or a directory, an empty file, a
+vendor file (``.svs``, ``.ndpi``, ...) OpenSlide does not recognise (truncated or corrupt: Pillow is never
+asked to read those), a file neither library identifies, and a plain image that is truncated (decoded in
+full at open, where ``openslide.open_slide`` would only fail later, inside a thumbnail) or too large to hold.
+A tile that fails to decode later, deep inside a slide OpenSlide opened, raises :class:`SlideError` naming
+the slide and the region.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import warnings
 from functools import cached_property
 from pathlib import Path
 from types import TracebackType
@@ -27,6 +35,10 @@ _HASH_CHUNK_BYTES = 8 * 1024 * 1024
 _FULL_HASH_LIMIT_BYTES = 512 * 1024 * 1024
 _PARTIAL_HASH_BYTES = 64 * 1024 * 1024
 _OPEN_ERRORS = (openslide.OpenSlideError, OSError, ValueError, Image.DecompressionBombError)
+# Extensions only OpenSlide reads (TIFF-based ones included): Pillow would open a truncated .svs as a flat
+# TIFF, without its mpp, and fail much later or try to hold a gigapixel page in memory.
+WSI_ONLY_SUFFIXES = frozenset({".svs", ".ndpi", ".vms", ".vmu", ".scn", ".mrxs", ".svslide", ".bif", ".czi", ".dcm"})
+_FIX_CORRUPT = "copy it again (compare its size with the original) or re-export it"
 
 
 class OpenSlideReader:
@@ -40,15 +52,21 @@ class OpenSlideReader:
         self._path = Path(path)
         if mpp is not None and not mpp > 0:
             raise SlideError(f"mpp override {mpp!r} for slide {self._path} must be > 0, e.g. --mpp 0.5 for 20x")
-        if not self._path.is_file():
-            raise SlideError(f"slide {self._path} does not exist or is not a file; check the path")
-        try:
-            self._slide = openslide.open_slide(str(self._path))
-        except _OPEN_ERRORS as exc:
+        _check_file(self._path)
+        vendor = _detect_vendor(self._path)
+        self._plain_image = vendor is None
+        self._image: Image.Image | None = None  # the decoded plain image, which ImageSlide does not close
+        if vendor is not None:
+            self._slide = _open_with_openslide(self._path, vendor)
+        elif self._path.suffix.lower() in WSI_ONLY_SUFFIXES:
             raise SlideError(
-                f"slide {self._path} is not a format OpenSlide or Pillow can read ({exc}); "
-                "convert it to a pyramidal TIFF or pass a PNG/JPEG/TIFF"
-            ) from exc
+                f"slide {self._path} is not a {self._path.suffix} slide OpenSlide can read: the file is truncated "
+                f"or corrupt; {_FIX_CORRUPT}, or convert it to a pyramidal TIFF"
+            )
+        else:
+            self._image = _decode_plain_image(self._path)
+            self._slide = openslide.ImageSlide(self._image)
+            logger.info("slide %s: not a whole-slide format; read as a plain one-level image", self._path)
         self._mpp_override = mpp
 
     @property
@@ -79,8 +97,9 @@ class OpenSlideReader:
         """The mpp, or :class:`SlideError` telling the user to pass ``--mpp``."""
         mpp = self.mpp
         if mpp is None:
+            how = " (read as a plain image: OpenSlide does not recognise it)" if self._plain_image else ""
             raise SlideError(
-                f"slide {self._path} has no microns-per-pixel metadata; pass --mpp, e.g. --mpp 0.5 for 20x"
+                f"slide {self._path} has no microns-per-pixel metadata{how}; pass --mpp, e.g. --mpp 0.5 for 20x"
             )
         return mpp
 
@@ -107,16 +126,7 @@ class OpenSlideReader:
 
         The region may extend past the slide; those pixels are white.
         """
-        if width <= 0 or height <= 0:
-            raise ValueError(f"region size {width}x{height} must be positive")
-        try:
-            rgba = self._slide.read_region((int(x0), int(y0)), 0, (int(width), int(height)))
-        except _OPEN_ERRORS as exc:
-            raise SlideError(
-                f"slide {self._path} failed to read region x0={x0} y0={y0} {width}x{height} ({exc}); "
-                "the file may be truncated or corrupt: re-copy or re-export it"
-            ) from exc
-        return _rgba_on_white(np.asarray(rgba))
+        return self.read_level_region(x0, y0, 0, width, height)
 
     def best_level(self, downsample: float) -> tuple[int, float]:
         """The pyramid level to read for ``downsample`` level-0 pixels per output pixel: the coarsest level
@@ -133,8 +143,8 @@ class OpenSlideReader:
             rgba = self._slide.read_region((int(x0), int(y0)), int(level), (int(width), int(height)))
         except _OPEN_ERRORS as exc:
             raise SlideError(
-                f"slide {self._path} failed to read level {level} at x0={x0} y0={y0} {width}x{height} ({exc}); "
-                "the file may be truncated or corrupt: re-copy or re-export it"
+                f"slide {self._path} failed to decode the level-{level} region x0={x0} y0={y0} {width}x{height} px "
+                f"({exc}); the file is truncated or corrupt there: {_FIX_CORRUPT}"
             ) from exc
         return _rgba_on_white(np.asarray(rgba))
 
@@ -156,8 +166,10 @@ class OpenSlideReader:
         return rgb, downsample
 
     def close(self) -> None:
-        """Release the OpenSlide handle."""
+        """Release the OpenSlide handle (or the decoded image)."""
         self._slide.close()
+        if self._image is not None:
+            self._image.close()
 
     def __enter__(self) -> OpenSlideReader:
         return self
@@ -169,6 +181,67 @@ class OpenSlideReader:
 
     def __repr__(self) -> str:
         return f"OpenSlideReader({str(self._path)!r}, dimensions={self.dimensions}, mpp={self.mpp})"
+
+
+def _check_file(path: Path) -> None:
+    """:class:`SlideError` unless ``path`` is a non-empty file."""
+    if path.is_dir():
+        raise SlideError(
+            f"slide {path} is a directory; pass the slide file itself (for MRXS, the .mrxs file beside the folder)"
+        )
+    if not path.is_file():
+        raise SlideError(f"slide {path} does not exist or is not a file; check the path")
+    if path.stat().st_size == 0:
+        raise SlideError(f"slide {path} is empty (0 bytes): the copy or download did not finish; copy it again")
+
+
+def _detect_vendor(path: Path) -> str | None:
+    """OpenSlide's name for the file's format ("aperio", "generic-tiff", ...), or None when it has none."""
+    try:
+        return openslide.OpenSlide.detect_format(str(path))
+    except _OPEN_ERRORS as exc:
+        raise SlideError(f"slide {path} cannot be read ({exc}); check its permissions and the disk") from exc
+
+
+def _open_with_openslide(path: Path, vendor: str) -> openslide.OpenSlide:
+    try:
+        return openslide.OpenSlide(str(path))
+    except _OPEN_ERRORS as exc:
+        raise SlideError(
+            f"slide {path} looks like a {vendor} slide but OpenSlide cannot open it ({exc}): the file is truncated "
+            f"or corrupt, or files that belong beside it are missing; {_FIX_CORRUPT}"
+        ) from exc
+
+
+def _decode_plain_image(path: Path) -> Image.Image:
+    """``path`` opened and decoded in full by Pillow, so a truncated image is refused here, not mid-run."""
+    try:
+        image = Image.open(path)
+    except Image.DecompressionBombError as exc:
+        raise SlideError(
+            f"slide {path} is a plain image too large to hold in memory ({exc}); convert it to a pyramidal TIFF, "
+            "e.g. `vips tiffsave in out.tiff --tile --pyramid --compression jpeg`"
+        ) from exc
+    except (OSError, ValueError) as exc:  # PIL.UnidentifiedImageError is an OSError
+        raise SlideError(
+            f"slide {path} is neither a whole-slide image OpenSlide reads nor an image Pillow reads "
+            f"(extension {path.suffix or 'none'!r}): if it is meant to be one, it is corrupt: {_FIX_CORRUPT}; "
+            "else pass an SVS/NDPI/MRXS/pyramidal TIFF slide or a PNG/JPEG/TIFF, or convert it to a pyramidal TIFF"
+        ) from exc
+    described = f"a {image.format} image {image.width}x{image.height} px"
+    try:
+        with warnings.catch_warnings():  # Pillow warns about the broken tags it then fails on; one message is enough
+            warnings.simplefilter("ignore", UserWarning)
+            if image.format == "TIFF":
+                _ = image.n_frames  # walks every page's header: a pyramid cut short fails here, not in load()
+            image.load()
+    except (OSError, ValueError, SyntaxError, TypeError, EOFError) as exc:  # what Pillow raises on broken files
+        image.close()
+        raise SlideError(
+            f"slide {path} is {described} that cannot be decoded "
+            f"({exc}): the file is truncated or corrupt; {_FIX_CORRUPT}"
+        ) from exc
+    return image
 
 
 def _hash_bytes(fh: BinaryIO, digest: Any, n_bytes: int) -> None:

@@ -17,7 +17,6 @@ The mode comes from the decoder's kernel size (5: original, 3: fast) and the num
 from __future__ import annotations
 
 import logging
-import pickle
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -25,6 +24,7 @@ import torch
 
 from preprocess.errors import SegmenterWeightsError
 from preprocess.hovernet.model import HoVerNet
+from preprocess.weights_file import load_weights_file
 
 logger = logging.getLogger(__name__)
 
@@ -58,15 +58,9 @@ def load_hovernet(path: Path, device: str | torch.device = "cpu") -> HoVerNet:
 
 def read_checkpoint(path: Path) -> object:
     """What ``torch.load(path, map_location="cpu", weights_only=True)`` returns, errors as SegmenterWeightsError."""
-    path = Path(path)
-    if not path.is_file():
-        raise SegmenterWeightsError(f"HoVer-Net weights {path} do not exist; pass the path of a .pth/.tar checkpoint")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as exc:
-        raise SegmenterWeightsError(
-            f"cannot read HoVer-Net weights {path}: {exc}. Expected a torch checkpoint of tensors only: {LAYOUTS}"
-        ) from exc
+    return load_weights_file(path, lambda reason: SegmenterWeightsError(
+        f"cannot read HoVer-Net weights {path}: the file {reason}. Expected a torch checkpoint of tensors only: "
+        f"{LAYOUTS}"))
 
 
 def unwrap_state_dict(obj: object, source: str = "checkpoint") -> dict[str, torch.Tensor]:

@@ -206,7 +206,7 @@ def test_label_studio_proxies_s3_images_with_the_keys_hali_gave_it(label_studio,
     with s3_server.checking_credentials():
         for _ in range(2):
             gateway.ensure_s3_storage(project.id, s3_bucket, PREFIX, presign=False, **access)
-        (task_id,) = gateway.import_tasks(project.id, [{"data": {"image": f"s3://{s3_bucket}/{key}"}}])
+        (task_id,) = gateway.import_tasks(project.id, [{"data": {"image": f"s3://{s3_bucket}/{key}", "tile_id": "t"}}])
         resolved, served = _served_image(label_studio, task_id)
     assert len(ls_client.import_storage.s3.list(project=project.id)) == 1
     assert served.status_code == 200 and not served.history, "proxied by Label Studio, not redirected"

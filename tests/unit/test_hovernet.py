@@ -156,7 +156,7 @@ def test_a_resnet_checkpoint_is_refused_with_the_keys_it_lacks(tmp_path: Path) -
 
 
 def test_missing_or_non_tensor_files_are_refused(tmp_path: Path) -> None:
-    with pytest.raises(SegmenterWeightsError, match="do not exist"):
+    with pytest.raises(SegmenterWeightsError, match="does not exist"):
         load_hovernet(tmp_path / "nope.pth")
     path = tmp_path / "junk.pth"
     path.write_bytes(b"not a checkpoint")
