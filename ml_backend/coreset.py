@@ -73,6 +73,8 @@ class _LazyDistances:
     def __init__(self, x: torch.Tensor, sq_norms: torch.Tensor, min_sq: torch.Tensor,
                  block_rows: int = _PICK_BLOCK_ROWS) -> None:
         self.x, self.sq_norms, self.min_sq = x, sq_norms, min_sq  # (N, d), (N,), (N,); -inf = never pick
+        if len(x) <= 2 * block_rows:  # too few blocks to skip any: one block, one update per pick
+            block_rows = max(1, len(x))
         self.starts = list(range(0, len(x), block_rows))
         self.block_rows = block_rows
         self.bound = np.array([float(self._block(b).max()) for b in range(len(self.starts))])
@@ -101,7 +103,11 @@ class _LazyDistances:
     def _update(self, b: int) -> None:
         new = self.centres[self.applied[b] :]
         rows = slice(self.starts[b], self.starts[b] + self.block_rows)
-        nearest = _min_sq_dist_to_centres(self.x[rows], self.sq_norms[rows], self.x[new])
+        if len(new) == 1:  # the usual case: a few operations instead of a blocked matrix product
+            nearest = torch.addmv(self.sq_norms[rows], self.x[rows], self.x[new[0]], alpha=-2.0)
+            nearest += self.sq_norms[new[0]]
+        else:
+            nearest = _min_sq_dist_to_centres(self.x[rows], self.sq_norms[rows], self.x[new])
         torch.minimum(self.min_sq[rows], nearest, out=self.min_sq[rows])
         self.applied[b] = len(self.centres)
         self.bound[b] = float(self._block(b).max())
