@@ -48,14 +48,15 @@ def main() -> int:
     features = embed_cells(data, DATA / "images", make_featurizer(args.featurizer), 80, cache_dir=args.cache_dir)
     pool, test = split_pool_test(data)
     print(f"{args.featurizer} features ({features.shape[1]}-d); pool {len(pool):,}, test {len(test):,}; "
-          f"classes {list(data.classes)}; mean over {args.seeds} seeds\n")
+          f"classes {list(data.class_names)}; mean over {args.seeds} seeds\n")
     print("| labels | bal. acc capped | bal. acc batches of 64 | acc capped | acc 64 | epochs capped | epochs 64 "
           "| fit s capped | fit s 64 |")
     print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for n in [int(v) for v in args.ns.split(",")]:
         capped = [_fit_score(features, data.y, pool, test, n, seed, cap=True) for seed in range(args.seeds)]
         plain = [_fit_score(features, data.y, pool, test, n, seed, cap=False) for seed in range(args.seeds)]
-        cells = [f"{statistics.mean(r[i] for r in runs):.3f}" for i in range(4) for runs in (capped, plain)]
+        cells = [f"{statistics.mean(r[i] for r in runs):{fmt}}" for i, fmt in enumerate((".3f", ".3f", ".1f", ".2f"))
+                 for runs in (capped, plain)]
         print(f"| {min(n, len(pool)):,} | " + " | ".join(cells) + " |", flush=True)
     print(benchutil.footer())
     return 0
