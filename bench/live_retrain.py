@@ -3,7 +3,8 @@
 Not a bench itself. Starts both services on free loopback ports through ``scripts/stack.py`` (Label
 Studio from the integration tests' cached data dir in ``.state/test-cache`` when there is one, else a
 cold start), imports a synthetic slide's tiles as tasks, the first ones with annotations, writes the
-slide's cell table where the backend reads it, and runs the job as the worker would. The gateway and
+slide's cell table where the backend reads it, and runs the job as the worker would (with
+:func:`ml_backend.jobs.frozen_gc`, as ``retrain_job``). The gateway and
 the label store are wrapped so that every call into Label Studio or Redis is timed; the rest of the
 job's time is its compute and its disk I/O (cell table, model files).
 """
@@ -27,6 +28,7 @@ from redis import Redis
 
 from bench.synthetic import CLASSES, SyntheticSlide, make_slide
 from label_config import build_label_config, cell_to_region
+from ml_backend.jobs import frozen_gc
 from ml_backend.label_store import RedisLabelStore
 from ml_backend.retrain import run_retrain
 from ml_backend.settings import BackendSettings
@@ -134,7 +136,8 @@ def _one_retrain(project_id: int, settings: BackendSettings, gateway: LabelStudi
     redis_calls: dict[str, float] = defaultdict(float)
     store = Timed(RedisLabelStore(Redis.from_url(settings.redis_url)), redis_calls)
     start = time.perf_counter()
-    report = run_retrain(project_id, settings, Timed(gateway, ls_calls), store)
+    with frozen_gc():  # as retrain_job does
+        report = run_retrain(project_id, settings, Timed(gateway, ls_calls), store)
     figures = {f"LS {name}": seconds for name, seconds in ls_calls.items()}
     figures.update(total=time.perf_counter() - start, redis=sum(redis_calls.values()),
                    labels=report.n_labels, open_tasks=report.n_open_tasks)

@@ -30,7 +30,7 @@ def cells_to_regions(
     """:func:`cell_to_region` for each cell of ``tile``, with its label (and score): one region per cell.
 
     The percent geometry of all cells is computed at once in float64 (the same IEEE operations as one
-    cell at a time, so the same numbers): about 5x faster for a 200-cell tile, which matters when a
+    cell at a time, so the same numbers): 2-3x faster than one call per cell, which matters when a
     retrain writes a prediction for every open tile.
     """
     if not cells:

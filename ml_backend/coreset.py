@@ -47,7 +47,8 @@ def select_coreset(features: np.ndarray, labeled: np.ndarray, budget: int, rando
     if not np.isfinite(sq_norms).all():  # cheaper than checking all N x d values, and catches overflow
         raise ValueError("features contain NaN or infinite values, or values too large for float32 distances")
     # torch, not numpy, for the products: it runs on torch's thread count (1 in the retrain worker), where
-    # numpy's OpenBLAS starts its own threads, which on a busy 2-core machine made a pick up to 10x slower.
+    # numpy's OpenBLAS starts its own threads, which made the picks several times slower on a busy 2-core
+    # machine.
     xt, sq = torch.from_numpy(x), torch.from_numpy(sq_norms)
     if mask.any():
         min_sq = _min_sq_dist_to_centres(xt, sq, xt[torch.from_numpy(mask)])
