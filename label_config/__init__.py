@@ -20,6 +20,7 @@ from label_config.errors import LabelConfigError, TaskDataError, UnknownLabelErr
 from label_config.regions import (
     AnnotatedCells,
     cell_to_region,
+    cells_to_regions,
     read_cell_labels,
     region_to_slide_box,
     validate_regions,
@@ -39,6 +40,7 @@ __all__ = [
     "UnknownLabelError",
     "build_label_config",
     "cell_to_region",
+    "cells_to_regions",
     "parse_classes",
     "parse_version_name",
     "rank_to_score",

@@ -4,8 +4,11 @@ The labelled points are the initial centres. Each pick is the unlabelled point f
 nearest centre, which then becomes a centre, so the covering radius (largest distance from any point
 to its nearest centre) shrinks as fast as greedy selection allows.
 
-Memory stays O(N): one (N,) array of squared distances to the nearest centre, updated in O(N·d) per
-pick with a matrix-vector product; no N x N matrix is ever built.
+Memory stays O(N·d): one centred float32 copy of the features, a few (N,) arrays (squared distances
+to the nearest centre, updated in place) and fixed-size blocks of rows x centres. No N x N matrix is
+ever built. Distances to the labelled set cost one blocked matrix product, O(N·L·d); after that a pick
+updates only the blocks of rows that could hold the farthest point (see :class:`_LazyDistances`), so
+100 picks from 1,000,000 x 32 touch a small part of the features instead of all of them 100 times.
 """
 
 from __future__ import annotations
@@ -13,8 +16,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-# Rows x centres per block when measuring distances to the labelled set: 4 Mi float32 = 16 MiB.
-_BLOCK_ELEMENTS = 1 << 22
+# Rows x centres per block when measuring distances to the labelled set: 1 Mi float32 = 4 MiB. Measured
+# (bench/bench_coreset.py --labelled 5000): a third faster than 16 MiB blocks, which spill out of the cache.
+_BLOCK_ELEMENTS = 1 << 20
+# Rows per block of the lazily updated distances (32-d float32: 1 MiB of features per block).
+_PICK_BLOCK_ROWS = 8192
 
 
 def select_coreset(features: np.ndarray, labeled: np.ndarray, budget: int, random_state: int = 0) -> np.ndarray:
@@ -40,57 +46,96 @@ def select_coreset(features: np.ndarray, labeled: np.ndarray, budget: int, rando
     sq_norms = np.einsum("ij,ij->i", x, x)
     if not np.isfinite(sq_norms).all():  # cheaper than checking all N x d values, and catches overflow
         raise ValueError("features contain NaN or infinite values, or values too large for float32 distances")
+    # torch, not numpy, for the products: it runs on torch's thread count (1 in the retrain worker), where
+    # numpy's OpenBLAS starts its own threads, which made the picks several times slower on a busy 2-core
+    # machine.
+    xt, sq = torch.from_numpy(x), torch.from_numpy(sq_norms)
     if mask.any():
-        min_sq = _min_sq_dist_to_centres(x, sq_norms, x[mask])
-        min_sq[mask] = -np.inf
-        return _greedy_picks(x, sq_norms, min_sq, n_picks)
+        min_sq = _min_sq_dist_to_centres(xt, sq, xt[torch.from_numpy(mask)])
+        min_sq[torch.from_numpy(mask)] = -torch.inf
+        return _LazyDistances(xt, sq, min_sq).picks(n_picks)
     first = int(np.random.default_rng(random_state).integers(len(x)))
-    min_sq = _sq_dist_to_point(x, sq_norms, first)
-    min_sq[first] = -np.inf
-    return np.concatenate([[first], _greedy_picks(x, sq_norms, min_sq, n_picks - 1)])
+    distances = _LazyDistances(xt, sq, torch.full_like(sq, torch.inf))
+    distances.add_centre(first)
+    return np.concatenate([[first], distances.picks(n_picks - 1)])
 
 
-def _greedy_picks(x: np.ndarray, sq_norms: np.ndarray, min_sq: np.ndarray, n_picks: int) -> np.ndarray:
-    """Pick ``n_picks`` times the row with the largest ``min_sq`` (N,), updating ``min_sq`` in place.
+class _LazyDistances:
+    """Squared distances (N,) float32 to the nearest centre, brought up to date block by block on demand.
 
-    ``min_sq`` is -inf for rows that may not be picked (labelled, or picked already).
+    A pick needs only the row farthest from the centres, and a new centre can only bring distances
+    down, so each block of rows keeps an upper bound (its largest distance when it was last updated).
+    A block is updated, with every centre added since (one small matrix product), only when its bound
+    is the largest: the first up-to-date block on top holds the true farthest row. Ties go to the
+    lowest index, as with one global argmax. Most blocks are never touched again after the first
+    picks, which cuts a pick's cost from a pass over all N x d features to a few blocks.
     """
-    picks = np.empty(n_picks, dtype=np.int64)
-    for i in range(n_picks):
-        pick = int(np.argmax(min_sq))
-        picks[i] = pick
-        np.minimum(min_sq, _sq_dist_to_point(x, sq_norms, pick), out=min_sq)
-        min_sq[pick] = -np.inf
-    return picks
+
+    def __init__(self, x: torch.Tensor, sq_norms: torch.Tensor, min_sq: torch.Tensor,
+                 block_rows: int = _PICK_BLOCK_ROWS) -> None:
+        self.x, self.sq_norms, self.min_sq = x, sq_norms, min_sq  # (N, d), (N,), (N,); -inf = never pick
+        if len(x) <= 2 * block_rows:  # too few blocks to skip any: one block, one update per pick
+            block_rows = max(1, len(x))
+        self.starts = list(range(0, len(x), block_rows))
+        self.block_rows = block_rows
+        self.bound = np.array([float(self._block(b).max()) for b in range(len(self.starts))])
+        self.applied = np.zeros(len(self.starts), dtype=np.int64)  # centres already applied to each block
+        self.centres: list[int] = []
+
+    def picks(self, n_picks: int) -> np.ndarray:
+        """The next ``n_picks`` farthest rows (int64), each becoming a centre before the next is chosen."""
+        picks = np.empty(n_picks, dtype=np.int64)
+        for i in range(n_picks):
+            picks[i] = self._farthest()
+            self.add_centre(int(picks[i]))
+        return picks
+
+    def add_centre(self, row: int) -> None:
+        self.min_sq[row] = -torch.inf  # never picked again; applying its own distance keeps -inf
+        self.centres.append(row)
+
+    def _farthest(self) -> int:
+        while True:
+            b = int(np.argmax(self.bound))  # first maximum: the lowest block among equal bounds
+            if self.applied[b] == len(self.centres):
+                return self.starts[b] + int(torch.argmax(self._block(b)))
+            self._update(b)
+
+    def _update(self, b: int) -> None:
+        new = self.centres[self.applied[b] :]
+        rows = slice(self.starts[b], self.starts[b] + self.block_rows)
+        if len(new) == 1:  # the usual case: a few operations instead of a blocked matrix product
+            nearest = torch.addmv(self.sq_norms[rows], self.x[rows], self.x[new[0]], alpha=-2.0)
+            nearest += self.sq_norms[new[0]]
+        else:
+            nearest = _min_sq_dist_to_centres(self.x[rows], self.sq_norms[rows], self.x[new])
+        torch.minimum(self.min_sq[rows], nearest, out=self.min_sq[rows])
+        self.applied[b] = len(self.centres)
+        self.bound[b] = float(self._block(b).max())
+
+    def _block(self, b: int) -> torch.Tensor:
+        return self.min_sq[self.starts[b] : self.starts[b] + self.block_rows]
 
 
-def _sq_dist_to_point(x: np.ndarray, sq_norms: np.ndarray, row: int) -> np.ndarray:
-    """Squared distances (N,) float32 from every row of ``x`` (N, d) to row ``row``."""
-    sq = x @ x[row]
-    sq *= -2.0
-    sq += sq_norms
-    sq += sq_norms[row]
-    return sq
-
-
-def _min_sq_dist_to_centres(x: np.ndarray, sq_norms: np.ndarray, centres: np.ndarray) -> np.ndarray:
+def _min_sq_dist_to_centres(
+    x: torch.Tensor, sq_norms: torch.Tensor, centres: torch.Tensor, block_elements: int = _BLOCK_ELEMENTS
+) -> torch.Tensor:
     """Squared distance (N,) float32 from each row of ``x`` (N, d) to its nearest row of ``centres`` (L, d).
 
     The nearest centre maximises ``x.c - |c|^2 / 2``, so each block of rows x centres costs one
-    matrix product and one max (torch's addmm is about twice numpy's speed for this thin shape).
-    Blocks hold at most ``_BLOCK_ELEMENTS`` floats.
+    matrix product and one max. Blocks hold at most ``block_elements`` floats; the result does not
+    depend on the block size.
     """
-    xt, ct = torch.from_numpy(x), torch.from_numpy(centres)
-    minus_half_c_sq = -0.5 * (ct * ct).sum(dim=1)
-    centre_block = min(len(ct), _BLOCK_ELEMENTS // 1024)
-    row_block = max(1, _BLOCK_ELEMENTS // centre_block)
-    best = torch.full((len(xt),), -torch.inf)
-    for c0 in range(0, len(ct), centre_block):
-        c_blk, bias = ct[c0 : c0 + centre_block], minus_half_c_sq[c0 : c0 + centre_block]
-        for r0 in range(0, len(xt), row_block):
-            scores = torch.addmm(bias, xt[r0 : r0 + row_block], c_blk.T)
-            best[r0 : r0 + row_block] = torch.maximum(best[r0 : r0 + row_block], scores.amax(dim=1))
-    return sq_norms - 2.0 * best.numpy()
+    minus_half_c_sq = -0.5 * (centres * centres).sum(dim=1)
+    centre_block = max(1, min(len(centres), block_elements // 1024))
+    row_block = max(1, block_elements // centre_block)
+    best = torch.full((len(x),), -torch.inf)
+    for c0 in range(0, len(centres), centre_block):
+        c_blk, bias = centres[c0 : c0 + centre_block], minus_half_c_sq[c0 : c0 + centre_block]
+        for r0 in range(0, len(x), row_block):
+            scores = torch.addmm(bias, x[r0 : r0 + row_block], c_blk.T)
+            torch.maximum(best[r0 : r0 + row_block], scores.amax(dim=1), out=best[r0 : r0 + row_block])
+    return best.mul_(-2.0).add_(sq_norms)
 
 
 def _check_inputs(features: np.ndarray, labeled: np.ndarray, budget: int) -> tuple[np.ndarray, np.ndarray]:

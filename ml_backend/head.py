@@ -29,7 +29,7 @@ from ml_backend.head_training import TrainingData, split_train_val, train_head
 
 HIDDEN_UNITS = 32
 STATE_FORMAT = 1
-_PREDICT_CHUNK_ROWS = 65_536
+_PREDICT_CHUNK_ROWS = 4_096  # 8 MiB of 512-d rows: 2-3x faster than 65,536 (temporaries stay in cache)
 
 
 @dataclass(frozen=True)

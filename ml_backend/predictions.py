@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from label_config import NEUTRAL_LABEL, TileTask, cell_to_region
+from label_config import NEUTRAL_LABEL, TileTask, cells_to_regions
 
 
 def tile_prediction(
@@ -20,8 +20,9 @@ def tile_prediction(
     prediction's ``score`` is the tile's rank in the queue (lower is served sooner).
     """
     if proba is None:
-        result = [cell_to_region(c, tile, NEUTRAL_LABEL) for c in tile.cells]
+        result = cells_to_regions(tile.cells, tile, [NEUTRAL_LABEL] * len(tile.cells))
     else:
         best = proba.argmax(axis=1)
-        result = [cell_to_region(c, tile, classes[k], float(proba[i, k])) for i, (c, k) in enumerate(zip(tile.cells, best))]
+        scores = np.take_along_axis(proba, best[:, None], axis=1)[:, 0]
+        result = cells_to_regions(tile.cells, tile, [classes[k] for k in best.tolist()], scores.tolist())
     return {"model_version": model_version, "score": float(score), "result": result}

@@ -2,11 +2,12 @@
 
 import numpy as np
 import pytest
+import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from ml_backend.coreset import select_coreset
+from ml_backend.coreset import _LazyDistances, _min_sq_dist_to_centres, select_coreset
 
 
 def sq_dist_to_nearest(points: np.ndarray, centres: np.ndarray) -> np.ndarray:
@@ -104,3 +105,38 @@ def test_each_coreset_pick_is_the_farthest_point_from_the_centres_so_far(problem
             # float32 arithmetic in the implementation; distances here are exact.
             assert sq[pick] >= sq[unlabeled & ~centres].max() - 1e-3 * (1 + sq.max())
         centres[pick] = True
+
+
+def greedy_k_center(features: np.ndarray, labeled: np.ndarray, budget: int) -> list[int]:
+    """Reference: the textbook greedy k-center in float64, recomputing every distance at every pick."""
+    centres, picks = labeled.copy(), []
+    for _ in range(min(budget, int((~labeled).sum()))):
+        sq = sq_dist_to_nearest(features, features[centres])
+        sq[centres] = -np.inf
+        picks.append(int(np.argmax(sq)))
+        centres[picks[-1]] = True
+    return picks
+
+
+@pytest.mark.parametrize("block_rows", [1, 7, 64, 8192])
+def test_lazily_updated_blocks_pick_exactly_what_full_greedy_picks(block_rows):
+    rng = np.random.default_rng(block_rows)
+    # Clustered, like penultimate-layer features: a new centre changes many rows of some blocks and none of others.
+    features = (rng.normal(size=(6, 8))[rng.integers(6, size=500)] + 0.3 * rng.normal(size=(500, 8))).astype(np.float32)
+    labeled = rng.random(500) < 0.05
+    x = torch.from_numpy(features - features.mean(axis=0))
+    sq = (x * x).sum(dim=1)
+    min_sq = _min_sq_dist_to_centres(x, sq, x[torch.from_numpy(labeled)])
+    min_sq[torch.from_numpy(labeled)] = -torch.inf
+    picks = _LazyDistances(x, sq, min_sq, block_rows=block_rows).picks(40)
+    assert picks.tolist() == greedy_k_center(features, labeled, 40)
+    assert select_coreset(features, labeled, 40).tolist() == picks.tolist()
+
+
+@pytest.mark.parametrize("block_elements", [1, 100, 5_000, 1 << 20])
+def test_distances_to_the_labelled_set_do_not_depend_on_the_block_size(block_elements):
+    rng = np.random.default_rng(0)
+    x = torch.from_numpy(rng.normal(size=(300, 5)).astype(np.float32))
+    centres = x[:37]
+    got = _min_sq_dist_to_centres(x, (x * x).sum(dim=1), centres, block_elements=block_elements)
+    np.testing.assert_allclose(got.numpy(), sq_dist_to_nearest(x.numpy(), centres.numpy()), rtol=1e-4, atol=1e-4)

@@ -1,10 +1,11 @@
+import numpy as np
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given, settings, strategies as st
 
 from label_config import (
-    NEUTRAL_LABEL, CellBox, LabelConfigError, TaskDataError, TileTask, UnknownLabelError, build_label_config,
-    cell_to_region, parse_classes, parse_version_name, rank_to_score, read_cell_labels, region_to_slide_box,
-    validate_regions, version_name,
+    FROM_NAME, NEUTRAL_LABEL, TO_NAME, CellBox, LabelConfigError, TaskDataError, TileTask, UnknownLabelError,
+    build_label_config, cell_to_region, cells_to_regions, parse_classes, parse_version_name, rank_to_score,
+    read_cell_labels, region_to_slide_box, validate_regions, version_name,
 )
 
 CLASSES = ["Tumor", "Lymphocyte"]
@@ -92,3 +93,42 @@ def test_version_names_sort_numerically_and_parse_back():
 def test_rank_scores_increase_so_rank_zero_is_served_first():
     s = rank_to_score(5)
     assert s[0] == s.min() and (s[1:] > s[:-1]).all() and s.max() < 1
+
+
+
+def _one_cell_region(cell, tile, label, score=None):
+    """The one-cell formula cells_to_regions replaced, kept here as the reference it must match exactly."""
+    def pct(value_px, size_px):
+        return min(100.0, max(0.0, 100.0 * value_px / size_px))
+
+    left = pct((cell.x0 - tile.x0) / tile.downsample, tile.width)
+    top = pct((cell.y0 - tile.y0) / tile.downsample, tile.height)
+    right = pct((cell.x0 + cell.w - tile.x0) / tile.downsample, tile.width)
+    bottom = pct((cell.y0 + cell.h - tile.y0) / tile.downsample, tile.height)
+    region = {"id": cell.cell_id, "from_name": FROM_NAME, "to_name": TO_NAME, "type": "rectanglelabels",
+              "original_width": tile.width, "original_height": tile.height, "image_rotation": 0,
+              "value": {"x": left, "y": top, "width": right - left, "height": bottom - top, "rotation": 0,
+                        "rectanglelabels": [label]}}
+    if score is not None:
+        region["score"] = float(score)
+    return region
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    origin=st.tuples(st.integers(-5000, 5000), st.integers(-5000, 5000)),
+    size=st.tuples(st.integers(1, 4096), st.integers(1, 4096)),
+    downsample=st.sampled_from([1.0, 2.0, 0.5, 3.7, 16.0]),
+    boxes=st.lists(st.tuples(st.integers(-6000, 12000), st.integers(-6000, 12000), st.integers(1, 300),
+                             st.integers(1, 300)), max_size=30),
+    with_scores=st.booleans(),
+)
+def test_cells_to_regions_gives_exactly_the_one_cell_formula_for_every_cell(origin, size, downsample, boxes,
+                                                                              with_scores):
+    cells = tuple(CellBox(f"c{i}", *box) for i, box in enumerate(boxes))
+    tile = TileTask("t", "s", "/x.png", origin[0], origin[1], size[0], size[1], downsample, 0.5, cells)
+    labels = [("A", "B")[i % 2] for i in range(len(cells))]
+    scores = [np.float32(i / 31) for i in range(len(cells))] if with_scores else [None] * len(cells)
+    expected = [_one_cell_region(c, tile, lab, s) for c, lab, s in zip(cells, labels, scores)]
+    assert cells_to_regions(cells, tile, labels, scores if with_scores else None) == expected
+    assert [cell_to_region(c, tile, lab, s) for c, lab, s in zip(cells, labels, scores)] == expected
