@@ -55,7 +55,7 @@ def run_preprocess(
     """Preprocess ``slide_path`` into the project titled ``project_title`` (created when missing)."""
     layout = DataLayout(settings.data_dir, settings.ls_files_root)
     timer = _Timer()
-    project = _ensure_project(gateway, project_title, settings.class_list())  # fail fast if LS is down
+    project = ensure_project(gateway, project_title, settings.class_list())  # fail fast if LS is down
     with OpenSlideReader(slide_path, mpp=settings.mpp) as reader:
         tiles, n_cells = _load_or_make_tiles(reader, settings, layout, timer)
         with timer("tile images"):
@@ -71,7 +71,9 @@ def run_preprocess(
                             dict(timer.seconds))
 
 
-def _ensure_project(gateway: LabelStudioGateway, title: str, classes: list[str]):
+def ensure_project(gateway: LabelStudioGateway, title: str, classes: list[str]):
+    """The project titled ``title``, created with ``classes`` when missing; :class:`LabelStudioError` when it
+    exists with other classes."""
     project = gateway.find_project(title)
     if project is None:
         return gateway.create_project(title, build_label_config(classes))
