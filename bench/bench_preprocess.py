@@ -56,11 +56,35 @@ def run_child(slide: Path, data_dir: Path, featurizer: str) -> dict:
             "embed_s": sum(s.embed_s for s in stats), "total_s": time.perf_counter() - t0}
 
 
-def measure(slide: Path, featurizer: str) -> dict:
+def run_merge_child(n_cells: int, data_dir: Path, n_parts: int = 250, dim: int = 46) -> dict:
+    """Merge ``n_cells`` random cells from ``n_parts`` region parts on disk into a saved cell table (the merge
+    step of a slide of that many cells; 46 features as the handcrafted featurizer gives)."""
+    sys.path.insert(0, str(REPO))
+    import numpy as np
+
+    from preprocess.regions import RegionCells, build_cell_table, merge_region_cells
+    from preprocess.stages import _load_part, _save_part
+
+    rng = np.random.default_rng(0)
+    side = 60000.0
+    for i in range(n_parts):
+        n = n_cells // n_parts
+        xy = rng.uniform(0, side, (n, 2))
+        _save_part(data_dir / f"{i}.npz", {"centroids_xy": xy, "boxes": np.c_[xy.astype(np.int32) - 4,
+                   np.full((n, 2), 8, np.int32)], "features": rng.normal(size=(n, dim)).astype(np.float32)})
+    t0 = time.perf_counter()
+    cells = merge_region_cells([RegionCells(**_load_part(data_dir / f"{i}.npz")) for i in range(n_parts)])
+    table = build_cell_table("0" * 16, cells, cells_per_task=20)
+    table.save(data_dir / "cells.npz")
+    return {"cells": len(table), "merge_s": time.perf_counter() - t0}
+
+
+def measure(slide: Path | None, featurizer: str, merge_cells: int = 0) -> dict:
     """One run in a child process: its figures plus its peak RSS in MB."""
     with tempfile.TemporaryDirectory(prefix="hali-bench-") as tmp:
-        proc = subprocess.Popen([sys.executable, __file__, "--child", str(slide), "--data-dir", tmp,
-                                 "--featurizer", featurizer], stdout=subprocess.PIPE, cwd=REPO)
+        what = ["--child", str(slide)] if slide else ["--merge-child", str(merge_cells)]
+        proc = subprocess.Popen([sys.executable, __file__, *what, "--data-dir", tmp, "--featurizer", featurizer],
+                                stdout=subprocess.PIPE, cwd=REPO)
         out = proc.stdout.read()
         _, status, usage = os.wait4(proc.pid, 0)
         if os.waitstatus_to_exitcode(status) != 0:
@@ -70,11 +94,11 @@ def measure(slide: Path, featurizer: str) -> dict:
     return figures
 
 
-def synthetic_slide(slides_dir: Path, size_px: int) -> Path:
-    path = slides_dir / f"synthetic-{size_px}.tiff"
+def synthetic_slide(slides_dir: Path, size_px: int, tissue_fraction: float) -> Path:
+    path = slides_dir / f"synthetic-{size_px}-tissue{tissue_fraction:g}.tiff"
     if not path.exists():
         subprocess.run([sys.executable, str(REPO / "scripts" / "make_big_slide.py"), str(path), "--size",
-                        str(size_px)], check=True, cwd=REPO)
+                        str(size_px), "--tissue-fraction", str(tissue_fraction)], check=True, cwd=REPO)
     return path
 
 
@@ -92,16 +116,29 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--featurizer", default="handcrafted")
     parser.add_argument("--slides-dir", type=Path, default=REPO / ".state" / "bench")
+    parser.add_argument("--tissue-fraction", type=float, default=0.1,
+                        help="tissue share of the synthetic slides (0.1 keeps a 20k slide to minutes on 2 cores)")
+    parser.add_argument("--merge-cells", type=int, default=1_000_000, help="cells of the merge-only run; 0 skips it")
     parser.add_argument("--no-cmu", action="store_true", help="skip CMU-1-Small-Region")
     parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--merge-child", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--data-dir", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
         print(json.dumps(run_child(args.child, args.data_dir, args.featurizer)))
         return 0
+    if args.merge_child:
+        print(json.dumps(run_merge_child(args.merge_child, args.data_dir)))
+        return 0
+    print(f"featurizer {args.featurizer}; {time.strftime('%Y-%m-%d %H:%M')} on {os.cpu_count()} CPUs, "
+          f"load average {os.getloadavg()[0]:.1f}")
+    for n_cells in (1000, args.merge_cells) if args.merge_cells else ():
+        merged = measure(None, args.featurizer, n_cells)
+        print(f"merge only: {merged['cells']} cells from 250 parts -> cell table in {merged['merge_s']:.1f} s, "
+              f"peak RSS {merged['peak_rss_mb']:.0f} MB", flush=True)
     slides = [] if args.no_cmu or not CMU.exists() else [("CMU-1-Small-Region", CMU)]
-    slides += [(f"synthetic {s} px", synthetic_slide(args.slides_dir, int(s))) for s in args.sizes.split(",") if s]
-    print(f"featurizer {args.featurizer}; {time.strftime('%Y-%m-%d')} on {os.cpu_count()} CPUs")
+    slides += [(f"synthetic {s} px", synthetic_slide(args.slides_dir, int(s), args.tissue_fraction))
+               for s in args.sizes.split(",") if s]
     print("| slide | slide MP | tissue MP | regions | cells | segmentation MP/s | embedding cells/s | "
           "end-to-end cells/s | total s | s per tissue MP | peak RSS MB | runs |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")

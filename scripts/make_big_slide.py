@@ -1,13 +1,15 @@
 """Write a large synthetic whole slide: a pyramidal tiled TIFF with mpp metadata and real nuclei.
 
-    python scripts/make_big_slide.py OUT.tiff [--size 20000] [--source ../shared/data/wsi/CMU-1-Small-Region.svs]
+    python scripts/make_big_slide.py OUT.tiff [--size 20000] [--tissue-fraction 0.4]
+                                              [--source ../shared/data/wsi/CMU-1-Small-Region.svs]
 
 Tissue is the source slide's H&E (CMU-1-Small-Region, 0.499 um/px, by default; scikit-image's IHC image at
 0.25 um/px when the source is absent) tiled with mirroring, each source-sized block given a small colour shift
-of its own (stain density scaled by 0.92-1.08 per channel), laid out as seeded elliptical tissue pieces on a near-white glass background (about 40 % of the
-area, as on a real slide). The file is written tile by tile, level by level (each level samples level 0 with
-a stride), so memory stays at a few tens of MB whatever ``--size``. OpenSlide opens it as a generic tiled
-TIFF; ``openslide.mpp-x`` is the source's mpp.
+of its own (stain density scaled by 0.92-1.08 per channel), laid out as seeded elliptical tissue pieces on a
+near-white glass background covering ``--tissue-fraction`` of the area (40 % by default, as on a real slide).
+The file is written tile by tile, level by level (each level samples level 0 with a stride), so memory stays
+at a few tens of MB whatever ``--size``. OpenSlide opens it as a generic tiled TIFF; ``openslide.mpp-x`` is
+the source's mpp.
 """
 
 from __future__ import annotations
@@ -125,12 +127,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=20000, help="side in level-0 pixels (default 20000)")
     parser.add_argument("--source", type=Path, default=DEFAULT_SOURCE, help="tissue texture (a slide OpenSlide reads)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--tissue-fraction", type=float, default=0.4, help="share of the area under tissue pieces")
     args = parser.parse_args(argv)
     if args.size < MIN_LEVEL_PX:
         parser.error(f"--size {args.size} must be at least {MIN_LEVEL_PX}")
+    if not 0 < args.tissue_fraction <= 1:
+        parser.error(f"--tissue-fraction {args.tissue_fraction} must be in (0, 1]")
     source, mpp = load_source(args.source)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    write_slide(SyntheticSlide(source, args.size, args.seed), args.out, mpp)
+    write_slide(SyntheticSlide(source, args.size, args.seed, args.tissue_fraction), args.out, mpp)
     print(f"wrote {args.out}: {args.size} x {args.size} px at {mpp} um/px, levels {levels(args.size)}")
     return 0
 

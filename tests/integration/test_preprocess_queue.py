@@ -166,3 +166,15 @@ def _assert_equals_single_process_run(slide, tmp_path, gateway, ls_client, queue
     np.testing.assert_array_equal(queued.tile_ids, alone.tile_ids)
     np.testing.assert_array_equal(queued.boxes, alone.boxes)
     np.testing.assert_allclose(queued.features, alone.features, rtol=1e-5, atol=1e-6)
+
+
+def test_a_lease_is_exclusive_while_renewed_and_runs_out_when_its_holder_stops(redis_conn):
+    progress = PreprocessProgress(redis_conn)
+    with progress.lease("job-a", ttl_s=0.3) as held:
+        time.sleep(0.6)  # twice the ttl: only the renewals keep it
+        with progress.lease("job-a", ttl_s=0.3) as second:
+            assert (held, second, progress.lease_alive("job-a")) == (True, False, True)
+    assert not progress.lease_alive("job-a"), "a finished job releases its lease"
+    redis_conn.set(f"{PREFIX}:lease:job-b", "a killed worker's token", px=200)  # no one renews it
+    time.sleep(0.4)
+    assert not progress.lease_alive("job-b")

@@ -151,3 +151,12 @@ def test_tissue_windows_are_on_the_window_grid():
     mask[2:4, 5:9] = True
     windows = list(tissue_windows(mask, 100.0, (1000, 1000), 256))
     assert windows and all(x % 256 == 0 and y % 256 == 0 for x, y, _, _ in windows)
+
+
+def test_queued_jobs_carry_every_setting_that_decides_a_part(tmp_path):
+    from ml_backend.preprocess_queue import job_settings
+    from preprocess.stages import part_recipe
+
+    settings = _settings(tmp_path, patch_um=25.0, region_windows=3)
+    rebuilt = PreprocessSettings(**job_settings(settings), data_dir=tmp_path / "elsewhere")
+    assert part_recipe(rebuilt) == part_recipe(settings) and recipe_key(rebuilt) == recipe_key(settings)
