@@ -49,7 +49,9 @@ class SyntheticSlide:
         ys = (y0 + np.arange(height)) * stride
         rgb = self.source[_mirror(ys, src_rows)[:, None], _mirror(xs, src_cols)[None, :]].astype(np.float32)
         # The shift scales optical density (stain amount), so glass stays white and only stain varies.
-        density = -np.log((rgb + 1.0) / 256.0) * self._shift[(ys // src_rows)[:, None], (xs // src_cols)[None, :]]
+        last = self._shift.shape[0] - 1  # padding past the slide's edge reuses the last block's shift
+        shift = self._shift[np.minimum(ys // src_rows, last)[:, None], np.minimum(xs // src_cols, last)[None, :]]
+        density = -np.log((rgb + 1.0) / 256.0) * shift
         rgb = 256.0 * np.exp(-density) - 1.0
         inside = self._mask[np.minimum(ys // MASK_CELL_PX, self._mask.shape[0] - 1)[:, None],
                             np.minimum(xs // MASK_CELL_PX, self._mask.shape[1] - 1)[None, :]]
