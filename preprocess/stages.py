@@ -20,21 +20,26 @@ import logging
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from preprocess.errors import PreprocessError, SegmentationError, SlideError
-from preprocess.featurize import cell_patch_px, extract_patches, make_featurizer
+from preprocess.featurize import ResNet18Featurizer, cell_patch_px, extract_patches, make_featurizer
+from preprocess.handcrafted import HandcraftedFeaturizer
 from preprocess.layout import DataLayout
 from preprocess.regions import Region, RegionCells, merge_region_cells, plan_regions
-from preprocess.segment import segment_nuclei, segment_windows, tissue_windows
+from preprocess.segment import Nuclei, segment_nuclei, segment_windows, tissue_windows
 from preprocess.settings import PreprocessSettings
 from preprocess.slide import OpenSlideReader
 from preprocess.tissue import detect_tissue
 
 log = logging.getLogger(__name__)
+
+Featurizer = ResNet18Featurizer | HandcraftedFeaturizer
+Segmenter = Callable[[np.ndarray, float], Nuclei]  # (uint8 RGB (rows, cols, 3), mpp) -> nuclei in its pixels
 
 THUMBNAIL_PX = 2048
 _EMBED_CHUNK = 2048  # patches embedded at a time: bounds memory in a dense region
@@ -117,8 +122,8 @@ def plan_slide(reader: OpenSlideReader, settings: PreprocessSettings, layout: Da
 
 
 def process_region(
-    reader: OpenSlideReader, plan: SlidePlan, region: Region, settings: PreprocessSettings, featurizer=None,
-    segment=None,
+    reader: OpenSlideReader, plan: SlidePlan, region: Region, settings: PreprocessSettings,
+    featurizer: Featurizer | None = None, segment: Segmenter | None = None,
 ) -> RegionStats:
     """Segment, cut patches and embed the cells of ``region``, and write its part; skip a part on disk.
 
@@ -142,7 +147,9 @@ def process_region(
     return stats
 
 
-def embed_cells(reader: OpenSlideReader, featurizer, centroids_xy: np.ndarray, patch_px: int) -> np.ndarray:
+def embed_cells(
+    reader: OpenSlideReader, featurizer: Featurizer, centroids_xy: np.ndarray, patch_px: int
+) -> np.ndarray:
     """float32 (N, D) embeddings of the patches around level-0 ``centroids_xy`` (float (N, 2)), cut and
     embedded :data:`_EMBED_CHUNK` cells at a time so at most that many patches are in memory."""
     parts = [featurizer.embed(extract_patches(reader, centroids_xy[i : i + _EMBED_CHUNK], patch_px))
@@ -170,7 +177,7 @@ def merge_parts(reader: OpenSlideReader, plan: SlidePlan) -> RegionCells:
     return cells
 
 
-def pick_segmenter(settings: PreprocessSettings):
+def pick_segmenter(settings: PreprocessSettings) -> Segmenter:
     """The classical segmenter, or HoVer-Net when the settings name its weights."""
     if settings.segmenter_weights is None:
         return segment_nuclei

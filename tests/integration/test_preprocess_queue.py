@@ -122,8 +122,10 @@ def test_killed_worker_loses_one_region_and_a_rerun_completes_the_slide(env, sli
     progress, data_dir = PreprocessProgress(redis_conn), tmp_path / "data"
     doomed, survivor = (_start_worker(env, tmp_path / f"worker-{i}.log") for i in range(2))
     try:
-        midway = lambda: progress.statuses()[0].regions_done >= 3 and _kill_midway(doomed, redis_conn, data_dir)  # noqa: E731
-        _wait(midway, 120, "the first worker to be midway through a region")
+        def killed_midway() -> bool:
+            return progress.statuses()[0].regions_done >= 3 and _kill_midway(doomed, redis_conn, data_dir)
+
+        _wait(killed_midway, 120, "the first worker to be midway through a region")
         assert survivor.wait(timeout=120) == 0, (tmp_path / "worker-1.log").read_text()[-4000:]
     finally:
         for proc in (doomed, survivor):
