@@ -44,8 +44,13 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("preprocess", help="segment a slide and push its tiles into a Label Studio project")
-    p.add_argument("slide", type=Path, help="whole-slide image (SVS, NDPI, MRXS, TIFF, ...) or a PNG/JPEG/TIFF")
-    p.add_argument("--project", required=True, help="Label Studio project title (created when missing)")
+    p.add_argument("slide", type=Path, nargs="?",
+                   help="whole-slide image (SVS, NDPI, MRXS, TIFF, ...) or a PNG/JPEG/TIFF, or a folder of them")
+    p.add_argument("--project", help="Label Studio project title (created when missing); required but with --status")
+    p.add_argument("--queue", action="store_true",
+                   help="enqueue one job per region (and a merge+import job per slide) for `hali worker`s")
+    p.add_argument("--status", action="store_true", help="print the progress of queued slides, one line each")
+    p.add_argument("--redis-url", help="Redis of the queue (--queue, --status); default HALI_REDIS_URL")
     p.add_argument("--classes", help="comma-separated cell classes, e.g. Tumor,Lymphocyte,Stroma,Other")
     p.add_argument("--cells-per-task", type=int, help="cells per task (tile); default 20")
     p.add_argument("--mpp", type=float, help="microns per pixel, for slides that do not record it")
@@ -64,8 +69,10 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--port", type=int, default=9090)
     s.set_defaults(func=_serve)
 
-    w = sub.add_parser("worker", help="run an rq worker for retrain jobs")
-    w.add_argument("--burst", action="store_true", help="exit when the queue is empty")
+    w = sub.add_parser("worker", help="run an rq worker for retrain and preprocessing jobs")
+    w.add_argument("--burst", action="store_true", help="exit when the queues are empty")
+    w.add_argument("--queues", help="comma-separated queue names; default HALI_QUEUE_NAME,HALI_PREPROCESS_QUEUE_NAME "
+                                    "(hali,hali-preprocess)")
     w.set_defaults(func=_worker)
 
     t = sub.add_parser("pretrain", help="train the ResNet-18 backbone on labeled nuclei (HALI's pretraining)")
@@ -97,10 +104,42 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _preprocess(args: argparse.Namespace) -> int:
-    from preprocess.ls_gateway import LabelStudioGateway
+    if args.status:
+        return _preprocess_status(args)
+    if args.slide is None or not args.project:
+        raise PreprocessError("give a slide (or folder of slides) and --project, e.g. "
+                              "`hali preprocess slide.svs --project P`, or --status")
     from preprocess.run import run_preprocess
-    from preprocess.settings import PreprocessSettings
     from preprocess.storage import open_output_storage
+
+    settings = _preprocess_settings(args)
+    slides = _slide_paths(args.slide)
+    _check_inputs(slides, settings)  # a bad slide or weights file fails before any Label Studio call
+    storage = open_output_storage(settings.storage_url, settings.data_dir, settings.ls_files_root,
+                                  settings.s3_endpoint_url)
+    storage.check()  # bad S3 credentials or a missing bucket fail before any work
+    if args.queue:
+        return _preprocess_queue(args, slides, settings)
+    gateway = _connect_gateway(settings)
+    for slide in slides:
+        result = run_preprocess(slide, args.project, settings, gateway, storage)
+        print(f"slide {result.slide_id}: {result.n_cells} cells in {result.n_tiles} tasks "
+              f"({result.n_imported} new) in project {result.project_id}")
+        print("  " + ", ".join(f"{k} {v:.1f} s" for k, v in result.seconds.items()))
+        print(f"open {result.project_url}")
+    return 0
+
+
+def _connect_gateway(settings):
+    from preprocess.ls_gateway import LabelStudioGateway
+
+    return LabelStudioGateway.connect(settings.ls_url, settings.ls_api_key.get_secret_value(),
+                                      timeout_s=settings.ls_timeout_s, retry=settings.retry_policy(),
+                                      batch_size=settings.ls_import_batch_size)
+
+
+def _preprocess_settings(args: argparse.Namespace):
+    from preprocess.settings import PreprocessSettings
 
     overrides = {k: v for k, v in {
         "classes": args.classes, "cells_per_task": args.cells_per_task, "mpp": args.mpp, "tile_mpp": args.tile_mpp,
@@ -109,26 +148,13 @@ def _preprocess(args: argparse.Namespace) -> int:
     }.items() if v is not None}
     if args.no_progress:
         overrides["progress"] = False
-    settings = PreprocessSettings(**overrides)
-    _check_inputs(args.slide, settings)
-    storage = open_output_storage(settings.storage_url, settings.data_dir, settings.ls_files_root,
-                                  settings.s3_endpoint_url)
-    storage.check()  # bad S3 credentials or a missing bucket fail before any work
-    gateway = LabelStudioGateway.connect(settings.ls_url, settings.ls_api_key.get_secret_value(),
-                                         timeout_s=settings.ls_timeout_s, retry=settings.retry_policy(),
-                                         batch_size=settings.ls_import_batch_size)
-    result = run_preprocess(args.slide, args.project, settings, gateway, storage)
-    print(f"slide {result.slide_id}: {result.n_cells} cells in {result.n_tiles} tasks "
-          f"({result.n_imported} new) in project {result.project_id}")
-    print("  " + ", ".join(f"{k} {v:.1f} s" for k, v in result.seconds.items()))
-    print(f"open {result.project_url}")
-    return 0
+    return PreprocessSettings(**overrides)
 
 
-def _check_inputs(slide: Path, settings) -> None:
+def _check_inputs(slides: list[Path], settings) -> None:
     """Fail in seconds, before any Label Studio call or segmentation, on a slide or weights that cannot work.
 
-    Opens the slide, needs its mpp and some tissue on its thumbnail, and loads the backbone checkpoint and
+    Opens each slide, needs its mpp and some tissue on its thumbnail, and loads the backbone checkpoint and
     HoVer-Net weights the settings name (each raises its own :class:`PreprocessError` with the fix).
     """
     from preprocess.errors import SlideError
@@ -137,18 +163,87 @@ def _check_inputs(slide: Path, settings) -> None:
     from preprocess.slide import OpenSlideReader
     from preprocess.tissue import detect_tissue
 
-    with OpenSlideReader(slide, mpp=settings.mpp) as reader:
-        reader.require_mpp()
-        thumbnail, _ = reader.thumbnail(_TISSUE_THUMBNAIL_PX)
-        if not detect_tissue(thumbnail).any():
-            raise SlideError(
-                f"slide {slide} shows no tissue on its thumbnail (blank, or all background); check that it is "
-                "the right file and that the scan is not empty"
-            )
+    for slide in slides:
+        with OpenSlideReader(slide, mpp=settings.mpp) as reader:
+            reader.require_mpp()
+            thumbnail, _ = reader.thumbnail(_TISSUE_THUMBNAIL_PX)
+            if not detect_tissue(thumbnail).any():
+                raise SlideError(
+                    f"slide {slide} shows no tissue on its thumbnail (blank, or all background); check that it "
+                    "is the right file and that the scan is not empty"
+                )
     if settings.featurizer == "resnet18" and settings.checkpoint is not None:
         make_featurizer(settings.featurizer, settings.checkpoint, "cpu", settings.patch_um)
     if settings.segmenter_weights is not None:
         load_hovernet(settings.segmenter_weights, "cpu")
+
+
+SLIDE_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif", ".svslide",
+                  ".png", ".jpg", ".jpeg")
+
+
+def _slide_paths(path: Path) -> list[Path]:
+    """``path`` itself, or the slides (by suffix) directly in the folder ``path``, sorted.
+
+    A folder named like a slide (``case.mrxs/``) is taken as a slide, so the reader says what to pass instead.
+    """
+    if not path.is_dir() or path.suffix.lower() in SLIDE_SUFFIXES:
+        return [path]
+    slides = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in SLIDE_SUFFIXES)
+    if not slides:
+        raise PreprocessError(f"folder {path} holds no slides ({', '.join(SLIDE_SUFFIXES)}); pass a slide or "
+                              "another folder")
+    return slides
+
+
+def _preprocess_queue(args: argparse.Namespace, slides: list[Path], settings) -> int:
+    from rq import Queue
+
+    from ml_backend.preprocess_progress import PreprocessProgress
+    from ml_backend.preprocess_queue import enqueue_slide
+    from preprocess.run import ensure_project
+
+    backend, redis = _backend_redis(args)
+    # Fail fast, before any job runs: Label Studio down, or the project's classes differ.
+    gateway = _connect_gateway(settings)
+    ensure_project(gateway, args.project, settings.class_list())
+    queue, progress = Queue(backend.preprocess_queue_name, connection=redis), PreprocessProgress(redis)
+    for slide in slides:
+        report = enqueue_slide(queue, progress, slide, args.project, settings, backend)
+        print(f"slide {report.slide_id}: {report.n_regions} regions, {report.n_done} done, "
+              f"{report.n_enqueued} enqueued on {queue.name!r}; merge {report.merge}  ({slide})")
+    print(f"work them with `hali worker` (queues {backend.queue_name},{backend.preprocess_queue_name}); "
+          "follow with `hali preprocess --status`")
+    return 0
+
+
+def _preprocess_status(args: argparse.Namespace) -> int:
+    from ml_backend.preprocess_progress import PreprocessProgress
+
+    _, redis = _backend_redis(args)
+    statuses = PreprocessProgress(redis).statuses()
+    for status in statuses:
+        print(status.line())
+    if not statuses:
+        print("no slide has been queued (`hali preprocess --queue SLIDE --project P`)")
+    return 0
+
+
+def _backend_redis(args: argparse.Namespace):
+    """BackendSettings (``--redis-url`` over HALI_REDIS_URL) and a Redis client that answered a ping."""
+    from redis import Redis
+    from redis.exceptions import RedisError
+
+    from ml_backend.settings import BackendSettings
+
+    backend = BackendSettings(**({"redis_url": args.redis_url} if args.redis_url else {}))
+    redis = Redis.from_url(backend.redis_url)
+    try:
+        redis.ping()
+    except RedisError as exc:
+        raise BackendError(f"Redis at {backend.redis_url} is unreachable ({exc}); start redis-server or pass "
+                           "--redis-url / HALI_REDIS_URL") from exc
+    return backend, redis
 
 
 def _pretrain(args: argparse.Namespace) -> int:
@@ -180,7 +275,8 @@ def _worker(args: argparse.Namespace) -> int:
     from ml_backend.settings import BackendSettings
     from ml_backend.worker import run_worker
 
-    return run_worker(BackendSettings(), burst=args.burst)
+    queues = [q.strip() for q in args.queues.split(",") if q.strip()] if args.queues else None
+    return run_worker(BackendSettings(), burst=args.burst, queues=queues)
 
 
 def _retrain(args: argparse.Namespace) -> int:

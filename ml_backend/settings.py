@@ -24,6 +24,10 @@ class BackendSettings(BaseSettings):
     s3_endpoint_url: str | None = Field(None, description="S3 endpoint (MinIO, moto, ...); unset: AWS")
     redis_url: str = "redis://127.0.0.1:6379/0"
     queue_name: str = "hali"
+    preprocess_queue_name: str = Field("hali-preprocess", description="rq queue of `hali preprocess --queue` jobs")
+    preprocess_lease_s: float = Field(
+        30.0, gt=0, description="a region job not heard from for this long is dead, and re-enqueued on a re-run"
+    )
     webhook_secret: SecretStr = Field(
         SecretStr(""), description="if set, /webhook requires header X-Hali-Secret with this value"
     )

@@ -1,10 +1,13 @@
 """``run_preprocess``: one slide in, one Label Studio project with pre-drawn cell boxes out.
 
-Steps (each logged with the slide id): read the slide, find tissue, segment nuclei window by window, cut
-tiles of about ``cells_per_task`` cells, embed every cell's patch with the frozen ResNet-18, write tile
-PNGs at ``tile_mpp`` um/px to the output storage (Label Studio's local-files root, or S3), and import the
-tiles not yet in the project. Re-running on the same slide and project reuses the cell table (keyed by the
-slide's content hash), skips tile images already stored, and imports nothing twice.
+Steps (each logged with the slide id): read the slide, find tissue and cut it into regions of a few windows,
+then region by region segment nuclei, embed each cell's patch and save the region's part (so memory stays
+bounded and a killed run resumes where it stopped, see :mod:`preprocess.stages`); merge the parts, cut tiles
+of about ``cells_per_task`` cells, write tile PNGs at ``tile_mpp`` um/px to the output storage (Label
+Studio's local-files root, or S3), and import the tiles not yet in the project. Re-running on the same slide
+and project reuses the cell table (keyed by the slide's content hash and the recipe), skips tile images
+already stored, and imports nothing twice. Queued region jobs on many workers (``hali preprocess --queue``)
+write the same parts, and their last step calls :func:`run_preprocess` too.
 """
 
 from __future__ import annotations
@@ -16,25 +19,21 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 from tqdm import tqdm
 
 from label_config import TileTask, build_label_config, parse_classes, parse_version_name, version_name
-from preprocess.cells import CellTable, make_cell_id, make_tile_id
-from preprocess.errors import LabelStudioError, SegmentationError, SlideError
-from preprocess.featurize import ResNet18Featurizer, cell_patch_px, extract_patches, make_featurizer
+from preprocess.errors import LabelStudioError
+from preprocess.featurize import make_featurizer
 from preprocess.layout import (DataLayout, cells_key, read_cell_table, read_slide_meta, tasks_key, write_cell_table,
                                write_slide_meta)
 from preprocess.ls_gateway import LabelStudioGateway
-from preprocess.hovernet import HoVerNetSegmenter
-from preprocess.segment import segment_nuclei, segment_slide
+from preprocess.regions import build_cell_table
 from preprocess.settings import PreprocessSettings
 from preprocess.slide import OpenSlideReader
+from preprocess.stages import SlidePlan, merge_parts, pick_segmenter, plan_slide, process_region, recipe
 from preprocess.storage import OutputStorage, S3Access, open_output_storage
 from preprocess.tasks import build_tiles, task_payloads
 from preprocess.tile_images import fit_tiles, write_tile_images
-from preprocess.tiling import plan_tiles
-from preprocess.tissue import detect_tissue
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +62,7 @@ def run_preprocess(
                                              settings.s3_endpoint_url)
     storage.check()  # fail fast on bad S3 credentials or a missing bucket
     timer = _Timer()
-    project = _ensure_project(gateway, project_title, settings.class_list())  # fail fast if LS is down
+    project = ensure_project(gateway, project_title, settings.class_list())  # fail fast if LS is down
     _attach_tile_storage(gateway, project.id, layout, storage, settings.s3_presign)  # and if LS cannot read S3
     with OpenSlideReader(slide_path, mpp=settings.mpp) as reader:
         tiles, n_cells = _load_or_make_tiles(reader, settings, layout, timer, storage)
@@ -80,7 +79,9 @@ def run_preprocess(
                             dict(timer.seconds))
 
 
-def _ensure_project(gateway: LabelStudioGateway, title: str, classes: list[str]):
+def ensure_project(gateway: LabelStudioGateway, title: str, classes: list[str]):
+    """The project titled ``title``, created with ``classes`` when missing; :class:`LabelStudioError` when it
+    exists with other classes."""
     project = gateway.find_project(title)
     if project is None:
         return gateway.create_project(title, build_label_config(classes))
@@ -97,68 +98,43 @@ def _load_or_make_tiles(reader: OpenSlideReader, settings: PreprocessSettings, l
                         storage: OutputStorage):
     slide_id, tables = reader.slide_id, storage.tables
     where = tables.location(cells_key(slide_id))
-    recipe = _recipe(settings)
+    made_with = {**recipe(settings), "tile_mpp": settings.tile_mpp}
     if tables.exists(cells_key(slide_id)) and tables.exists(tasks_key(slide_id)):
         meta = read_slide_meta(tables, slide_id)
-        if meta.get("recipe") == recipe:
+        if meta.get("recipe") == made_with:
             log.info("slide %s: reusing %s (already preprocessed with these settings)", slide_id, where)
             return [TileTask.from_task_data(d) for d in meta["tiles"]], len(read_cell_table(tables, slide_id))
         log.info("slide %s: settings changed since %s was made; preprocessing again", slide_id, where)
-    table, tiles = _segment_and_embed(reader, settings, layout, timer)
-    tiles = fit_tiles(tiles, reader.mpp, settings.tile_mpp, storage.tiles)
+    with timer("tissue"):
+        plan = plan_slide(reader, settings, layout)
+    _process_regions(reader, plan, settings, timer)
+    with timer("merge"):
+        table = build_cell_table(slide_id, merge_parts(reader, plan), settings.cells_per_task)
+        tiles = build_tiles(slide_id, table.cell_ids, table.tile_ids, table.boxes, reader.dimensions,
+                            reader.mpp, layout.tile_url)
+        tiles = fit_tiles(tiles, reader.mpp, settings.tile_mpp, storage.tiles)
     write_cell_table(tables, slide_id, table)
     meta = {"slide_path": str(Path(reader.path).resolve()), "slide_id": slide_id, "mpp": reader.mpp,
-            "recipe": recipe, "featurizer": settings.featurizer, "tiles": [t.to_task_data() for t in tiles]}
+            "recipe": made_with, "featurizer": settings.featurizer, "tiles": [t.to_task_data() for t in tiles]}
     write_slide_meta(tables, slide_id, meta)
     return tiles, len(table)
 
 
-def _recipe(settings: PreprocessSettings) -> dict:
-    """Everything that decides the cells, tiles and embeddings: a cached table made otherwise is redone."""
-    return {"cells_per_task": settings.cells_per_task, "featurizer": settings.featurizer,
-            "checkpoint": str(settings.checkpoint or ""), "segmenter_weights": str(settings.segmenter_weights or ""),
-            "patch_um": settings.patch_um, "mpp": settings.mpp, "tile_mpp": settings.tile_mpp}
-
-
-def _segment_and_embed(reader, settings, layout, timer) -> tuple[CellTable, list[TileTask]]:
-    slide_id, mpp = reader.slide_id, reader.require_mpp()
-    with timer("tissue"):
-        thumb, downsample = reader.thumbnail(2048)
-        mask = detect_tissue(thumb)
-    if not mask.any():
-        raise SlideError(f"slide {reader.path} shows no tissue (blank or all background); check the file")
-    with timer("segmentation"):
-        nuclei = segment_slide(reader, mask, downsample, window_px=settings.window_px, progress=settings.progress,
-                               segment=_pick_segmenter(settings))
-    if len(nuclei.centroids_xy) == 0:
-        raise SegmentationError(f"no nuclei found in slide {reader.path}; is it a stained tissue section?")
-    plan = plan_tiles(nuclei.centroids_xy, settings.cells_per_task)
-    cell_ids = np.array([make_cell_id(slide_id, x, y) for x, y in nuclei.centroids_xy])
-    grid = plan.grid[plan.tile_index]
-    tile_ids = np.array([make_tile_id(slide_id, int(c), int(r)) for c, r in grid])
-    with timer("embedding"):
-        featurizer = make_featurizer(settings.featurizer, settings.checkpoint, settings.device, settings.patch_um)
-        patches = extract_patches(reader, nuclei.centroids_xy, cell_patch_px(mpp, settings.patch_um))
-        features = _embed(featurizer, patches, settings.progress)
-    order = np.argsort(plan.tile_index, kind="stable")  # tiles in reading order, cells grouped by tile
-    table = CellTable(cell_ids[order], nuclei.boxes[order], tile_ids[order], features[order])
-    tiles = build_tiles(slide_id, table.cell_ids, table.tile_ids, table.boxes, reader.dimensions, mpp,
-                        layout.tile_url)
-    return table, tiles
-
-
-def _pick_segmenter(settings: PreprocessSettings):
-    """The classical segmenter, or HoVer-Net when the settings name its weights."""
-    if settings.segmenter_weights is None:
-        return segment_nuclei
-    return HoVerNetSegmenter(settings.segmenter_weights, device=settings.segmenter_device).segment_nuclei
-
-
-def _embed(featurizer: ResNet18Featurizer, patches: np.ndarray, progress: bool) -> np.ndarray:
-    chunk = 2048
-    parts = [featurizer.embed(patches[i : i + chunk])
-             for i in tqdm(range(0, len(patches), chunk), desc="embedding", unit="batch", disable=not progress)]
-    return np.concatenate(parts).astype(np.float32)
+def _process_regions(reader: OpenSlideReader, plan: SlidePlan, settings: PreprocessSettings, timer) -> None:
+    """Every region whose part is missing, one at a time (the featurizer and segmenter built once)."""
+    missing = set(plan.missing())
+    if not missing:
+        return
+    featurizer = make_featurizer(settings.featurizer, settings.checkpoint, settings.device, settings.patch_um)
+    segment = pick_segmenter(settings)
+    log.info("slide %s: %d of %d regions to process", plan.slide_id, len(missing), len(plan.regions))
+    todo = [r for r in plan.regions if r.region_id in missing]
+    bar = tqdm(todo, desc="regions", unit="region", disable=not settings.progress, total=len(plan.regions),
+               initial=len(plan.regions) - len(todo))
+    for region in bar:
+        stats = process_region(reader, plan, region, settings, featurizer, segment)
+        timer.add("segmentation", stats.segment_s)
+        timer.add("embedding", stats.embed_s)
 
 
 def _import_new_tiles(gateway: LabelStudioGateway, project, tiles: list[TileTask]) -> int:
@@ -203,6 +179,9 @@ class _Timer:
             yield
         finally:
             self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - t0
+
+    def add(self, name: str, seconds: float) -> None:
+        self.seconds[name] = self.seconds.get(name, 0.0) + seconds
 
     def summary(self) -> str:
         return ", ".join(f"{k} {v:.1f} s" for k, v in self.seconds.items())

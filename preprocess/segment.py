@@ -5,9 +5,10 @@ blue (H&E, IHC counterstain) and brown (DAB-positive IHC) nuclei are both found.
 is above a global floor (a fraction of Otsu's threshold, itself robust to a few very dark pixels) and above
 the Gaussian-weighted mean of its neighbourhood, so pale nuclei beside dark ones still stand out.
 
-:func:`label_nuclei` returns the instance map of one RGB image, :func:`segment_nuclei` measures it; :func:`segment_slide` runs it window by window over the
-tissue of a slide and returns nuclei in level-0 slide pixels. Every size is set in microns and converted
-with the slide's ``mpp``, so the same settings serve 20x and 40x scans.
+:func:`label_nuclei` returns the instance map of one RGB image, :func:`segment_nuclei` measures it;
+:func:`segment_slide` runs it window by window over the tissue of a slide (:func:`segment_windows` over a
+chosen set of windows, e.g. one region) and returns nuclei in level-0 slide pixels. Every size is set in
+microns and converted with the slide's ``mpp``, so the same settings serve 20x and 40x scans.
 """
 
 from __future__ import annotations
@@ -213,11 +214,29 @@ def segment_slide(
     centroid is off the tissue are dropped. ``segment(rgb, mpp) -> Nuclei`` segments one window: by
     default the classical :func:`segment_nuclei`, or e.g. ``HoVerNetSegmenter(weights).segment_nuclei``.
     """
-    mpp = reader.require_mpp()
     _check_mask(tissue_mask, mask_downsample, reader.dimensions)
+    windows = list(tissue_windows(tissue_mask, mask_downsample, reader.dimensions, window_px))
+    logger.info("slide %s: segmenting %d windows of %d px", reader.path, len(windows), window_px)
+    return segment_windows(reader, windows, tissue_mask, mask_downsample, overlap_px, progress, segment)
+
+
+def segment_windows(
+    reader: OpenSlideReader,
+    windows: list[tuple[int, int, int, int]],
+    tissue_mask: np.ndarray,
+    mask_downsample: float,
+    overlap_px: int = 64,
+    progress: bool = False,
+    segment: Callable[[np.ndarray, float], Nuclei] = segment_nuclei,
+) -> Nuclei:
+    """Nuclei whose centroid lies in one of ``windows`` (level-0 ``(x0, y0, width, height)`` cores, as
+    :func:`tissue_windows` gives) and on the tissue, in level-0 pixels, sorted by (y, x).
+
+    Window cores do not overlap, so any set of windows -- a region of a slide -- gives exactly the
+    nuclei :func:`segment_slide` gives for those cores, and disjoint sets give disjoint nuclei.
+    """
+    mpp = reader.require_mpp()
     margin_px = max(overlap_px, math.ceil(2.0 * math.sqrt(MAX_AREA_UM2 / math.pi) / mpp) + 2)
-    windows = list(_tissue_windows(tissue_mask, mask_downsample, reader.dimensions, window_px))
-    logger.info("slide %s: segmenting %d windows of %d px (mpp %.3f)", reader.path, len(windows), window_px, mpp)
     parts = [
         _segment_window(reader, window, margin_px, mpp, segment)
         for window in tqdm(windows, desc="segmenting", unit="window", disable=not progress)
@@ -238,7 +257,7 @@ def _check_mask(tissue_mask: np.ndarray, mask_downsample: float, dimensions: tup
         )
 
 
-def _tissue_windows(
+def tissue_windows(
     tissue_mask: np.ndarray, mask_downsample: float, dimensions: tuple[int, int], window_px: int
 ) -> Iterator[tuple[int, int, int, int]]:
     """(x0, y0, width, height) in level-0 px of each window core, in reading order, that touches tissue."""

@@ -43,7 +43,10 @@ class PreprocessSettings(BaseSettings):
     featurizer: Literal["resnet18", "handcrafted"] = Field(
         "handcrafted", description="how cells are embedded: stain/shape/texture measurements, or a ResNet-18"
     )
-    window_px: int = Field(2048, ge=256)
+    window_px: int = Field(2048, ge=256, description="side of the square windows segmented one at a time")
+    region_windows: int = Field(
+        2, ge=1, le=64, description="a region (the unit of resumable, queued work) is this many windows a side"
+    )
     device: str = "cpu"
     segmenter_weights: Path | None = Field(
         None, description="HoVer-Net checkpoint (original repo or tiatoolbox layout); none: the classical segmenter"

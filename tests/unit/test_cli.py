@@ -129,3 +129,20 @@ def test_multi_line_library_messages_are_folded_to_one_line():
 
     assert one_line("Weights only load failed.\n\t(1) \x1b[1mdo this\x1b[0m\n(2) or that") == \
         "Weights only load failed. (1) do this (2) or that"
+
+
+def test_preprocess_without_a_slide_or_project_says_what_to_give(env, capsys):
+    assert main(["preprocess", "--project", "p"]) == 2
+    assert "give a slide" in capsys.readouterr().err
+
+
+def test_preprocess_status_with_redis_down_names_the_url(env, capsys):
+    code = main(["preprocess", "--status", "--redis-url", "redis://127.0.0.1:1/0"])
+    err = capsys.readouterr().err
+    assert code == 2 and "redis://127.0.0.1:1/0" in err and "--redis-url" in err
+
+
+def test_a_folder_without_slides_is_a_clear_error(env, capsys):
+    (env / "empty").mkdir()
+    code, err = _run(capsys, str(env / "empty"))
+    assert code == 2 and "holds no slides" in err
