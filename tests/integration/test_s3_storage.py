@@ -88,7 +88,10 @@ def test_preprocess_to_s3_serves_tiles_through_label_studio_and_retrains_from_s3
         pngs = sorted(k for k in stored if k.startswith(f"{PREFIX}/hali/{slide}/") and k.endswith(".png"))
         assert {f"{PREFIX}/slides/{slide}/cells.npz", f"{PREFIX}/slides/{slide}/tasks.json"} <= set(stored)
         assert len(pngs) == result.n_tiles > 3
-        assert not (tmp_path / "local-data" / "slides").exists(), "nothing goes to the local data dir"
+        local = tmp_path / "local-data" / "slides" / slide
+        # Only the region parts, a working cache for resuming, stay in the local data dir; the outputs are in S3.
+        assert not (local / "cells.npz").exists() and not (local / "tasks.json").exists()
+        assert {p.name for p in local.iterdir()} <= {"parts"}
 
         tasks = list(ls_client.tasks.list(project=pid, fields="all", resolve_uri=False))
         images = sorted(t.data["image"] for t in tasks)
