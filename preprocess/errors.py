@@ -9,6 +9,7 @@ Each message says what was wrong, which value, and what to do about it::
     +-- SegmenterWeightsError  a HoVer-Net checkpoint that is missing or of a layout it cannot load
     +-- LabelStudioError     Label Studio is down, refused the key, or rejected a call
     +-- PretrainError        labeled-nuclei data for ``hali pretrain`` that is missing or malformed
+    +-- SegmenterTrainingError  instance-mask data or options for ``hali train-segmenter`` that are unusable
 """
 
 
@@ -38,3 +39,7 @@ class LabelStudioError(PreprocessError):
 
 class PretrainError(PreprocessError):
     """Labeled-nuclei data for ``hali pretrain`` that is missing, empty or malformed."""
+
+
+class SegmenterTrainingError(PreprocessError):
+    """Instance-mask data or options for ``hali train-segmenter`` that are missing, malformed or inconsistent."""
