@@ -164,7 +164,9 @@ class SegmenterTrainer:
         torch.manual_seed(cfg.seed)
         rng = np.random.default_rng(cfg.seed)
         self.device_ = resolve_device(cfg.device)
-        self.model_ = (model or build_model(dataset.n_types, cfg.mode, self.init_weights)).to(self.device_)
+        if model is None:
+            model = build_model(dataset.n_types, cfg.mode, self.init_weights)
+        self.model_ = model.to(self.device_)
         self.input_px_, self.output_px_ = _patch_geometry(self.model_, cfg.patch_px)
         self.train_idx_, self.val_idx_ = self._split(dataset, rng)
         freeze = cfg.freeze_epochs if cfg.freeze_epochs is not None else (
