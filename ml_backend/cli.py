@@ -95,6 +95,7 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--out", type=Path, default=Path(".state/models/resnet18-pretrained.pt"),
                    help="checkpoint path; the JSON sidecar goes beside it with suffix .json")
     t.set_defaults(func=_pretrain)
+    _add_train_segmenter_parser(sub)
 
     r = sub.add_parser("retrain", help="retrain one project now, in this process")
     r.add_argument("project_id", type=int)
@@ -259,6 +260,48 @@ def _pretrain(args: argparse.Namespace) -> int:
     print(f"wrote {args.out} (classes {', '.join(meta['classes'])}; test accuracy "
           f"{meta.get('test_accuracy', nan):.3f}, balanced {meta.get('test_balanced_accuracy', nan):.3f})")
     print(f"use it with: hali preprocess ... --checkpoint {args.out}")
+    return 0
+
+
+def _add_train_segmenter_parser(sub: argparse._SubParsersAction) -> None:
+    g = sub.add_parser("train-segmenter", help="fine-tune HoVer-Net on images with nucleus instance masks")
+    g.add_argument("--data", type=Path, required=True, help="PanNuke fold folder(s) or a CoNSeP-style folder")
+    g.add_argument("--format", required=True, help="pannuke (images.npy + masks.npy) or consep (inst_maps_*.npz)")
+    g.add_argument("--out", type=Path, required=True, help="checkpoint path; the JSON sidecar goes beside it (.json)")
+    g.add_argument("--init-weights", type=Path, help="HoVer-Net checkpoint to start from (any layout preprocess reads)")
+    g.add_argument("--split", default="train", help="CoNSeP-style split to train on (default train)")
+    g.add_argument("--mode", help="fast or original, without --init-weights (default fast)")
+    g.add_argument("--epochs", type=int, default=10)
+    g.add_argument("--freeze-epochs", type=int,
+                   help="epochs with the encoder frozen (default: half with --init-weights, else 0)")
+    g.add_argument("--batch-size", type=int, default=4)
+    g.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate (the paper's 1e-4)")
+    g.add_argument("--patch-px", type=int, help="training input side (default the mode's: 256 fast, 270 original)")
+    g.add_argument("--val-fraction", type=float, default=0.2, help="share of source images held out")
+    g.add_argument("--patience", type=int, default=3, help="epochs without a lower validation loss before stopping")
+    g.add_argument("--limit", type=int, help="use at most this many images, for quick runs")
+    g.add_argument("--no-augmentation", action="store_true", help="no random flips and rotations")
+    g.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--no-progress", action="store_true", help="no progress bars")
+    g.set_defaults(func=_train_segmenter)
+
+
+def _train_segmenter(args: argparse.Namespace) -> int:
+    from preprocess.hovernet.train import TrainConfig, run_train_segmenter
+
+    config = TrainConfig(
+        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, freeze_epochs=args.freeze_epochs,
+        mode=args.mode, patch_px=args.patch_px, val_fraction=args.val_fraction, patience=args.patience,
+        augmentation=not args.no_augmentation, limit=args.limit, device=args.device, seed=args.seed,
+    )
+    meta = run_train_segmenter(args.data, args.format, args.out, config, args.init_weights, args.split,
+                               progress=not args.no_progress)
+    metrics = meta["metrics"]
+    print(f"wrote {args.out} ({meta['mode']} mode, {meta['n_types'] or 'no'} types; best epoch "
+          f"{meta['best_epoch']} of {meta['epochs_run']}: " + ", ".join(
+              f"{k} {v:.3f}" for k, v in {**meta["losses"], **metrics}.items()) + ")")
+    print(f"use it with: hali preprocess ... --segmenter-weights {args.out}")
     return 0
 
 

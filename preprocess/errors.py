@@ -14,6 +14,7 @@ it only carries a retried call's last error to the adapter, which turns it into 
     |                        mid-import after the retries (re-running the same command resumes)
     +-- PretrainError        labeled-nuclei data for ``hali pretrain`` that is missing or malformed
     +-- StorageError         output storage (local folder or S3) that cannot be read or written
+    +-- SegmenterTrainingError  instance-mask data or options for ``hali train-segmenter`` that are unusable
 """
 
 
@@ -48,3 +49,7 @@ class PretrainError(PreprocessError):
 class StorageError(PreprocessError):
     """Tiles or tables cannot be stored or read: bad S3 credentials, a missing bucket, an unreachable
     endpoint, a folder that is not writable, or an object that is not there."""
+
+
+class SegmenterTrainingError(PreprocessError):
+    """Instance-mask data or options for ``hali train-segmenter`` that are missing, malformed or inconsistent."""
