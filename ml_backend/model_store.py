@@ -22,19 +22,17 @@ Exceptions::
 from __future__ import annotations
 
 import json
-import os
 import pickle
 import re
-import tempfile
-from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import torch
 
 from label_config.serving import parse_version_name, version_name
 from ml_backend.head import HeadClassifier
+from preprocess.atomic import write_atomic
 
 __all__ = ["LATEST_FILE", "ModelStore", "ModelStoreError", "parse_version_name", "version_name"]
 
@@ -76,9 +74,9 @@ class ModelStore:
                 raise ModelStoreError(f"{path} exists already; save under store.next_version() instead")
         sidecar_text = _to_json(_sidecar(version, head, meta), sidecar)
         self.root.mkdir(parents=True, exist_ok=True)
-        _write_atomic(weights, lambda f: torch.save(head.to_state(), f))
-        _write_atomic(sidecar, lambda f: f.write(sidecar_text.encode()))
-        _write_atomic(self.root / LATEST_FILE, lambda f: f.write(json.dumps({"version": version}).encode()))
+        write_atomic(weights, lambda f: torch.save(head.to_state(), f))
+        write_atomic(sidecar, lambda f: f.write(sidecar_text.encode()))
+        write_atomic(self.root / LATEST_FILE, lambda f: f.write(json.dumps({"version": version}).encode()))
         return weights
 
     def latest_version(self) -> int:
@@ -128,19 +126,6 @@ def _to_json(payload: dict[str, Any], path: Path) -> str:
         return json.dumps(payload, indent=2, sort_keys=True)
     except (TypeError, ValueError) as err:
         raise ModelStoreError(f"metadata for {path} is not JSON-serialisable ({err}); pass plain values") from err
-
-
-def _write_atomic(path: Path, write: Callable[[BinaryIO], object]) -> None:
-    """Call ``write(binary_file)`` on a temporary file next to ``path``, fsync it, then rename it to ``path``."""
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp_name, path)
-    finally:
-        Path(tmp_name).unlink(missing_ok=True)  # a no-op once the rename happened
 
 
 def _read_json(path: Path) -> dict[str, Any]:

@@ -8,14 +8,14 @@ a cell id is ``<slide id[:10]>-<round(cx)>-<round(cy)>`` (level-0 centroid), and
 from __future__ import annotations
 
 import io
-import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
 import numpy as np
+
+from preprocess.atomic import write_atomic
 
 _FIELDS = ("cell_ids", "boxes", "tile_ids", "features")
 
@@ -72,17 +72,7 @@ class CellTable:
 
     def save(self, path: str | Path) -> None:
         """Write the table to ``path`` (.npz), atomically: a reader sees the old file or the new one."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                np.savez(fh, **{name: getattr(self, name) for name in _FIELDS})
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp_name, path)
-        finally:
-            Path(tmp_name).unlink(missing_ok=True)
+        write_atomic(path, lambda fh: np.savez(fh, **{name: getattr(self, name) for name in _FIELDS}))
 
     @classmethod
     def load(cls, path: str | Path) -> CellTable:

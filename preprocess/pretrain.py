@@ -21,8 +21,6 @@ from __future__ import annotations
 import csv
 import json
 import logging
-import os
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -37,6 +35,7 @@ from scipy import ndimage as ndi
 from torch import nn
 from torchvision.models import resnet18
 
+from preprocess.atomic import write_atomic
 from preprocess.errors import PretrainError
 from preprocess.featurize import cell_patch_px, extract_patches
 
@@ -285,25 +284,14 @@ def save_backbone(out: Path, result: PretrainResult, meta: dict[str, Any]) -> Pa
     atomically (temporary file, then ``os.replace``), weights first. Returns the sidecar's path."""
     out.parent.mkdir(parents=True, exist_ok=True)
     sidecar = out.with_suffix(".json")
-    _write_atomic(out, lambda f: torch.save(result.backbone_state, f))
+    write_atomic(out, lambda f: torch.save(result.backbone_state, f))
     payload = {"format": SIDECAR_FORMAT, "architecture": "torchvision resnet18, fc removed", **meta,
                "mean": result.mean, "std": result.std, "history": result.history}
     if result.history:
         payload.update({k: v for k, v in result.history[-1].items() if k.startswith("test_")})
     text = json.dumps(payload, indent=2, sort_keys=True)
-    _write_atomic(sidecar, lambda f: f.write(text.encode()))
+    write_atomic(sidecar, lambda f: f.write(text.encode()))
     return sidecar
-
-
-def _write_atomic(path: Path, write: Callable[[Any], None]) -> None:
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
 
 
 def run_pretrain(

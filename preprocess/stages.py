@@ -17,8 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from preprocess.atomic import write_atomic
 from preprocess.errors import PreprocessError, SegmentationError, SlideError
 from preprocess.featurize import ResNet18Featurizer, cell_patch_px, extract_patches, make_featurizer
 from preprocess.handcrafted import HandcraftedFeaturizer
@@ -188,16 +187,7 @@ def pick_segmenter(settings: PreprocessSettings) -> Segmenter:
 
 def _save_part(path: Path, arrays: dict[str, np.ndarray]) -> None:
     """Write ``arrays`` to ``path`` (.npz) atomically: a reader, or a run killed midway, sees all or nothing."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, **arrays)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp_name, path)
-    finally:
-        Path(tmp_name).unlink(missing_ok=True)
+    write_atomic(path, lambda fh: np.savez(fh, **arrays))
 
 
 def _load_part(path: Path) -> dict[str, np.ndarray]:

@@ -17,8 +17,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -30,6 +28,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from preprocess.atomic import write_atomic
 from preprocess.errors import SegmenterTrainingError
 from preprocess.hovernet.datasets import MaskDataset, load_mask_dataset, split_by_source
 from preprocess.hovernet.losses import hovernet_loss
@@ -284,7 +283,7 @@ def save_segmenter(out: Path, trainer: SegmenterTrainer, meta: dict[str, Any]) -
     meta = dict(meta)
     if meta.pop("write_weights", True):
         state = {k: v.detach().cpu() for k, v in trainer.model_.state_dict().items()}
-        _write_atomic(out, lambda f: torch.save(state, f))
+        write_atomic(out, lambda f: torch.save(state, f))
     best = trainer.history_[trainer.best_epoch_ - 1] if trainer.best_epoch_ else {}
     payload = {
         "format": SIDECAR_FORMAT, "architecture": f"HoVer-Net {trainer.model_.mode} mode",
@@ -299,19 +298,8 @@ def save_segmenter(out: Path, trainer: SegmenterTrainer, meta: dict[str, Any]) -
     }
     sidecar = out.with_suffix(".json")
     text = json.dumps(payload, indent=2, sort_keys=True, default=str)
-    _write_atomic(sidecar, lambda f: f.write(text.encode()))
+    write_atomic(sidecar, lambda f: f.write(text.encode()))
     return sidecar
-
-
-def _write_atomic(path: Path, write: Callable[[Any], None]) -> None:
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
 
 
 def run_train_segmenter(data: Path, data_format: str, out: Path, config: TrainConfig,
