@@ -1,8 +1,8 @@
 """From picked cells to the order in which tiles (Label Studio tasks) are served.
 
 A query strategy picks cells; annotators label whole tiles. :func:`rank_tiles` orders the candidate
-tiles by the picks they hold (a count, or a sum of per-pick weights such as relevance scores), and :func:`rank_to_score` (re-exported from :mod:`label_config.serving`)
-turns that order into prediction scores for Label Studio's "Uncertainty sampling", which serves the task
+tiles by the picks they hold (a count, or a sum of per-pick weights such as relevance scores), and
+:func:`rank_to_score` (re-exported from :mod:`label_config.serving`) turns that order into prediction scores for Label Studio's "Uncertainty sampling", which serves the task
 with the LOWEST score first.
 """
 

@@ -18,15 +18,16 @@ mean over passes. A strategy with ``needs_passes`` True wants the passes (:func:
 - ``relevance``: Sadafi et al. 2019's cell score (:mod:`ml_backend.relevance`), highest first; every
   unlabelled cell is worth its score to its tile, so tiles rank by the paper's tile score.
 - ``hybrid``: greedy k-center on ``features`` where each cell's distance is multiplied by 1 + its
-  relevance score (:func:`weighted_k_center`): spread like coreset, uncertain and rare cells first; tiles are served in the order of their earliest pick.
+  relevance score (:func:`weighted_k_center`): spread like coreset, uncertain and rare cells first;
+  tiles are served in the order of their earliest pick.
 
 The two relevance strategies are frozen dataclasses holding :class:`RelevanceParams`;
 ``get_strategy(name, params)`` returns one with other params. :func:`query` runs a strategy and says what
 each pick is worth to its tile (:func:`ml_backend.ranking.rank_tiles`'s ``weights``).
 
 ``entropy``, ``margin``, ``relevance`` and ``hybrid`` need ``proba``; before any model exists it is None
-and they fall back to ``coreset``, which needs only features. Ties are broken by index (or by coreset
-order), so every strategy is deterministic.
+and they fall back to ``coreset``, which needs only features. Ties are broken by index, so every
+strategy is deterministic.
 """
 
 from __future__ import annotations
@@ -219,7 +220,7 @@ def query(
     strategy: Strategy, features: np.ndarray, proba: np.ndarray | None, labeled: np.ndarray, budget: int,
     random_state: int,
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """``(picks, weights)`` for :func:`ml_backend.ranking.rank_tiles`, as the retrain job and ``hali simulate`` use them.
+    """``(picks, weights)`` for :func:`ml_backend.ranking.rank_tiles`, as the retrain job and the simulation use them.
 
     ``weights`` (P,) float is what each pick adds to its tile's score; None means 1 each (a count). A
     strategy whose tile score sums over every unlabelled cell (``relevance``: the paper's tile score)

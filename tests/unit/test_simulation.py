@@ -166,3 +166,17 @@ def test_cli_simulate_writes_figures_for_a_tiny_table(tmp_path):
     assert code == 0 and report["classes"] == ["dark", "pale"] and report["pool"]["cells"] == 24
     assert {r["strategy"] for r in report["results"]} == {"random", "sequential"}
     assert (tmp_path / "out" / "learning_curves.png").is_file()
+
+
+def test_hybrid_meets_every_class_where_coreset_misses_one():
+    # The coreset weakness of docs/simulation.md: a class-by-class walk, 5-cell tasks, 30 labels.
+    x, y = _blobs(seed=0)
+    walk = np.argsort(y, kind="stable")
+    tasks = group_tasks(np.zeros(len(y), int), 5)
+    seen = {}
+    for strategy in ("coreset", "hybrid"):
+        config = ReplayConfig(strategy, max_labels=30, retrain_every=10, max_epochs=20)
+        replay = replay_annotator(x[walk], y[walk], tasks, 3, config)
+        seen[strategy] = np.bincount(y[walk][replay.order], minlength=3)
+    assert (seen["coreset"] == 0).any()
+    assert (seen["hybrid"] >= 5).all()
