@@ -16,6 +16,7 @@ from ml_backend.simulation.run import compare_with_control, write_report
 
 # Settings that may differ between merged reports: which strategies ran, and where.
 _MERGE_FREE = {"strategies", "out_dir", "cache_dir"}
+_PATHS = {"cells_csv", "images_dir", "checkpoint"}
 
 
 def merge_reports(reports: list[dict]) -> dict:
@@ -30,7 +31,7 @@ def merge_reports(reports: list[dict]) -> dict:
     base = reports[0]
     for other in reports[1:]:
         diff = sorted(k for k in base["settings"] if k not in _MERGE_FREE
-                      and base["settings"][k] != other["settings"].get(k))
+                      and _setting(base["settings"], k) != _setting(other["settings"], k))
         if diff or other["pool"] != base["pool"] or other["featurizer"] != base["featurizer"]:
             raise ValueError(f"reports differ in {diff or ['data or featurizer']}; only runs of one setting merge")
     results: dict[tuple[str, str], dict] = {}
@@ -91,6 +92,12 @@ def _x(value) -> str:
 
 def _gain(value) -> str:
     return "-" if value is None else f"{value:+.1f}%"
+
+
+def _setting(settings: dict, key: str):
+    """A setting, paths resolved (``../shared/x`` from one checkout is ``/work/shared/x`` from another)."""
+    value = settings.get(key)
+    return str(Path(value).resolve()) if key in _PATHS and value is not None else value
 
 
 def main(argv: list[str] | None = None) -> int:
