@@ -7,6 +7,9 @@ label is the table's class. Once the head has been trained on ``ready_after`` la
 shown: a correct one is accepted without a class click, a wrong one costs a click. :class:`TimeModel`
 prices that; its constants are the assumptions every figure is reported with.
 
+``relevance`` and ``hybrid`` train the head with ``mc_dropout`` and get ``mc_passes`` stochastic passes, their
+rare class being the one with the fewest labels so far, as the retrain job does.
+
 A *focused* task is a context tile of ``cells_per_task`` cells in which only the ``focus_cells`` most
 informative unlabelled cells (the tile's picks first, then its cells in walking order) carry boxes.
 """
@@ -100,7 +103,8 @@ def replay_annotator(
     records: list[TaskRecord] = []
     head, fitted_on = None, 0
     while len(order) < config.max_labels and not labeled.all():
-        task, cells = _next_task(features, task_of_cell, labeled, _rarest(y, labeled, n_classes, config), head, config)
+        params = _relevance_params(y, labeled, n_classes, config)
+        task, cells = _next_task(features, task_of_cell, labeled, params, head, config)
         ready = head is not None and fitted_on >= config.ready_after
         n_wrong = int((head.predict(features[cells]) != y[cells]).sum()) if ready else None
         records.append(TaskRecord(task, tuple(cells.tolist()), len(order), n_wrong,
@@ -120,7 +124,7 @@ def _fit(x: np.ndarray, y: np.ndarray, n_classes: int, config: ReplayConfig) -> 
     return head.fit(x, y)
 
 
-def _rarest(y: np.ndarray, labeled: np.ndarray, n_classes: int, config: ReplayConfig) -> RelevanceParams:
+def _relevance_params(y: np.ndarray, labeled: np.ndarray, n_classes: int, config: ReplayConfig) -> RelevanceParams:
     """``config.relevance`` with the rare class set, when not given, to the one with fewest labels so far."""
     if config.relevance.rare_class is not None:
         return config.relevance
