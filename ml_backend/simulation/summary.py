@@ -14,8 +14,8 @@ from pathlib import Path
 
 from ml_backend.simulation.run import compare_with_control, write_report
 
-# Settings that may differ between merged reports: which strategies ran, and where.
-_MERGE_FREE = {"strategies", "out_dir", "cache_dir"}
+# Settings that may differ between merged reports: which strategies and task shapes ran, and where.
+_MERGE_FREE = {"strategies", "task_shapes", "out_dir", "cache_dir"}
 _PATHS = {"cells_csv", "images_dir", "checkpoint"}
 
 
@@ -42,7 +42,7 @@ def merge_reports(reports: list[dict]) -> dict:
     strategies = list(dict.fromkeys(strategy for _, strategy in results))
     ordered = [results[(sh, st)] for sh in shapes for st in strategies if (sh, st) in results]
     compare_with_control(ordered)
-    settings = dict(base["settings"], strategies=strategies)
+    settings = dict(base["settings"], strategies=strategies, task_shapes=shapes)
     return dict(base, settings=settings, results=ordered)
 
 
