@@ -121,7 +121,8 @@ class HeadClassifier(ClassifierMixin, BaseEstimator):
     oversample: draw each epoch so that every class in ``y`` is equally frequent (minority labels
         repeat); the validation loss is then class-balanced too.
     standardize: learn per-feature mean and std on the training split; stored in the state.
-    dropout: dropout rate after each hidden ReLU during training (0 disables it).
+    dropout: dropout rate after each hidden ReLU during training and in :meth:`predict_proba_mc`
+        (0 disables it; the backend uses 0.25 for the MC-dropout strategies, see ``mc_dropout``).
     random_state: int seed for the split, the initial weights, the batch order and dropout.
 
     Attributes after ``fit``: ``net_`` (:class:`HeadNet`), ``n_features_in_``, ``classes_``
@@ -190,6 +191,22 @@ class HeadClassifier(ClassifierMixin, BaseEstimator):
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
         """Class probabilities (N, K) float32 for features ``X`` (N, d)."""
         return self._apply(X, lambda net, x: torch.softmax(net(x), dim=1))
+
+    def predict_proba_mc(self, X: np.ndarray, n_passes: int, random_state: int = 0) -> np.ndarray:
+        """Class probabilities of ``n_passes`` stochastic forward passes (MC dropout): (T, N, K) float32.
+
+        Dropout (rate ``dropout``, the training rate) stays on after each hidden ReLU, drawn from a
+        generator seeded by ``random_state``, so the passes are reproducible. A head trained with
+        ``dropout=0`` gives T identical copies of :meth:`predict_proba`.
+        """
+        if int(n_passes) < 1:
+            raise ValueError(f"n_passes={n_passes!r} must be a positive integer")
+        generator = torch.Generator().manual_seed(random_state)
+
+        def one_pass(net: HeadNet, x: torch.Tensor) -> torch.Tensor:
+            return torch.softmax(net.logits(net.standardize(x), generator), dim=1)
+
+        return np.stack([self._apply(X, one_pass) for _ in range(int(n_passes))])
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         """Most probable class (N,) int64 for features ``X`` (N, d)."""

@@ -29,7 +29,8 @@ from ml_backend.model_store import ModelStore
 from ml_backend.predictions import tile_prediction
 from ml_backend.ranking import rank_tiles
 from ml_backend.settings import BackendSettings
-from ml_backend.strategies import get_strategy
+from ml_backend.relevance import RelevanceParams, rarest_class
+from ml_backend.strategies import Strategy, get_strategy, needs_mc_passes, query
 from preprocess.layout import DataLayout
 from preprocess.ls_gateway import LabelStudioGateway
 
@@ -89,13 +90,16 @@ def _retrain(project_id: int, settings: BackendSettings, gateway: LabelStudioGat
     tables = tables_storage(settings)
     cells = _gather_cells(tiles, open_ids, labels, classes, EmbeddingIndex(tables))
     cells = _add_drawn_cells(cells, records, tiles, classes, DrawnCellEmbedder(tables))
-    head = _fit_head(cells, len(classes), settings)
+    strategy = get_strategy(settings.strategy)
+    if needs_mc_passes(strategy):
+        strategy = get_strategy(settings.strategy, _relevance_params(settings, classes, cells.y))
+    head = _fit_head(cells, len(classes), settings, needs_mc_passes(strategy))
     if head is None:
         log.info("project %s: no cell labels yet, nothing to retrain", project_id)
         current = models.latest_version()
         return RetrainReport(project_id, current, version_name(current), 0, len(open_ids), [], {}, 0.0)
     proba = head.predict_proba(cells.features)
-    order = _rank_open_tasks(cells, head, proba, open_ids, settings)
+    order = _rank_open_tasks(cells, head, proba, open_ids, settings, strategy)
     version = models.next_version()
     gateway.import_predictions(project_id, _predictions(order, tiles, cells, proba, classes, version_name(version)))
     meta = _meta(classes, labels, head, settings, n_drawn=int((cells.task_ids == -1).sum()))
@@ -157,23 +161,41 @@ def _add_drawn_cells(cells: _Cells, records, tiles: dict[int, TileTask], classes
     return _Cells(features, np.concatenate([cells.task_ids, np.full(n_new, -1)]), np.concatenate(ys))
 
 
-def _fit_head(cells: _Cells, n_classes: int, settings: BackendSettings) -> HeadClassifier | None:
-    """The head fitted on the labelled cells; None when no cell is labelled."""
+def _relevance_params(settings: BackendSettings, classes: list[str], y: np.ndarray) -> RelevanceParams:
+    """The relevance strategies' parameters from ``settings``; the rare class defaults to the least labelled."""
+    if settings.relevance_rare_class and settings.relevance_rare_class not in classes:
+        raise ValueError(f"HALI_RELEVANCE_RARE_CLASS={settings.relevance_rare_class!r} is not a class of the "
+                         f"project ({classes}); set one of them, or leave it empty for the least labelled class")
+    rare = (classes.index(settings.relevance_rare_class) if settings.relevance_rare_class
+            else rarest_class(y[y >= 0], len(classes)))
+    return RelevanceParams(
+        alpha=settings.relevance_alpha, beta=settings.relevance_beta, gamma=settings.relevance_gamma,
+        class_certainty_max=settings.relevance_class_certainty_max,
+        detection_certainty_max=settings.relevance_detection_certainty_max,
+        rare_min_proba=settings.relevance_rare_min_proba, rare_class=rare)
+
+
+def _fit_head(cells: _Cells, n_classes: int, settings: BackendSettings, mc: bool) -> HeadClassifier | None:
+    """The head fitted on the labelled cells (with dropout when ``mc``); None when no cell is labelled."""
     labelled = cells.y >= 0
     if not labelled.any():
         return None
-    head = HeadClassifier(n_classes=n_classes, optimizer=settings.optimizer, random_state=settings.seed)
+    head = HeadClassifier(n_classes=n_classes, optimizer=settings.optimizer, random_state=settings.seed,
+                          dropout=settings.mc_dropout if mc else 0.0)
     return head.fit(cells.features[labelled], cells.y[labelled])
 
 
 def _rank_open_tasks(
-    cells: _Cells, head: HeadClassifier, proba: np.ndarray, open_ids: list[int], settings: BackendSettings
+    cells: _Cells, head: HeadClassifier, proba: np.ndarray, open_ids: list[int], settings: BackendSettings,
+    strategy: Strategy,
 ) -> list[int]:
     if not open_ids:
         return []
-    strategy = get_strategy(settings.strategy)
-    picks = strategy(head.transform(cells.features), proba, cells.y >= 0, settings.query_budget, settings.seed)
-    return [int(t) for t in rank_tiles(cells.task_ids, picks, open_ids)]
+    if needs_mc_passes(strategy):  # (T, N, K): only the strategies that use them pay for T passes
+        proba = head.predict_proba_mc(cells.features, settings.mc_passes, settings.seed)
+    picks, weights = query(strategy, head.transform(cells.features), proba, cells.y >= 0, settings.query_budget,
+                           settings.seed)
+    return [int(t) for t in rank_tiles(cells.task_ids, picks, open_ids, weights)]
 
 
 def _predictions(

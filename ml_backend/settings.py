@@ -32,7 +32,21 @@ class BackendSettings(BaseSettings):
         SecretStr(""), description="if set, /webhook requires header X-Hali-Secret with this value"
     )
     retrain_every: int = Field(5, ge=1, description="new cell labels that trigger a retrain")
-    strategy: str = Field("coreset", description="query strategy: coreset, entropy, margin, random, sequential")
+    strategy: str = Field(
+        "coreset", description="query strategy: coreset, entropy, margin, random, sequential, relevance, hybrid"
+    )
+    # relevance / hybrid (Sadafi et al. 2019; ml_backend/relevance.py). Only these two use MC passes.
+    mc_passes: int = Field(10, ge=1, description="stochastic (MC dropout) head passes for relevance/hybrid")
+    mc_dropout: float = Field(
+        0.25, ge=0.0, lt=1.0, description="head dropout when relevance/hybrid is selected (0 for the others)"
+    )
+    relevance_alpha: float = Field(1.0, ge=0.0, description="tile score weight of #(U_c <= certainty max)")
+    relevance_beta: float = Field(1.0, ge=0.0, description="weight of #(U_d <= detection max); U_d is 1 here")
+    relevance_gamma: float = Field(10.0, ge=0.0, description="weight of #cells flagged as the rare class")
+    relevance_class_certainty_max: float = Field(0.8, ge=0.0, le=1.0, description="U_c at or below: uncertain")
+    relevance_detection_certainty_max: float = Field(0.9, ge=0.0, le=1.0, description="U_d at or below: uncertain")
+    relevance_rare_min_proba: float = Field(0.2, ge=0.0, le=1.0, description="mean p(rare) above: rare flag")
+    relevance_rare_class: str = Field("", description="the rare class's name; empty: the class with fewest labels")
     optimizer: str = Field("adam", description="head optimiser preset: adam (default) or paper-sgd")
     query_budget: int = Field(100, ge=1, description="cells the strategy picks before they roll up to tiles")
     seed: int = 0

@@ -7,19 +7,24 @@ label is the table's class. Once the head has been trained on ``ready_after`` la
 shown: a correct one is accepted without a class click, a wrong one costs a click. :class:`TimeModel`
 prices that; its constants are the assumptions every figure is reported with.
 
+``relevance`` and ``hybrid`` train the head with ``mc_dropout`` and get ``mc_passes`` stochastic passes, their
+rare class being the one with the fewest labels so far, as the retrain job does.
+
 A *focused* task is a context tile of ``cells_per_task`` cells in which only the ``focus_cells`` most
 informative unlabelled cells (the tile's picks first, then its cells in walking order) carry boxes.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
 
 from ml_backend.head import HeadClassifier
 from ml_backend.ranking import rank_tiles
-from ml_backend.strategies import get_strategy
+from ml_backend.relevance import RelevanceParams, rarest_class
+from ml_backend.strategies import get_strategy, needs_mc_passes, query
 
 
 @dataclass(frozen=True)
@@ -54,6 +59,10 @@ class ReplayConfig:
     optimizer: str = "adam"
     max_epochs: int = 100
     random_state: int = 0
+    # relevance / hybrid only, as the backend's HALI_MC_PASSES, HALI_MC_DROPOUT and HALI_RELEVANCE_*:
+    mc_passes: int = 10
+    mc_dropout: float = 0.25
+    relevance: RelevanceParams = RelevanceParams()  # rare_class None: the class with fewest labels so far
 
 
 @dataclass(frozen=True)
@@ -94,7 +103,8 @@ def replay_annotator(
     records: list[TaskRecord] = []
     head, fitted_on = None, 0
     while len(order) < config.max_labels and not labeled.all():
-        task, cells = _next_task(features, task_of_cell, labeled, head, config)
+        params = _relevance_params(y, labeled, n_classes, config)
+        task, cells = _next_task(features, task_of_cell, labeled, params, head, config)
         ready = head is not None and fitted_on >= config.ready_after
         n_wrong = int((head.predict(features[cells]) != y[cells]).sum()) if ready else None
         records.append(TaskRecord(task, tuple(cells.tolist()), len(order), n_wrong,
@@ -108,25 +118,38 @@ def replay_annotator(
 
 
 def _fit(x: np.ndarray, y: np.ndarray, n_classes: int, config: ReplayConfig) -> HeadClassifier:
+    mc = needs_mc_passes(get_strategy(config.strategy))
     head = HeadClassifier(n_classes, optimizer=config.optimizer, max_epochs=config.max_epochs,
-                          random_state=config.random_state)
+                          dropout=config.mc_dropout if mc else 0.0, random_state=config.random_state)
     return head.fit(x, y)
 
 
+def _relevance_params(y: np.ndarray, labeled: np.ndarray, n_classes: int, config: ReplayConfig) -> RelevanceParams:
+    """``config.relevance`` with the rare class set, when not given, to the one with fewest labels so far."""
+    if config.relevance.rare_class is not None:
+        return config.relevance
+    return dataclasses.replace(config.relevance, rare_class=rarest_class(y[labeled], n_classes))
+
+
 def _next_task(
-    features: np.ndarray, task_of_cell: np.ndarray, labeled: np.ndarray, head: HeadClassifier | None,
-    config: ReplayConfig,
+    features: np.ndarray, task_of_cell: np.ndarray, labeled: np.ndarray, params: RelevanceParams,
+    head: HeadClassifier | None, config: ReplayConfig,
 ) -> tuple[int, np.ndarray]:
     """The task the ranking serves next and the cells the annotator labels in it, in order."""
-    strategy = get_strategy(config.strategy)
-    proba = None if head is None else head.predict_proba(features)
+    strategy = get_strategy(config.strategy, params)
+    if head is None:
+        proba = None
+    elif needs_mc_passes(strategy):
+        proba = head.predict_proba_mc(features, config.mc_passes, config.random_state)
+    else:
+        proba = head.predict_proba(features)
     space = features if head is None else head.transform(features)  # as the retrain job does
     # The control walks in index order: one pick is its next cell. More picks would let rank_tiles serve a
     # later, fuller task before a short one at the end of a source image.
     budget = 1 if config.strategy == "sequential" else config.query_budget
-    picks = strategy(space, proba, labeled, budget, config.random_state)
+    picks, weights = query(strategy, space, proba, labeled, budget, config.random_state)
     open_tasks = np.unique(task_of_cell[~labeled]).tolist()
-    task = int(rank_tiles(task_of_cell, picks, open_tasks)[0])
+    task = int(rank_tiles(task_of_cell, picks, open_tasks, weights)[0])
     in_task = (task_of_cell == task) & ~labeled
     if config.focus_cells is None:
         return task, np.flatnonzero(in_task)

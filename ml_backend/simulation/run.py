@@ -73,9 +73,9 @@ def run_simulation(config: SimulationConfig) -> dict:
     pool, test = data.subset(pool_idx), data.subset(test_idx)
     results = [_replay_many(config, pool, features[pool_idx], test.y, features[test_idx], shape, strategy)
                for shape in config.task_shapes for strategy in config.strategies]
-    _compare_with_control(results)
+    compare_with_control(results)
     report = _report(config, data, pool, test, featurizer.name, results)
-    _write(report, config.out_dir)
+    write_report(report, config.out_dir)
     return report
 
 
@@ -129,7 +129,7 @@ def _aggregate(shape: str, strategy: str, grid: list[int], runs: list[dict], auc
     return out
 
 
-def _compare_with_control(results: list[dict]) -> None:
+def compare_with_control(results: list[dict]) -> None:
     """Add each result's AUC gain over the ``sequential`` control of the same task shape, in percent."""
     control = {r["task_shape"]: r for r in results if r["strategy"] == CONTROL}
     for r in results:
@@ -157,7 +157,7 @@ def _report(config, data, pool, test, featurizer_name, results) -> dict:
     }
 
 
-def _write(report: dict, out_dir: Path) -> None:
+def write_report(report: dict, out_dir: Path) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     tmp = out_dir / "simulation.json.tmp"
     tmp.write_text(json.dumps(report, indent=1, default=_json_default))

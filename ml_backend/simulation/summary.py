@@ -1,6 +1,49 @@
-"""A simulation report as Markdown tables: efficiency and effectiveness per task shape and strategy."""
+"""A simulation report as Markdown tables: efficiency and effectiveness per task shape and strategy.
+
+Reports of one setting run at different times (say the control and coreset first, relevance later)
+merge into one with :func:`merge_reports`: same seeds, same replays, so a strategy run twice gives the
+same figures. ``python -m ml_backend.simulation.summary OUT A/simulation.json B/simulation.json ...``
+writes the merged ``OUT/simulation.json`` and its plots, and prints the table.
+"""
 
 from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from ml_backend.simulation.run import compare_with_control, write_report
+
+# Settings that may differ between merged reports: which strategies and task shapes ran, and where.
+_MERGE_FREE = {"strategies", "task_shapes", "out_dir", "cache_dir"}
+_PATHS = {"cells_csv", "images_dir", "checkpoint"}
+
+
+def merge_reports(reports: list[dict]) -> dict:
+    """One report with the results of ``reports`` (same data and settings), each (task shape, strategy) once.
+
+    The first report's result wins where two hold the same pair; task shapes and strategies keep the
+    order of first appearance, and the gains over the control are recomputed. ValueError when the
+    reports' data or settings (other than the strategies run) differ.
+    """
+    if not reports:
+        raise ValueError("nothing to merge: give at least one simulation.json")
+    base = reports[0]
+    for other in reports[1:]:
+        diff = sorted(k for k in base["settings"] if k not in _MERGE_FREE
+                      and _setting(base["settings"], k) != _setting(other["settings"], k))
+        if diff or other["pool"] != base["pool"] or other["featurizer"] != base["featurizer"]:
+            raise ValueError(f"reports differ in {diff or ['data or featurizer']}; only runs of one setting merge")
+    results: dict[tuple[str, str], dict] = {}
+    for report in reports:
+        for r in report["results"]:
+            results.setdefault((r["task_shape"], r["strategy"]), r)
+    shapes = list(dict.fromkeys(shape for shape, _ in results))
+    strategies = list(dict.fromkeys(strategy for _, strategy in results))
+    ordered = [results[(sh, st)] for sh in shapes for st in strategies if (sh, st) in results]
+    compare_with_control(ordered)
+    settings = dict(base["settings"], strategies=strategies, task_shapes=shapes)
+    return dict(base, settings=settings, results=ordered)
 
 
 def format_summary(report: dict) -> str:
@@ -49,3 +92,30 @@ def _x(value) -> str:
 
 def _gain(value) -> str:
     return "-" if value is None else f"{value:+.1f}%"
+
+
+def _setting(settings: dict, key: str):
+    """A setting, paths resolved (``../shared/x`` from one checkout is ``/work/shared/x`` from another)."""
+    value = settings.get(key)
+    return str(Path(value).resolve()) if key in _PATHS and value is not None else value
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``OUT REPORT.json...``: merge the reports into ``OUT/simulation.json`` (+ plots); print the table."""
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) < 2:
+        print("usage: python -m ml_backend.simulation.summary OUT_DIR A/simulation.json [B/simulation.json ...]",
+              file=sys.stderr)
+        return 2
+    try:
+        merged = merge_reports([json.loads(Path(p).read_text()) for p in args[1:]])
+    except (OSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    write_report(merged, Path(args[0]))
+    print(format_summary(merged))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

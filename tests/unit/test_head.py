@@ -172,3 +172,26 @@ def test_presets_are_named_optimizer_recipes():
     assert {"adam", "paper-sgd"} <= set(OPTIMIZER_PRESETS)
     assert OPTIMIZER_PRESETS["paper-sgd"].factory is torch.optim.SGD
     assert {"lr": 1e-5, "momentum": 0.9}.items() <= OPTIMIZER_PRESETS["paper-sgd"].kwargs.items()
+
+
+def test_mc_passes_vary_with_dropout_and_repeat_under_a_seed():
+    x, y = gaussian_blobs(300, n_features=8, separation=1.5)
+    head = HeadClassifier(3, dropout=0.25, max_epochs=20).fit(x, y)
+    passes = head.predict_proba_mc(x, n_passes=6, random_state=1)
+    assert passes.shape == (6, 300, 3) and passes.dtype == np.float32
+    np.testing.assert_allclose(passes.sum(axis=2), 1.0, atol=1e-5)
+    np.testing.assert_array_equal(passes, head.predict_proba_mc(x, n_passes=6, random_state=1))
+    assert not np.array_equal(passes, head.predict_proba_mc(x, n_passes=6, random_state=2))
+    assert passes.std(axis=0).mean() > 0.01, "dropout must make the passes differ"
+    # the passes scatter around the deterministic prediction (inverted dropout keeps the scale)
+    assert np.abs(passes.mean(axis=0) - head.predict_proba(x)).mean() < 0.05
+
+
+def test_mc_passes_of_a_head_without_dropout_are_copies_of_predict_proba():
+    x, y = gaussian_blobs(60, n_features=8)
+    head = HeadClassifier(3, max_epochs=5).fit(x, y)
+    passes = head.predict_proba_mc(x, n_passes=3)
+    for p in passes:
+        np.testing.assert_allclose(p, head.predict_proba(x), atol=1e-6)
+    with pytest.raises(ValueError, match="n_passes"):
+        head.predict_proba_mc(x, n_passes=0)

@@ -140,12 +140,9 @@ def test_cli_simulate_names_a_missing_table(tmp_path, capsys):
     assert code == 2 and "nope.csv" in capsys.readouterr().err
 
 
-def test_cli_simulate_writes_figures_for_a_tiny_table(tmp_path):
-    import json
-
+def _tiny_table(tmp_path) -> list[str]:
+    """Three 64 px images of 12 dark or pale nuclei (2 train, 1 test); the CLI options that read them."""
     from PIL import Image
-
-    from ml_backend.cli import main
 
     rng = np.random.default_rng(0)
     rows = ["name,part,x,y,kind"]
@@ -157,12 +154,59 @@ def test_cli_simulate_writes_figures_for_a_tiny_table(tmp_path):
             rows.append(f"im{i},{split},{x + rng.uniform(-1, 1):.1f},{y},{'dark' if dark else 'pale'}")
         Image.fromarray(pixels).save(tmp_path / f"im{i}.png")
     (tmp_path / "cells.csv").write_text("\n".join(rows) + "\n")
-    code = main(["simulate", "--cells-csv", str(tmp_path / "cells.csv"), "--images-dir", str(tmp_path),
-                 "--image-suffix", ".png", "--image-col", "name", "--x-col", "x", "--y-col", "y",
-                 "--class-col", "kind", "--split-col", "part", "--strategies", "random,sequential",
-                 "--cells-per-task", "6", "--runs", "1", "--max-labels", "12", "--ready-after", "6",
-                 "--patch-px", "16", "--out", str(tmp_path / "out")])
+    return ["simulate", "--cells-csv", str(tmp_path / "cells.csv"), "--images-dir", str(tmp_path),
+            "--image-suffix", ".png", "--image-col", "name", "--x-col", "x", "--y-col", "y",
+            "--class-col", "kind", "--split-col", "part", "--cells-per-task", "6", "--runs", "1",
+            "--max-labels", "12", "--ready-after", "6", "--patch-px", "16", "--cache-dir", str(tmp_path / "cache")]
+
+
+def test_cli_simulate_writes_figures_for_a_tiny_table(tmp_path):
+    import json
+
+    from ml_backend.cli import main
+
+    code = main([*_tiny_table(tmp_path), "--strategies", "random,sequential", "--out", str(tmp_path / "out")])
     report = json.loads((tmp_path / "out" / "simulation.json").read_text())
     assert code == 0 and report["classes"] == ["dark", "pale"] and report["pool"]["cells"] == 24
     assert {r["strategy"] for r in report["results"]} == {"random", "sequential"}
     assert (tmp_path / "out" / "learning_curves.png").is_file()
+
+
+def test_reports_run_apart_merge_into_the_report_run_together(tmp_path, capsys):
+    import json
+
+    from ml_backend.cli import main
+    from ml_backend.simulation.summary import main as merge_main
+
+    options = _tiny_table(tmp_path)
+    for strategies, out in (("relevance,sequential", "both"), ("relevance", "a"), ("sequential", "b")):
+        assert main([*options, "--strategies", strategies, "--out", str(tmp_path / out)]) == 0
+    paths = [str(tmp_path / name / "simulation.json") for name in ("a", "b")]
+    assert merge_main([str(tmp_path / "merged"), *paths]) == 0
+    assert "| 6 | relevance |" in capsys.readouterr().out
+    merged = json.loads((tmp_path / "merged" / "simulation.json").read_text())
+    both = json.loads((tmp_path / "both" / "simulation.json").read_text())
+    assert [r["strategy"] for r in merged["results"]] == ["relevance", "sequential"]
+    for m, b in zip(merged["results"], both["results"]):
+        gain = "auc_small_gain_pct"
+        assert m["balanced_accuracy"][gain] == pytest.approx(b["balanced_accuracy"][gain])
+        assert m["speedup"] == pytest.approx(b["speedup"])
+    other = json.loads((tmp_path / "b" / "simulation.json").read_text())
+    other["settings"]["runs"] = 3
+    (tmp_path / "c.json").write_text(json.dumps(other))
+    assert merge_main([str(tmp_path / "bad"), paths[0], str(tmp_path / "c.json")]) == 2
+    assert "runs" in capsys.readouterr().err
+
+
+def test_hybrid_meets_every_class_where_coreset_misses_one():
+    # The coreset weakness of docs/simulation.md: a class-by-class walk, 5-cell tasks, 30 labels.
+    x, y = _blobs(seed=0)
+    walk = np.argsort(y, kind="stable")
+    tasks = group_tasks(np.zeros(len(y), int), 5)
+    seen = {}
+    for strategy in ("coreset", "hybrid"):
+        config = ReplayConfig(strategy, max_labels=30, retrain_every=10, max_epochs=20)
+        replay = replay_annotator(x[walk], y[walk], tasks, 3, config)
+        seen[strategy] = np.bincount(y[walk][replay.order], minlength=3)
+    assert (seen["coreset"] == 0).any()
+    assert (seen["hybrid"] >= 5).all()

@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from ml_backend.strategies import STRATEGIES, get_strategy
+from ml_backend.relevance import RelevanceParams
+from ml_backend.strategies import STRATEGIES, get_strategy, needs_mc_passes, query, weighted_k_center
 
 N_CELLS = 60
 
@@ -18,13 +19,20 @@ def problem(seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return features, proba, labeled
 
 
-@pytest.mark.parametrize("with_proba", [True, False], ids=["proba", "no-proba"])
+def passes(seed: int = 0, n_passes: int = 5) -> np.ndarray:
+    """(5, 60, 3) float32: stochastic passes, noisy around the :func:`problem` probabilities."""
+    rng = np.random.default_rng(seed + 100)
+    logits = np.log(problem(seed)[1])[None] + rng.normal(scale=0.7, size=(n_passes, N_CELLS, 3))
+    return (np.exp(logits) / np.exp(logits).sum(axis=2, keepdims=True)).astype(np.float32)
+
+
+@pytest.mark.parametrize("proba_kind", ["proba", "passes", "no-proba"])
 @pytest.mark.parametrize("budget", [0, 7, 40, 100])
 @pytest.mark.parametrize("name", sorted(STRATEGIES))
-def test_every_strategy_picks_unique_unlabelled_cells_within_budget_deterministically(name, budget, with_proba):
+def test_every_strategy_picks_unique_unlabelled_cells_within_budget_deterministically(name, budget, proba_kind):
     features, proba, labeled = problem()
     strategy = get_strategy(name)
-    proba_or_none = proba if with_proba else None
+    proba_or_none = {"proba": proba, "passes": passes(), "no-proba": None}[proba_kind]
     picks = strategy(features, proba_or_none, labeled, budget, 3)
     assert picks.dtype.kind == "i"
     assert len(picks) == min(budget, int((~labeled).sum()))
@@ -67,3 +75,83 @@ def test_random_depends_on_the_seed():
 def test_unknown_strategy_name_lists_the_valid_ones():
     with pytest.raises(ValueError, match=r"'bald'.*coreset.*entropy.*margin.*random.*sequential"):
         get_strategy("bald")
+
+
+@pytest.mark.parametrize("name", sorted(STRATEGIES))
+def test_query_gives_one_weight_per_pick_or_none(name):
+    features, _, labeled = problem()
+    picks, weights = query(get_strategy(name), features, passes(), labeled, 10, 0)
+    assert not labeled[picks].any() and len(set(picks.tolist())) == len(picks)
+    assert weights is None or weights.shape == picks.shape
+    # relevance's tile score counts every unlabelled cell; the others respect the budget
+    assert len(picks) == (int((~labeled).sum()) if name == "relevance" else 10)
+
+
+def test_strategies_other_than_relevance_use_the_mean_of_the_passes():
+    features, _, labeled = problem()
+    p = passes()
+    for name in ("entropy", "margin"):
+        strategy = get_strategy(name)
+        mean = strategy(features, p.mean(0), labeled, 20, 0)
+        np.testing.assert_array_equal(strategy(features, p, labeled, 20, 0), mean)
+
+
+def test_only_relevance_and_hybrid_want_mc_passes():
+    assert {name for name, s in STRATEGIES.items() if needs_mc_passes(s)} == {"relevance", "hybrid"}
+
+
+def test_params_reach_the_relevance_strategies_and_the_others_ignore_them():
+    params = RelevanceParams(gamma=0.0)
+    assert get_strategy("relevance", params).params == params and get_strategy("hybrid", params).params == params
+    assert get_strategy("coreset", params) is STRATEGIES["coreset"]
+
+
+def test_relevance_puts_rare_class_cells_first_then_uncertain_ones():
+    p = np.zeros((4, 4, 2))
+    p[:, 0] = [0.9, 0.1]  # certain, common
+    p[:, 1] = [[0.6, 0.4], [0.4, 0.6], [0.6, 0.4], [0.4, 0.6]]  # U_c 0.5, mean p(1) 0.5: uncertain AND rare
+    p[:, 2] = [0.7, 0.3]  # certain, p(1) 0.3 > 0.2: rare flag
+    p[:, 3] = [[0.95, 0.05], [0.85, 0.15], [0.9, 0.1], [0.45, 0.55]]  # U_c 0.75, mean p(1) 0.21: both
+    picks = get_strategy("relevance", RelevanceParams(rare_class=1))(np.zeros((4, 1)), p, np.zeros(4, bool), 4, 0)
+    assert picks.tolist() == [1, 3, 2, 0]
+
+
+def three_clusters(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Features (130, 2) and classes: two wide common clusters (60 each) and a tight rare one (10) between."""
+    rng = np.random.default_rng(seed)
+    common0 = rng.normal([-10, 0], 3.0, size=(60, 2))
+    common1 = rng.normal([10, 0], 3.0, size=(60, 2))
+    rare = rng.normal([0, 6], 0.5, size=(10, 2))
+    return np.concatenate([common0, common1, rare]).astype(np.float32), np.repeat([0, 1, 2], [60, 60, 10])
+
+
+def test_hybrid_picks_the_rare_cluster_early_where_coreset_does_not():
+    x, y = three_clusters()
+    labeled = np.zeros(len(y), dtype=bool)
+    labeled[[0, 1, 60, 61, 120]] = True  # two labels per common class, one of the rare class
+    # The head's belief, as MC passes would give it: the rare cells have p(rare) about 0.5
+    p = np.tile(np.eye(3)[y] * 0.8 + 0.1, (4, 1, 1)) / 1.1
+    hybrid = get_strategy("hybrid", RelevanceParams(rare_class=2))(x, p, labeled, 10, 0)
+    coreset = get_strategy("coreset")(x, p, labeled, 10, 0)
+    # x11 weight: the tight rare cluster comes first and keeps coming back while spread stays coreset's
+    assert y[hybrid[:2]].tolist() == [2, 2] and (y[hybrid] == 2).sum() >= 3 and {0, 1} <= set(y[hybrid].tolist())
+    assert (y[coreset] != 2).all(), "coreset spends its picks on the edges of the wide clusters"
+    assert len(set(hybrid.tolist())) == 10 and not labeled[hybrid].any()
+
+
+def test_hybrid_without_a_rare_signal_is_coreset_on_distances():
+    x, y = three_clusters()
+    labeled = np.zeros(len(y), dtype=bool)
+    labeled[[0, 60]] = True
+    flat = np.full((3, len(y), 3), 1 / 3)  # every cell equally (un)certain: weights all equal
+    hybrid = get_strategy("hybrid", RelevanceParams(rare_class=2, gamma=0.0))(x, flat, labeled, 8, 0)
+    np.testing.assert_array_equal(hybrid, weighted_k_center(x, labeled, np.ones(len(y)), 8))
+    np.testing.assert_array_equal(hybrid, get_strategy("coreset")(x, None, labeled, 8, 0))
+
+
+def test_weighted_k_center_multiplies_distances_by_the_weight():
+    x = np.array([[0.0], [1.0], [3.0], [10.0]])
+    labeled = np.array([True, False, False, False])
+    assert weighted_k_center(x, labeled, np.ones(4), 3).tolist() == [3, 2, 1]
+    # cell 1 is 1 away, cell 3 10 away: weight 11 on cell 1 puts it first
+    assert weighted_k_center(x, labeled, np.array([1.0, 11.0, 1.0, 1.0]), 1).tolist() == [1]

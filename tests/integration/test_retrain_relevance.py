@@ -1,0 +1,77 @@
+"""HALI_STRATEGY=relevance end to end: a real Label Studio serves tiles in the order of the paper's tile score.
+
+preprocess a slide -> an annotator labels one cell Positive and five Negative -> ``run_retrain`` with the
+relevance strategy -> the saved head, the rare class (Positive: fewest labels) and Label Studio's next task
+agree with the tile scores recomputed here from the saved head.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+from redis import Redis
+
+from label_config import TileTask
+from ml_backend.embeddings import EmbeddingIndex
+from ml_backend.label_store import RedisLabelStore
+from ml_backend.model_store import ModelStore
+from ml_backend.relevance import RelevanceParams, cell_scores
+from ml_backend.retrain import run_retrain
+from ml_backend.settings import BackendSettings
+from preprocess.layout import DataLayout
+from preprocess.ls_gateway import LabelStudioGateway
+from preprocess.run import run_preprocess
+
+from hali_backend import hali_env, preprocess_settings
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def ihc_slide(tmp_path):
+    from skimage import data
+
+    path = tmp_path / "ihc.png"
+    Image.fromarray(data.immunohistochemistry()).save(path)
+    return path
+
+
+def test_relevance_serves_the_tile_with_the_highest_tile_score(
+    label_studio, redis_url, redis_conn, ihc_slide, new_annotator, tmp_path, monkeypatch
+):
+    for key, value in hali_env(label_studio, redis_url, tmp_path / "data").items():
+        monkeypatch.setenv(key, value)
+    # No dropout: every pass is the same, U_c = 1 and only the rare term scores, so the tile scores can be
+    # recomputed here exactly (MC masks depend on the row order of the job's cell table).
+    settings = BackendSettings(strategy="relevance", mc_dropout=0.0, mc_passes=4)
+    gateway = LabelStudioGateway.connect(label_studio.url, label_studio.api_key)
+    pre = preprocess_settings(classes="Positive,Negative", cells_per_task=10, mpp=0.25)
+    pid = run_preprocess(ihc_slide, "HALI relevance", pre, gateway).project_id
+
+    annotator = new_annotator()
+    first = annotator.next_task(pid)
+    prediction = first["predictions"][0]
+    result = [dict(r, value=dict(r["value"])) for r in prediction["result"]][:6]
+    for i, region in enumerate(result):
+        region["value"]["rectanglelabels"] = ["Positive" if i == 0 else "Negative"]
+        region["origin"] = "prediction-changed"
+    annotator.submit(first["id"], result, lead_time=5.0, parent_prediction=prediction["id"], project_id=pid)
+
+    report = run_retrain(pid, settings, gateway, RedisLabelStore(Redis.from_url(redis_url)))
+
+    layout = DataLayout(settings.data_dir, settings.ls_files_root)
+    head, meta = ModelStore(layout.models_dir(pid)).load(report.version)
+    assert meta["strategy"] == "relevance" and head.dropout == settings.mc_dropout
+    index = EmbeddingIndex(layout)
+    score = {}
+    for task in gateway.iter_tasks(pid):
+        if task["annotations"]:
+            continue
+        proba = head.predict_proba(index.tile_features(TileTask.from_task_data(task["data"])))
+        score[task["id"]] = float(cell_scores(proba, RelevanceParams(rare_class=0)).sum())  # 0: Positive
+    ranked = [score[t] for t in report.next_task_ids]
+    assert ranked[0] == max(score.values()) > 0, "the top task holds the most cells flagged Positive"
+    assert ranked == sorted(ranked, reverse=True)
+    assert annotator.next_task(pid)["id"] == report.next_task_ids[0], "Label Studio serves the top task"
+    np.testing.assert_equal(report.n_labels, 6)
