@@ -3,7 +3,7 @@
 Trains the head on N random pool labels (several seeds) with each dropout rate and prints the mean test
 balanced accuracy and accuracy. Uses the `hali simulate` feature cache, so run a simulation first::
 
-    PYTHONPATH=$PWD nice .venv/bin/python bench/bench_dropout.py --cache-dir /work/main/.state/sim/cache \
+    nice .venv/bin/python bench/bench_dropout.py --cache-dir .state/sim/cache \
         [--classes-map 'inflammatory=TIL,*=other']
 """
 
