@@ -41,6 +41,7 @@ from ml_backend.model_store import ModelStore  # noqa: E402
 from ml_backend.predictor import Predictor  # noqa: E402
 from ml_backend.settings import BackendSettings  # noqa: E402
 from preprocess.layout import DataLayout  # noqa: E402
+from preprocess.storage import LocalStorage  # noqa: E402
 from scripts import stack  # noqa: E402
 
 PROJECT_ID = 1
@@ -133,7 +134,7 @@ def _without_socket(settings: BackendSettings, slide: SyntheticSlide, n: int) ->
 
 
 def _in_process(layout: DataLayout, slide: SyntheticSlide, n: int) -> list[float]:
-    predictor = Predictor(layout)
+    predictor = Predictor(layout, LocalStorage(layout.data_dir))  # the local layout hali preprocess writes
     times = []
     for i, body in enumerate(_bodies(slide, n + 5)):
         start = time.perf_counter()

@@ -13,7 +13,7 @@ from PIL import Image
 from redis import Redis
 
 from label_config import TileTask
-from ml_backend.embeddings import EmbeddingIndex
+from ml_backend.embeddings import EmbeddingIndex, tables_storage
 from ml_backend.label_store import RedisLabelStore
 from ml_backend.model_store import ModelStore
 from ml_backend.relevance import RelevanceParams, cell_scores
@@ -63,7 +63,7 @@ def test_relevance_serves_the_tile_with_the_highest_tile_score(
     layout = DataLayout(settings.data_dir, settings.ls_files_root)
     head, meta = ModelStore(layout.models_dir(pid)).load(report.version)
     assert meta["strategy"] == "relevance" and head.dropout == settings.mc_dropout
-    index = EmbeddingIndex(layout)
+    index = EmbeddingIndex(tables_storage(settings))
     score = {}
     for task in gateway.iter_tasks(pid):
         if task["annotations"]:
