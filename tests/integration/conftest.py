@@ -251,3 +251,15 @@ def s3_bucket(s3_server: S3Server) -> str:
     name = f"hali-test-{uuid.uuid4().hex[:12]}"
     s3_server.client().create_bucket(Bucket=name)
     return name
+
+
+@pytest.fixture
+def ihc_slide(tmp_path: Path) -> Path:
+    """scikit-image's IHC image (ships in the wheel) as a one-level PNG slide with no mpp: tests pass
+    ``mpp=0.25`` (40x), so its tiles are downsampled 2x to the default ``tile_mpp``."""
+    from PIL import Image
+    from skimage import data
+
+    path = tmp_path / "ihc.png"
+    Image.fromarray(data.immunohistochemistry()).save(path)
+    return path

@@ -9,7 +9,6 @@ another task, and the export gives every label back in slide coordinates.
 from __future__ import annotations
 
 import pytest
-from PIL import Image
 from redis import Redis
 from rq import Queue, SimpleWorker
 
@@ -23,16 +22,6 @@ from hali_backend import hali_env, preprocess_settings, serve_backend
 
 pytestmark = pytest.mark.integration
 CLASSES = "Positive,Negative"
-
-
-@pytest.fixture
-def ihc_slide(tmp_path):
-    """scikit-image's IHC image (ships in the wheel) as a one-level slide; mpp given on the command line."""
-    from skimage import data
-
-    path = tmp_path / "ihc.png"
-    Image.fromarray(data.immunohistochemistry()).save(path)
-    return path
 
 
 @pytest.fixture

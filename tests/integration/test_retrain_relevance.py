@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from PIL import Image
 from redis import Redis
 
 from label_config import TileTask
@@ -26,15 +25,6 @@ from preprocess.run import run_preprocess
 from hali_backend import hali_env, preprocess_settings
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def ihc_slide(tmp_path):
-    from skimage import data
-
-    path = tmp_path / "ihc.png"
-    Image.fromarray(data.immunohistochemistry()).save(path)
-    return path
 
 
 def test_relevance_serves_the_tile_with_the_highest_tile_score(

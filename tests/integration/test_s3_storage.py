@@ -32,16 +32,6 @@ PREFIX = "runs/today"
 
 
 @pytest.fixture
-def ihc_slide(tmp_path):
-    """scikit-image's IHC image as a one-level slide at 0.25 um/px (40x), so its tiles are downsampled 2x."""
-    from skimage import data
-
-    path = tmp_path / "ihc.png"
-    Image.fromarray(data.immunohistochemistry()).save(path)
-    return path
-
-
-@pytest.fixture
 def aws_env(s3_server, monkeypatch):
     for key, value in s3_server.aws_env().items():
         monkeypatch.setenv(key, value)
