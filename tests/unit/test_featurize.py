@@ -17,13 +17,7 @@ from preprocess.featurize import ResNet18Featurizer, cell_patch_px, extract_patc
 from preprocess.slide import OpenSlideReader
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny batches on a busy 2-core machine run ~30x faster on one thread than on two spinning ones."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

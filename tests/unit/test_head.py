@@ -9,13 +9,7 @@ import torch
 from ml_backend.head import OPTIMIZER_PRESETS, HeadClassifier
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny matrices gain nothing from threads, and a second busy process makes them wait (20x slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def gaussian_blobs(

@@ -11,12 +11,7 @@ from ml_backend.head import HeadClassifier
 from ml_backend.head_training import MAX_STEPS_PER_EPOCH, epoch_batch_size
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def blobs(n: int, seed: int, d: int = 16) -> tuple[np.ndarray, np.ndarray]:

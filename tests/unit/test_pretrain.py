@@ -19,12 +19,7 @@ from preprocess.pretrain import PANNUKE_CLASSES, load_centroid_table, load_pannu
 COLOURS = {"epithelial": (120, 60, 160), "inflammatory": (40, 20, 90)}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture
