@@ -4,7 +4,7 @@
         [--labelled 100] [--picks 100] [--repeats 5]
 
 For each N, a child process draws N x d float32 standard-normal features (the first ``--labelled`` rows
-labelled), runs :func:`ml_backend.coreset.select_coreset` once on a small input to load everything, then:
+labelled), runs :func:`ml_backend.ordering.coreset.select_coreset` once on a small input to load everything, then:
 
 - peak memory of one call, as the growth of the child's peak RSS (``VmHWM``, reset just before the call
   through ``/proc/self/clear_refs``) over its RSS before the call -- numpy and torch allocations both
@@ -78,7 +78,7 @@ def child(n: int, dims: int, labelled: int, picks: int, repeats: int) -> dict:
     """Measure in this (fresh) process; returns what the parent prints."""
     import torch
 
-    from ml_backend.coreset import select_coreset
+    from ml_backend.ordering.coreset import select_coreset
 
     torch.set_num_threads(1)
     # float32 straight from the generator: no float64 temporary to inflate the baseline.

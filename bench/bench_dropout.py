@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from sklearn.metrics import accuracy_score, balanced_accuracy_score
 
-from ml_backend.head import HeadClassifier
+from ml_backend.model.head import HeadClassifier
 from ml_backend.simulation.dataset import CellColumns, load_cell_table, parse_class_map, split_pool_test
 from ml_backend.simulation.embedding import embed_cells, make_featurizer
 

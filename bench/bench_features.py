@@ -7,7 +7,7 @@ Cuts every nucleus's patch as preprocessing does (20 um around the centroid at m
 embeds the CoNSeP test cells and a pool of train cells with each featurizer -- the random-init ResNet-18,
 the pretrained one when ``--checkpoint`` is given, and the handcrafted measurements -- then, per seed,
 draws N labeled train cells at random and trains two probes on the same cells for every featurizer: the
-HALI head (:class:`ml_backend.head.HeadClassifier`, default preset) and a standardised logistic regression.
+HALI head (:class:`ml_backend.model.head.HeadClassifier`, default preset) and a standardised logistic regression.
 Prints accuracy and balanced accuracy on all test cells (4 classes: epithelial, inflammatory, other,
 spindle) as mean +- std over seeds, and each featurizer's speed in cells/s. With ``--cache`` the features
 are kept in .npz files there and reused by the next run. Without the data it says so and exits 0.
@@ -31,10 +31,10 @@ from sklearn.preprocessing import StandardScaler
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from ml_backend.head import HeadClassifier  # noqa: E402
-from preprocess.featurize import ResNet18Featurizer, cell_patch_px  # noqa: E402
-from preprocess.handcrafted import HandcraftedFeaturizer  # noqa: E402
-from preprocess.pretrain import load_centroid_table  # noqa: E402
+from ml_backend.model.head import HeadClassifier  # noqa: E402
+from preprocess.features.featurize import ResNet18Featurizer, cell_patch_px  # noqa: E402
+from preprocess.features.handcrafted import HandcraftedFeaturizer  # noqa: E402
+from preprocess.features.pretrain import load_centroid_table  # noqa: E402
 
 MPP, PATCH_UM = 0.25, 20.0
 
@@ -57,7 +57,7 @@ def main() -> int:
     features = {name: _cached(args.cache, name, len(train), len(test), lambda f=f, name=name: _embed(
         f, name, train.patches, test.patches)) for name, f in featurizers.items()}
     ns = [int(n) for n in args.ns.split(",")]
-    print(f"\n| features | N | head acc | head bal. acc | logreg acc | logreg bal. acc |\n|---|---|---|---|---|---|")
+    print("\n| features | N | head acc | head bal. acc | logreg acc | logreg bal. acc |\n|---|---|---|---|---|---|")
     for name, (x_pool, x_test) in features.items():
         for n in ns:
             scores = [_probe(x_pool, train.labels, x_test, test.labels, n, seed, len(train.classes))

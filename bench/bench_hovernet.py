@@ -26,9 +26,9 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from preprocess.hovernet.model import HoVerNet  # noqa: E402
-from preprocess.hovernet.postprocess import instances_from_maps  # noqa: E402
-from preprocess.hovernet.segmenter import HoVerNetSegmenter  # noqa: E402
+from preprocess.nuclei.hovernet.model import HoVerNet  # noqa: E402
+from preprocess.nuclei.hovernet.postprocess import instances_from_maps  # noqa: E402
+from preprocess.nuclei.hovernet.segmenter import HoVerNetSegmenter  # noqa: E402
 
 MPP = 0.25
 

@@ -17,8 +17,8 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from ml_backend.coreset import select_coreset
-from ml_backend.head import HeadClassifier
+from ml_backend.model.head import HeadClassifier
+from ml_backend.ordering.coreset import select_coreset
 
 N_FEATURES = 512
 N_CLASSES = 4

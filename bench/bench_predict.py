@@ -32,17 +32,17 @@ from werkzeug.serving import make_server
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from adapters.storage import LocalStorage  # noqa: E402
 from bench import benchutil  # noqa: E402
 from bench.synthetic import CLASSES, SyntheticSlide, make_slide  # noqa: E402
 from label_config import build_label_config  # noqa: E402
-from ml_backend.app import create_app  # noqa: E402
-from ml_backend.head import HeadClassifier  # noqa: E402
-from ml_backend.model_store import ModelStore  # noqa: E402
-from ml_backend.predictor import Predictor  # noqa: E402
+from ml_backend.http.app import create_app  # noqa: E402
+from ml_backend.model.head import HeadClassifier  # noqa: E402
+from ml_backend.model.store import ModelStore  # noqa: E402
 from ml_backend.settings import BackendSettings  # noqa: E402
+from ml_backend.suggestions.predictor import Predictor  # noqa: E402
 from preprocess.layout import DataLayout  # noqa: E402
-from preprocess.storage import LocalStorage  # noqa: E402
-from scripts import stack  # noqa: E402
+from scripts import services  # noqa: E402
 
 PROJECT_ID = 1
 CONFIG = build_label_config(CLASSES)
@@ -68,17 +68,17 @@ def main() -> int:
 def _row(dims: int, n_cells: int, n_requests: int) -> str:
     slide = make_slide(n_cells, dims, seed=dims)
     with tempfile.TemporaryDirectory(prefix="hali-bench-") as tmp:
-        root, port = Path(tmp), stack.free_port()
+        root, port = Path(tmp), services.free_port()
         settings = BackendSettings(data_dir=root / "data", ls_files_root=root / "files", queue_name="bench",
-                                   redis_url=f"redis://{stack.LOOPBACK}:{port}/0")
+                                   redis_url=f"redis://{services.LOOPBACK}:{port}/0")
         layout = DataLayout(settings.data_dir, settings.ls_files_root)
         _prepare(slide, layout)
-        redis_proc = stack.start_redis(port, root / "redis")
+        redis_proc = services.start_redis(port, root / "redis")
         try:
             http_ms, size = _over_http(settings, slide, n_requests)
             app_ms = _without_socket(settings, slide, n_requests)
         finally:
-            stack.stop_process(redis_proc)
+            services.stop_process(redis_proc)
         local_ms = _in_process(layout, slide, n_requests)
     return (f"| {dims} | {statistics.median(http_ms):.1f} | {benchutil.percentile(http_ms, 95):.1f} | "
             f"{max(http_ms):.1f} | {statistics.median(app_ms):.1f} | {statistics.median(local_ms):.1f} | "
@@ -101,9 +101,9 @@ def _bodies(slide: SyntheticSlide, n: int) -> list[dict]:
 
 def _over_http(settings: BackendSettings, slide: SyntheticSlide, n: int) -> tuple[list[float], int]:
     """Latencies (ms) of ``n`` POST /predict over loopback, and the size of the last answer in bytes."""
-    server = make_server(stack.LOOPBACK, 0, create_app(settings), threaded=True)
+    server = make_server(services.LOOPBACK, 0, create_app(settings), threaded=True)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    url, session = f"http://{stack.LOOPBACK}:{server.server_port}/predict", requests.Session()
+    url, session = f"http://{services.LOOPBACK}:{server.server_port}/predict", requests.Session()
     times, size = [], 0
     try:
         for i, body in enumerate(_bodies(slide, n + 5)):

@@ -30,12 +30,12 @@ BIG_SLIDE_MP = 50.0
 def run_child(slide: Path, data_dir: Path, featurizer: str) -> dict:
     """Preprocess ``slide`` up to the cell table in this process; returns its figures."""
     sys.path.insert(0, str(REPO))
-    from preprocess.featurize import make_featurizer
+    from adapters.slide_reader import OpenSlideReader
+    from preprocess.features.featurize import make_featurizer
     from preprocess.layout import DataLayout
-    from preprocess.regions import build_cell_table
     from preprocess.settings import PreprocessSettings
-    from preprocess.slide import OpenSlideReader
     from preprocess.stages import merge_parts, pick_segmenter, plan_slide, process_region
+    from preprocess.tiles.regions import build_cell_table
 
     settings = PreprocessSettings(data_dir=data_dir, ls_files_root=data_dir / "files", featurizer=featurizer,
                                   progress=False)
@@ -62,8 +62,8 @@ def run_merge_child(n_cells: int, data_dir: Path, n_parts: int = 250, dim: int =
     sys.path.insert(0, str(REPO))
     import numpy as np
 
-    from preprocess.regions import RegionCells, build_cell_table, merge_region_cells
     from preprocess.stages import _load_part, _save_part
+    from preprocess.tiles.regions import RegionCells, build_cell_table, merge_region_cells
 
     rng = np.random.default_rng(0)
     side = 60000.0

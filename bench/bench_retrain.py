@@ -7,7 +7,7 @@
    46-d (the handcrafted featurizer's size) or 512-d (ResNet-18) features of 4 skewed gaussian classes.
    The first N cells (whole tiles) are labelled; every tile without a label is an open task. Per N:
 
-   - ``fit``: :class:`ml_backend.head.HeadClassifier` as the retrain job builds it (2x32 FC, 75/25
+   - ``fit``: :class:`ml_backend.model.head.HeadClassifier` as the retrain job builds it (2x32 FC, 75/25
      stratified split, early stop after 10 epochs without a lower validation loss, minority
      oversampling, seed 0), for the ``adam`` and ``paper-sgd`` presets;
    - the rest of ``run_retrain``'s compute, through the same public calls: ``predict_proba`` and
@@ -19,7 +19,7 @@
 2. **A real retrain** (skipped by ``--quick`` or ``--no-ls``): a real redis-server and Label Studio
    (``scripts/stack.py``; the integration tests' cached data dir when present, else a cold start of about
    a minute), a project of ``--ls-cells`` cells with ``--ls-labels`` of them labelled by imported
-   annotations, then :func:`ml_backend.retrain.run_retrain` timed end to end, with the time spent inside
+   annotations, then :func:`ml_backend.retrain.run.run_retrain` timed end to end, with the time spent inside
    Label Studio and Redis calls measured apart from the rest.
 
 Torch runs one thread, as the retrain worker does (``HALI_TORCH_THREADS``, default 1).
@@ -43,11 +43,11 @@ sys.path.insert(0, str(ROOT))
 from bench import benchutil  # noqa: E402
 from bench.synthetic import CLASSES, SyntheticSlide, make_slide  # noqa: E402
 from label_config import rank_to_score  # noqa: E402
-from ml_backend.head import HeadClassifier  # noqa: E402
-from ml_backend.jobs import frozen_gc  # noqa: E402
-from ml_backend.predictions import tile_prediction  # noqa: E402
-from ml_backend.ranking import rank_tiles  # noqa: E402
-from ml_backend.strategies import get_strategy  # noqa: E402
+from ml_backend.model.head import HeadClassifier  # noqa: E402
+from ml_backend.ordering.ranking import rank_tiles  # noqa: E402
+from ml_backend.ordering.strategies import get_strategy  # noqa: E402
+from ml_backend.retrain.job import frozen_gc  # noqa: E402
+from ml_backend.suggestions.predictions import tile_prediction  # noqa: E402
 
 PRESETS = ("adam", "paper-sgd")
 QUERY_BUDGET = 100
@@ -148,7 +148,7 @@ def _parse_args() -> argparse.Namespace:
     parser.add_argument("--labels", default=None, help="comma-separated label counts (default 100,...,5000)")
     parser.add_argument("--dims", default=None, help="feature sizes (default 46,512)")
     parser.add_argument("--repeats", type=int, default=None, help="runs per figure (default 3, --quick 1)")
-    parser.add_argument("--strategy", default="coreset", help="query strategy (ml_backend.strategies)")
+    parser.add_argument("--strategy", default="coreset", help="query strategy (ml_backend.ordering.strategies)")
     parser.add_argument("--no-ls", action="store_true", help="skip the real Label Studio retrain")
     parser.add_argument("--ls-cells", type=int, default=20_000)
     parser.add_argument("--ls-labels", type=int, default=1_000)

@@ -4,7 +4,7 @@
     .venv/bin/python bench/bench_segmentation.py --segmenter-weights CKPT [--device cuda] [--no-slide]
 
 Scores a label function ``f(rgb uint8 (rows, cols, 3), mpp) -> int (rows, cols) instance map``
-(default :func:`preprocess.segment.label_nuclei`; with ``--segmenter-weights`` the HoVer-Net segmenter that
+(default :func:`preprocess.nuclei.segment.label_nuclei`; with ``--segmenter-weights`` the HoVer-Net segmenter that
 ``hali preprocess --segmenter-weights`` uses, e.g. one written by ``hali train-segmenter``) on
 
 - CoNSeP 256x256 patches at 40x (mpp 0.25) with instance maps: detection precision/recall/F1, each
@@ -38,7 +38,7 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from preprocess.seg_metrics import (  # noqa: E402 (after the path insert)
+from preprocess.nuclei.metrics import (  # noqa: E402 (after the path insert)
     ImageScore,
     label_centroids,
     matched_true,
@@ -109,7 +109,7 @@ def slide_throughput(label_fn: LabelFn, data: Path) -> tuple[float, int] | None:
     path = data / "wsi" / "CMU-1-Small-Region.svs"
     if not path.exists():
         return None
-    from preprocess.slide import OpenSlideReader
+    from adapters.slide_reader import OpenSlideReader
 
     with OpenSlideReader(path) as reader:
         rgb, mpp = reader.read_region(0, 0, SLIDE_WINDOW_PX, SLIDE_WINDOW_PX), reader.require_mpp()
@@ -137,14 +137,14 @@ def report(name: str, scores: list[ImageScore], with_pq: bool) -> None:
 
 
 def load_label_fn(spec: str) -> LabelFn:
-    """The function named ``module:function``, e.g. ``preprocess.segment:label_nuclei``."""
+    """The function named ``module:function``, e.g. ``preprocess.nuclei.segment:label_nuclei``."""
     module, _, attr = spec.partition(":")
     return getattr(importlib.import_module(module), attr)
 
 
 def hovernet_label_fn(weights: Path, device: str, batch_size: int) -> LabelFn:
     """``label_nuclei`` of a :class:`HoVerNetSegmenter` on ``weights`` (any layout its loader reads)."""
-    from preprocess.hovernet import HoVerNetSegmenter
+    from preprocess.nuclei.hovernet import HoVerNetSegmenter
 
     return HoVerNetSegmenter(weights, device=device, batch_size=batch_size).label_nuclei
 
@@ -154,7 +154,7 @@ def main() -> int:
     parser.add_argument("--split", default="test", choices=("train", "test"))
     parser.add_argument("--limit", type=int, default=None, help="first N CoNSeP patches only")
     parser.add_argument("--radius-px", type=float, default=6.0, help="centroid match radius at 40x (px)")
-    parser.add_argument("--segmenter", default="preprocess.segment:label_nuclei", help="module:function")
+    parser.add_argument("--segmenter", default="preprocess.nuclei.segment:label_nuclei", help="module:function")
     parser.add_argument("--segmenter-weights", type=Path,
                         help="score HoVer-Net with these weights (as hali preprocess --segmenter-weights)")
     parser.add_argument("--device", default="auto", help="HoVer-Net device: auto, cpu or cuda")

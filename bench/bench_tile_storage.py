@@ -27,11 +27,11 @@ import numpy as np
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from adapters.slide_reader import OpenSlideReader  # noqa: E402
+from adapters.storage import LocalStorage, S3Storage  # noqa: E402
 from label_config import CellBox, TileTask  # noqa: E402
-from preprocess.slide import OpenSlideReader  # noqa: E402
-from preprocess.storage import LocalStorage, S3Storage  # noqa: E402
-from preprocess.tile_images import encode_png, fit_tiles, render_tile, write_tile_images  # noqa: E402
-from scripts import stack  # noqa: E402
+from preprocess.tiles.images import encode_png, fit_tiles, render_tile, write_tile_images  # noqa: E402
+from scripts import services  # noqa: E402
 from scripts.demo_slide import write_pyramidal_tiff  # noqa: E402
 
 CMU = Path(__file__).resolve().parents[2] / "shared" / "data" / "wsi" / "CMU-1-Small-Region.svs"
@@ -111,7 +111,7 @@ def _s3_rate(reader, tiles, runs: int) -> float:
     import boto3
     from moto.server import ThreadedMotoServer
 
-    port = stack.free_port()
+    port = services.free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     try:

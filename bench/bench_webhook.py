@@ -21,15 +21,15 @@ from werkzeug.serving import make_server
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from label_config import CellBox, TileTask, build_label_config, cell_to_region  # noqa: E402
-from ml_backend.app import create_app  # noqa: E402
+from ml_backend.http.app import create_app  # noqa: E402
 from ml_backend.settings import BackendSettings  # noqa: E402
-from scripts import stack  # noqa: E402
+from scripts import services  # noqa: E402
 
 
 def main(n: int = 300) -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        port = stack.free_port()
-        redis_proc = stack.start_redis(port, Path(tmp))
+        port = services.free_port()
+        redis_proc = services.start_redis(port, Path(tmp))
         try:
             settings = BackendSettings(data_dir=Path(tmp), ls_files_root=Path(tmp),
                                        redis_url=f"redis://127.0.0.1:{port}/0", queue_name="bench")
@@ -39,7 +39,7 @@ def main(n: int = 300) -> None:
             times = _post_many(url, n)
             server.shutdown()
         finally:
-            stack.stop_process(redis_proc)
+            services.stop_process(redis_proc)
     ms = sorted(t * 1000 for t in times)
     print(f"/webhook over HTTP, {n} posts of a 20-cell annotation: median {statistics.median(ms):.2f} ms, "
           f"p95 {ms[int(0.95 * len(ms))]:.2f} ms, max {ms[-1]:.2f} ms")

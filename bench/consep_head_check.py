@@ -28,8 +28,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench import benchutil  # noqa: E402
-from ml_backend import head_training  # noqa: E402
-from ml_backend.head import HeadClassifier  # noqa: E402
+from ml_backend.model import training as head_training  # noqa: E402
+from ml_backend.model.head import HeadClassifier  # noqa: E402
 from ml_backend.simulation.dataset import load_cell_table, split_pool_test  # noqa: E402
 from ml_backend.simulation.embedding import embed_cells, make_featurizer  # noqa: E402
 

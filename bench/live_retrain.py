@@ -4,7 +4,7 @@ Not a bench itself. Starts both services on free loopback ports through ``script
 Studio from the integration tests' cached data dir in ``.state/test-cache`` when there is one, else a
 cold start), imports a synthetic slide's tiles as tasks, the first ones with annotations, writes the
 slide's cell table where the backend reads it, and runs the job as the worker would (with
-:func:`ml_backend.jobs.frozen_gc`, as ``retrain_job``). The gateway and
+:func:`ml_backend.retrain.job.frozen_gc`, as ``retrain_job``). The gateway and
 the label store are wrapped so that every call into Label Studio or Redis is timed; the rest of the
 job's time is its compute and its disk I/O (cell table, model files).
 """
@@ -26,18 +26,18 @@ from typing import Any
 import numpy as np
 from redis import Redis
 
+from adapters.label_studio import LabelStudioGateway
 from bench.synthetic import CLASSES, SyntheticSlide, make_slide
 from label_config import build_label_config, cell_to_region
-from ml_backend.jobs import frozen_gc
-from ml_backend.label_store import RedisLabelStore
-from ml_backend.retrain import run_retrain
+from ml_backend.labels.redis_store import RedisLabelStore
+from ml_backend.retrain.job import frozen_gc
+from ml_backend.retrain.run import run_retrain
 from ml_backend.settings import BackendSettings
 from preprocess.layout import DataLayout
-from preprocess.ls_gateway import LabelStudioGateway
-from scripts import stack
+from scripts import services
 
 # The integration tests' cached Label Studio (tests/integration/conftest.py): same admin, same token.
-_CACHE_DIR = stack.REPO_ROOT / ".state" / "test-cache"
+_CACHE_DIR = services.REPO_ROOT / ".state" / "test-cache"
 _ADMIN_EMAIL, _ADMIN_PASSWORD = "admin@hali.test", "hali-test-admin"
 _ADMIN_TOKEN = hashlib.sha1(b"hali integration tests").hexdigest()
 
@@ -70,38 +70,38 @@ class Timed:
 def bench_live_retrain(n_cells: int, n_labels: int, repeats: int) -> str:
     """Markdown lines: median seconds of ``run_retrain`` and of its parts, over ``repeats`` runs."""
     with tempfile.TemporaryDirectory(prefix="hali-bench-") as tmp:
-        root, redis_port = Path(tmp), stack.free_port()
+        root, redis_port = Path(tmp), services.free_port()
         try:
-            redis_proc = stack.start_redis(redis_port, root / "redis")
-        except stack.StackError as exc:
+            redis_proc = services.start_redis(redis_port, root / "redis")
+        except services.StackError as exc:
             return f"skipped: {exc}"
         try:
             return _with_redis(root, redis_port, n_cells, n_labels, repeats)
         finally:
-            stack.stop_process(redis_proc)
+            services.stop_process(redis_proc)
 
 
 def _with_redis(root: Path, redis_port: int, n_cells: int, n_labels: int, repeats: int) -> str:
     try:
         ls_proc, url, token, started_s = _start_label_studio(root)
-    except stack.StackError as exc:
+    except services.StackError as exc:
         return f"skipped: {exc}"
     try:
         settings = BackendSettings(data_dir=root / "data", ls_files_root=root / "ls-files", ls_url=url,
-                                   ls_api_key=token, redis_url=f"redis://{stack.LOOPBACK}:{redis_port}/0")
+                                   ls_api_key=token, redis_url=f"redis://{services.LOOPBACK}:{redis_port}/0")
         gateway = LabelStudioGateway.connect(url, token)
         slide = make_slide(n_cells, 46, seed=46)
         slide.save_cell_table(DataLayout(settings.data_dir, settings.ls_files_root))
         project_id = _make_project(gateway, slide, n_labels)
         runs = [_one_retrain(project_id, settings, gateway) for _ in range(repeats)]
     finally:
-        stack.stop_process(ls_proc)
+        services.stop_process(ls_proc)
     return _table(runs, started_s)
 
 
 def _start_label_studio(root: Path) -> tuple[Any, str, str, float]:
     """(process, url, API token, seconds to start) of a Label Studio with a data dir under ``root``."""
-    ls_bin = stack.find_label_studio()
+    ls_bin = services.find_label_studio()
     key = hashlib.sha1(f"{ls_bin.resolve()}:{ls_bin.stat().st_mtime_ns}".encode()).hexdigest()[:12]
     template, data_dir = _CACHE_DIR / f"label-studio-{key}", root / "label-studio"
     if template.exists():
@@ -109,9 +109,9 @@ def _start_label_studio(root: Path) -> tuple[Any, str, str, float]:
         password, token = _ADMIN_PASSWORD, _ADMIN_TOKEN
     else:
         password, token = os.urandom(12).hex(), os.urandom(20).hex()
-    port, start = stack.free_port(), time.perf_counter()
-    proc = stack.start_label_studio(port, data_dir, root / "ls-files", _ADMIN_EMAIL, password, token, ls_bin)
-    return proc, f"http://{stack.LOOPBACK}:{port}", token, time.perf_counter() - start
+    port, start = services.free_port(), time.perf_counter()
+    proc = services.start_label_studio(port, data_dir, root / "ls-files", _ADMIN_EMAIL, password, token, ls_bin)
+    return proc, f"http://{services.LOOPBACK}:{port}", token, time.perf_counter() - start
 
 
 def _make_project(gateway: LabelStudioGateway, slide: SyntheticSlide, n_labels: int) -> int:

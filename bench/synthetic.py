@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from label_config import CellBox, TileTask
-from preprocess.cells import CellTable
 from preprocess.layout import DataLayout
+from preprocess.tiles.cells import CellTable
 
 CLASSES = ["Tumor", "Lymphocyte", "Stroma", "Other"]
 TILE_PX = 1024

@@ -4,6 +4,8 @@
     +-- WebhookError        a webhook body that is not what Label Studio sends (HTTP 400/422)
     +-- UnknownCellError    a cell id that no preprocessed slide holds (HTTP 422)
     +-- NotPreprocessedError  a task whose slide has no cell table in HALI_DATA_DIR (HTTP 409)
+    +-- ModelStoreError     a model version file that is missing, corrupt or would be overwritten (HTTP 503;
+                            defined in ml_backend/model/store.py)
 """
 
 

@@ -48,8 +48,8 @@ def _warm_up(queues: list[str], settings: BackendSettings) -> None:
     import torch
 
     if settings.queue_name in queues:
-        import ml_backend.retrain  # noqa: F401
+        import ml_backend.retrain.run  # noqa: F401
 
         torch.optim.Adam([torch.zeros(1, requires_grad=True)])
     if settings.preprocess_queue_name in queues:
-        import ml_backend.preprocess_queue  # noqa: F401  (imports preprocess.run and all it needs)
+        import preprocess.queue.jobs  # noqa: F401  (imports preprocess.run and all it needs)

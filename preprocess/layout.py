@@ -1,6 +1,6 @@
 """Where preprocessing writes its outputs (the backend reads the same keys).
 
-Outputs are stored by key through a :class:`~preprocess.storage.Storage`; the keys are the same for local
+Outputs are stored by key through a :class:`~adapters.storage.Storage`; the keys are the same for local
 folders and S3::
 
     slides/<slide_id>/cells.npz             CellTable: ids, boxes, tile ids, embeddings   (tables storage)
@@ -22,10 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from adapters.errors import StorageError
+from adapters.storage import LOCAL_FILES_URL, Storage
 from label_config import TileTask
-from preprocess.cells import CellTable
-from preprocess.errors import StorageError
-from preprocess.storage import LOCAL_FILES_URL, Storage
+from preprocess.tiles.cells import CellTable
 
 TILES_DIRNAME = "hali"
 
@@ -97,6 +97,6 @@ class DataLayout:
         return self.ls_files_root / TILES_DIRNAME
 
     def tile_url(self, slide_id: str, tile_id: str) -> str:
-        """A provisional ``data.image`` for a tile before it is rendered; :func:`preprocess.tile_images.
+        """A provisional ``data.image`` for a tile before it is rendered; :func:`preprocess.tiles.images.
         fit_tiles` replaces it with the URI of the PNG actually written."""
         return f"{LOCAL_FILES_URL}{TILES_DIRNAME}/{slide_id}/{tile_id}.png"

@@ -21,19 +21,26 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from adapters.errors import LabelStudioError
+from adapters.label_studio import LabelStudioGateway
+from adapters.slide_reader import OpenSlideReader
+from adapters.storage import OutputStorage, S3Access, open_output_storage
 from label_config import TileTask, build_label_config, parse_classes, parse_version_name, version_name
-from preprocess.errors import LabelStudioError
-from preprocess.featurize import make_featurizer
-from preprocess.layout import (DataLayout, cells_key, read_cell_table, read_slide_meta, tasks_key, write_cell_table,
-                               write_slide_meta)
-from preprocess.ls_gateway import LabelStudioGateway
-from preprocess.regions import build_cell_table
+from preprocess.features.featurize import make_featurizer
+from preprocess.layout import (
+    DataLayout,
+    cells_key,
+    read_cell_table,
+    read_slide_meta,
+    tasks_key,
+    write_cell_table,
+    write_slide_meta,
+)
 from preprocess.settings import PreprocessSettings
-from preprocess.slide import OpenSlideReader
 from preprocess.stages import SlidePlan, merge_parts, pick_segmenter, plan_slide, process_region, recipe
-from preprocess.storage import OutputStorage, S3Access, open_output_storage
-from preprocess.tasks import build_tiles, task_payloads
-from preprocess.tile_images import fit_tiles, write_tile_images
+from preprocess.tiles.images import fit_tiles, write_tile_images
+from preprocess.tiles.regions import build_cell_table
+from preprocess.tiles.tasks import build_tiles, task_payloads
 
 log = logging.getLogger(__name__)
 

@@ -5,29 +5,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, model_validator
 
-from preprocess.retry import RetryPolicy
+from adapters.retry import RetryPolicy
+from adapters.settings import SharedSettings
 
 DEFAULT_CLASSES = ("Tumor", "Lymphocyte", "Stroma", "Other")
 
 
-class PreprocessSettings(BaseSettings):
-    """Where things go and how a slide is cut into tasks."""
+class PreprocessSettings(SharedSettings):
+    """How a slide is cut into tasks (where things go: :class:`SharedSettings`)."""
 
-    model_config = SettingsConfigDict(env_prefix="HALI_", extra="ignore")
-
-    data_dir: Path = Field(Path(".state/data"), description="cell tables and embeddings, per slide")
-    ls_url: str = "http://127.0.0.1:8080"
-    ls_api_key: SecretStr = SecretStr("")
-    ls_files_root: Path = Field(
-        Path(".state/ls-files"), description="Label Studio's LOCAL_FILES_DOCUMENT_ROOT; tiles go under hali/"
-    )
-    storage_url: str | None = Field(
-        None, description="s3://bucket/prefix for tiles, cell tables and tasks.json; unset: data_dir and ls_files_root"
-    )
-    s3_endpoint_url: str | None = Field(None, description="S3 endpoint (MinIO, moto, ...); unset: AWS")
     s3_presign: bool = Field(True, description="Label Studio sends browsers presigned S3 URLs (else it proxies)")
     tile_mpp: float = Field(
         0.5, gt=0, description="microns per pixel of tile images (0.5 = 20x); finer scans are downsampled to it"
@@ -51,7 +39,7 @@ class PreprocessSettings(BaseSettings):
     segmenter_weights: Path | None = Field(
         None, description="HoVer-Net checkpoint (original repo or tiatoolbox layout); none: the classical segmenter"
     )
-    segmenter_device: str = Field("auto", description="HoVer-Net's device: auto (CUDA when there is one), cpu, cuda")
+    segmenter_device: Literal["auto", "cpu", "cuda"] = Field("auto", description="HoVer-Net's device: auto (CUDA when there is one), cpu, cuda")
     progress: bool = True
     # Label Studio blinks (restart, proxy timeout): imports retry a few times, then stop with a resumable error.
     ls_timeout_s: float = Field(60.0, gt=0, description="seconds to wait for one Label Studio answer")
@@ -59,11 +47,6 @@ class PreprocessSettings(BaseSettings):
     ls_retry_tries: int = Field(4, ge=1, le=20, description="tries per Label Studio import request (1: no retry)")
     ls_retry_first_delay_s: float = Field(1.0, ge=0, description="sleep before the 2nd try; doubles, capped at 8 s")
     ls_retry_deadline_s: float = Field(30.0, ge=0, description="no retry starts later than this after the 1st try")
-
-    @field_validator("ls_files_root", "data_dir")
-    @classmethod
-    def _absolute(cls, value: Path) -> Path:
-        return value.expanduser().resolve()
 
     @model_validator(mode="after")
     def _checkpoint_means_resnet18(self) -> PreprocessSettings:

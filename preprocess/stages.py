@@ -1,6 +1,6 @@
 """The stages of preprocessing one slide at any size: plan regions, process each region, merge.
 
-Both the local ``hali preprocess`` and the queued region jobs (``ml_backend.preprocess_queue``) call these,
+Both the local ``hali preprocess`` and the queued region jobs (``preprocess.queue.jobs``) call these,
 so a slide is cut, segmented and embedded the same way in one process or on many machines::
 
     <data_dir>/slides/<slide_id>/parts/<recipe key>/plan.npz         tissue mask the regions come from
@@ -24,16 +24,17 @@ from pathlib import Path
 
 import numpy as np
 
-from preprocess.atomic import write_atomic
-from preprocess.errors import PreprocessError, SegmentationError, SlideError
-from preprocess.featurize import ResNet18Featurizer, cell_patch_px, extract_patches, make_featurizer
-from preprocess.handcrafted import HandcraftedFeaturizer
+from adapters.atomic import write_atomic
+from adapters.errors import SlideError
+from adapters.slide_reader import OpenSlideReader
+from preprocess.errors import PreprocessError, SegmentationError
+from preprocess.features.featurize import ResNet18Featurizer, cell_patch_px, extract_patches, make_featurizer
+from preprocess.features.handcrafted import HandcraftedFeaturizer
 from preprocess.layout import DataLayout
-from preprocess.regions import Region, RegionCells, merge_region_cells, plan_regions
-from preprocess.segment import Nuclei, segment_nuclei, segment_windows, tissue_windows
+from preprocess.nuclei.segment import Nuclei, segment_nuclei, segment_windows, tissue_windows
+from preprocess.nuclei.tissue import detect_tissue
 from preprocess.settings import PreprocessSettings
-from preprocess.slide import OpenSlideReader
-from preprocess.tissue import detect_tissue
+from preprocess.tiles.regions import Region, RegionCells, merge_region_cells, plan_regions
 
 log = logging.getLogger(__name__)
 
@@ -180,7 +181,7 @@ def pick_segmenter(settings: PreprocessSettings) -> Segmenter:
     """The classical segmenter, or HoVer-Net when the settings name its weights."""
     if settings.segmenter_weights is None:
         return segment_nuclei
-    from preprocess.hovernet import HoVerNetSegmenter  # torch and weights only when asked for
+    from preprocess.nuclei.hovernet import HoVerNetSegmenter  # torch and weights only when asked for
 
     return HoVerNetSegmenter(settings.segmenter_weights, device=settings.segmenter_device).segment_nuclei
 

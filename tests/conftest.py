@@ -1,4 +1,4 @@
-"""Shared test setup: the repository root goes on ``sys.path`` so tests can import ``scripts.stack``
+"""Shared test setup: the repository root goes on ``sys.path`` so tests can import ``scripts.services``
 (the packages themselves come from the editable install)."""
 
 from __future__ import annotations

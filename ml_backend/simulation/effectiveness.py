@@ -13,7 +13,7 @@ import warnings
 import numpy as np
 from sklearn.metrics import accuracy_score, balanced_accuracy_score
 
-from ml_backend.head import HeadClassifier
+from ml_backend.model.head import HeadClassifier
 
 LABEL_GRID = (5, 10, 20, 30, 50, 75, 100, 150, 200, 300, 500, 750, 1000, 1500, 2000)
 

@@ -1,7 +1,7 @@
 """The oracle annotator, replayed task by task: how much faster does a pathologist label with HALI?
 
-The loop mirrors the product. The query strategy picks cells (:func:`ml_backend.strategies.get_strategy`),
-picks roll up to tasks (:func:`ml_backend.ranking.rank_tiles`), the annotator opens the top task and labels
+The loop mirrors the product. The query strategy picks cells (:func:`ml_backend.ordering.strategies.get_strategy`),
+picks roll up to tasks (:func:`ml_backend.ordering.ranking.rank_tiles`), the annotator opens the top task and labels
 its cells, and on Submit the head retrains once at least ``retrain_every`` new labels exist. The oracle's
 label is the table's class. Once the head has been trained on ``ready_after`` labels its suggestions are
 shown: a correct one is accepted without a class click, a wrong one costs a click. :class:`TimeModel`
@@ -21,10 +21,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ml_backend.head import HeadClassifier
-from ml_backend.ranking import rank_tiles
-from ml_backend.relevance import RelevanceParams, rarest_class
-from ml_backend.strategies import get_strategy, needs_mc_passes, query
+from ml_backend.model.head import HeadClassifier
+from ml_backend.ordering.ranking import rank_tiles
+from ml_backend.ordering.relevance import RelevanceParams, rarest_class
+from ml_backend.ordering.strategies import get_strategy, needs_mc_passes, query
 
 
 @dataclass(frozen=True)

@@ -16,12 +16,13 @@ from typing import Protocol
 
 import numpy as np
 
+from adapters.errors import AdapterError
+from adapters.slide_reader import OpenSlideReader
 from ml_backend.simulation import SimulationError
 from ml_backend.simulation.dataset import CellDataset
 from preprocess.errors import PreprocessError
-from preprocess.featurize import ResNet18Featurizer, extract_patches
-from preprocess.handcrafted import HandcraftedFeaturizer
-from preprocess.slide import OpenSlideReader
+from preprocess.features.featurize import ResNet18Featurizer, extract_patches
+from preprocess.features.handcrafted import HandcraftedFeaturizer
 
 logger = logging.getLogger(__name__)
 
@@ -78,7 +79,7 @@ def _embed_image(data, name, images_dir, suffix, featurizer, patch_px, out_px) -
     try:
         with OpenSlideReader(path, mpp=1.0) as reader:  # the mpp is unused: patch sizes are in pixels
             patches = extract_patches(reader, data.xy[data.image == name], patch_px, out_px)
-    except PreprocessError as exc:
+    except (PreprocessError, AdapterError) as exc:
         raise SimulationError(f"cannot read image {path} for the cells of {name!r}: {exc}") from exc
     return featurizer.embed(patches)
 

@@ -11,17 +11,25 @@ from pathlib import Path
 
 import numpy as np
 
+from ml_backend.ordering.strategies import STRATEGIES
 from ml_backend.simulation import SimulationError
 from ml_backend.simulation.dataset import (
-    DEFAULT_SOURCE_PATTERN, CellColumns, CellDataset, load_cell_table, split_pool_test,
+    DEFAULT_SOURCE_PATTERN,
+    CellColumns,
+    CellDataset,
+    load_cell_table,
+    split_pool_test,
 )
 from ml_backend.simulation.effectiveness import curve_area, label_grid, learning_curve
 from ml_backend.simulation.efficiency import (
-    ReplayConfig, TimeModel, acceptance_by_labels, replay_annotator, summarize_replay,
+    ReplayConfig,
+    TimeModel,
+    acceptance_by_labels,
+    replay_annotator,
+    summarize_replay,
 )
 from ml_backend.simulation.embedding import embed_cells, make_featurizer
 from ml_backend.simulation.tasks import group_tasks, spatial_order
-from ml_backend.strategies import STRATEGIES
 
 logger = logging.getLogger(__name__)
 

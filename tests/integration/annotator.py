@@ -20,7 +20,7 @@ from typing import Any, Protocol
 
 import requests
 
-from scripts import stack
+from scripts import services
 
 _CSRF_INPUT = re.compile(r'name="csrfmiddlewaretoken"\s+value="([^"]+)"')
 
@@ -132,7 +132,7 @@ def login(url: str, email: str, password: str) -> requests.Session:
 def make_annotator(label_studio: LabelStudioServer, email: str, password: str) -> Annotator:
     """Create a non-admin user ``email`` with ``password`` and log them in as the UI does."""
     user_id = create_user(label_studio, email)
-    stack.reset_label_studio_password(label_studio.data_dir, label_studio.files_root, email,
+    services.reset_label_studio_password(label_studio.data_dir, label_studio.files_root, email,
                                       password, getattr(label_studio, "ls_bin", None))
     session = login(label_studio.url, email, password)
     annotator = Annotator(url=label_studio.url, email=email, user_id=user_id, session=session)

@@ -36,9 +36,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-
 from annotator import Annotator, make_annotator
-from scripts import stack
+
+from scripts import services
 
 RECT_CONFIG = """<View>
   <Image name="image" value="$image" zoom="true"/>
@@ -52,7 +52,7 @@ RECT_CONFIG = """<View>
 ADMIN_EMAIL = "admin@hali.test"
 ADMIN_PASSWORD = "hali-test-admin"
 ADMIN_TOKEN = hashlib.sha1(b"hali integration tests").hexdigest()  # 40 hex chars
-TEST_CACHE_DIR = stack.REPO_ROOT / ".state" / "test-cache"
+TEST_CACHE_DIR = services.REPO_ROOT / ".state" / "test-cache"
 _STARTUP_KEY = pytest.StashKey[str]()
 
 
@@ -78,13 +78,13 @@ def unavailable(reason: str) -> None:
 
 @pytest.fixture(scope="session")
 def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    port = stack.free_port()
+    port = services.free_port()
     try:
-        proc = stack.start_redis(port, tmp_path_factory.mktemp("redis"))
-    except stack.ServiceUnavailable as exc:
+        proc = services.start_redis(port, tmp_path_factory.mktemp("redis"))
+    except services.ServiceUnavailable as exc:
         unavailable(str(exc))
-    yield f"redis://{stack.LOOPBACK}:{port}/0"
-    stack.stop_process(proc)
+    yield f"redis://{services.LOOPBACK}:{port}/0"
+    services.stop_process(proc)
 
 
 @pytest.fixture
@@ -108,9 +108,9 @@ def _build_template(ls_bin: Path, template: Path, files_root: Path) -> None:
     """Start Label Studio once on an empty data dir (migrations, admin user, token), stop it, and
     move the data dir into the cache atomically."""
     building = template.with_name(f"{template.name}.{uuid.uuid4().hex[:8]}.tmp")
-    proc = stack.start_label_studio(stack.free_port(), building, files_root, ADMIN_EMAIL,
+    proc = services.start_label_studio(services.free_port(), building, files_root, ADMIN_EMAIL,
                                     ADMIN_PASSWORD, ADMIN_TOKEN, ls_bin)
-    stack.stop_process(proc)
+    services.stop_process(proc)
     (building / "label-studio.log").unlink(missing_ok=True)
     try:
         building.rename(template)
@@ -122,8 +122,8 @@ def _build_template(ls_bin: Path, template: Path, files_root: Path) -> None:
 def label_studio(tmp_path_factory: pytest.TempPathFactory,
                  pytestconfig: pytest.Config) -> Iterator[LabelStudioServer]:
     try:
-        ls_bin = stack.find_label_studio()
-    except stack.ServiceUnavailable as exc:
+        ls_bin = services.find_label_studio()
+    except services.ServiceUnavailable as exc:
         unavailable(str(exc))
     root = tmp_path_factory.mktemp("label-studio")
     data_dir, files_root = root / "data", root / "files"
@@ -134,17 +134,17 @@ def label_studio(tmp_path_factory: pytest.TempPathFactory,
         TEST_CACHE_DIR.mkdir(parents=True, exist_ok=True)
         _build_template(ls_bin, template, files_root)
     shutil.copytree(template, data_dir)
-    port = stack.free_port()
-    proc = stack.start_label_studio(port, data_dir, files_root, ADMIN_EMAIL, ADMIN_PASSWORD,
+    port = services.free_port()
+    proc = services.start_label_studio(port, data_dir, files_root, ADMIN_EMAIL, ADMIN_PASSWORD,
                                     ADMIN_TOKEN, ls_bin)
     pytestconfig.stash[_STARTUP_KEY] = (
         f"Label Studio ready in {time.monotonic() - start:.1f} s "
         f"({'cold: migrations, then a restart' if cold else 'from the cached data dir'}), "
         f"log {data_dir / 'label-studio.log'}")
-    yield LabelStudioServer(url=f"http://{stack.LOOPBACK}:{port}", api_key=ADMIN_TOKEN,
+    yield LabelStudioServer(url=f"http://{services.LOOPBACK}:{port}", api_key=ADMIN_TOKEN,
                             username=ADMIN_EMAIL, password=ADMIN_PASSWORD, data_dir=data_dir,
                             files_root=files_root, ls_bin=ls_bin)
-    stack.stop_process(proc)
+    services.stop_process(proc)
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config) -> None:
@@ -232,10 +232,10 @@ def s3_server() -> Iterator[S3Server]:
     except ImportError as exc:
         unavailable(f"moto[server] or boto3 is not installed ({exc}); install the test extras: "
                     "pip install -e '.[test]'")
-    port = stack.free_port()
-    server = ThreadedMotoServer(ip_address=stack.LOOPBACK, port=port, verbose=False)
+    port = services.free_port()
+    server = ThreadedMotoServer(ip_address=services.LOOPBACK, port=port, verbose=False)
     server.start()
-    url = f"http://{stack.LOOPBACK}:{port}"
+    url = f"http://{services.LOOPBACK}:{port}"
     iam = boto3.client("iam", endpoint_url=url, region_name="us-east-1", aws_access_key_id="bootstrap",
                        aws_secret_access_key="bootstrap")
     iam.create_user(UserName="hali")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from werkzeug.serving import make_server
 
-from ml_backend.app import create_app
+from ml_backend.http.app import create_app
 from ml_backend.settings import BackendSettings
 from preprocess.settings import PreprocessSettings
 

@@ -9,10 +9,10 @@ from redis import Redis
 from rq import Queue
 
 from label_config import CellBox, TileTask, build_label_config, cell_to_region
-from ml_backend.app import create_app
+from ml_backend.http.app import create_app
 from ml_backend.settings import BackendSettings
-from preprocess.cells import CellTable
 from preprocess.layout import DataLayout
+from preprocess.tiles.cells import CellTable
 
 pytestmark = pytest.mark.integration
 CLASSES = ["Tumor", "Other"]

@@ -9,16 +9,15 @@ another task, and the export gives every label back in slide coordinates.
 from __future__ import annotations
 
 import pytest
+from hali_backend import hali_env, preprocess_settings, serve_backend
 from redis import Redis
 from rq import Queue, SimpleWorker
 
+from adapters.label_studio import LabelStudioGateway
 from label_config import NEUTRAL_LABEL, TileTask, parse_classes, region_to_slide_box, version_name
-from ml_backend.label_store import RedisLabelStore
+from ml_backend.labels.redis_store import RedisLabelStore
 from ml_backend.settings import BackendSettings
-from preprocess.ls_gateway import LabelStudioGateway
 from preprocess.run import run_preprocess
-
-from hali_backend import hali_env, preprocess_settings, serve_backend
 
 pytestmark = pytest.mark.integration
 CLASSES = "Positive,Negative"

@@ -13,9 +13,9 @@ import shutil
 import openslide
 import pytest
 
+from adapters.slide_reader import OpenSlideReader
 from ml_backend.cli import main
 from preprocess.layout import DataLayout
-from preprocess.slide import OpenSlideReader
 from tests.broken_slides import corrupt_level0_tile, ihc_image, write_slide
 
 pytestmark = pytest.mark.integration

@@ -12,12 +12,11 @@ from collections import Counter
 from urllib.parse import urlsplit
 
 import pytest
+from flaky_proxy import FlakyProxy
 from PIL import Image
 
 from ml_backend.cli import main
 from preprocess.layout import DataLayout
-
-from flaky_proxy import FlakyProxy
 
 pytestmark = pytest.mark.integration
 PROJECT = "HALI flaky LS"

@@ -13,18 +13,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hali_backend import hali_env, preprocess_settings
 from rq import Queue, SimpleWorker, Worker
 
+from adapters.label_studio import LabelStudioGateway
 from ml_backend.cli import main
-from ml_backend.preprocess_progress import PREFIX, PreprocessProgress
-from preprocess.cells import CellTable
 from preprocess.layout import DataLayout
-from preprocess.ls_gateway import LabelStudioGateway
+from preprocess.queue.progress import PREFIX, PreprocessProgress
 from preprocess.run import run_preprocess
-from scripts import stack
+from preprocess.tiles.cells import CellTable
+from scripts import services
 from scripts.demo_slide import pyramid, write_pyramidal_tiff
-
-from hali_backend import hali_env, preprocess_settings
 
 pytestmark = pytest.mark.integration
 QUEUE = "hali-preprocess"
@@ -52,14 +51,14 @@ def env(label_studio, redis_url, redis_conn, tmp_path, monkeypatch):
     values = {**hali_env(label_studio, redis_url, tmp_path / "data"), **SLIDE_ENV}
     for key, value in values.items():
         monkeypatch.setenv(key, value)
-    return {**os.environ, **values, "PYTHONPATH": str(stack.REPO_ROOT)}
+    return {**os.environ, **values, "PYTHONPATH": str(services.REPO_ROOT)}
 
 
 def _start_worker(env: dict[str, str], log_path) -> subprocess.Popen:
     """`hali worker --burst` on the preprocessing queue, in its own process group (so its work horse dies too)."""
     with open(log_path, "wb") as log:
         return subprocess.Popen([sys.executable, "-m", "ml_backend.cli", "worker", "--burst", "--queues", QUEUE],
-                                cwd=stack.REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                cwd=services.REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True)
 
 

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import pytest
+from hali_backend import preprocess_settings
 from PIL import Image
 
+from adapters.label_studio import LabelStudioGateway
 from preprocess.layout import DataLayout
-from preprocess.ls_gateway import LabelStudioGateway
 from preprocess.run import run_preprocess
-
-from hali_backend import preprocess_settings
 
 pytestmark = pytest.mark.integration
 

@@ -6,11 +6,12 @@ from __future__ import annotations
 import pytest
 from label_studio_sdk import LabelStudio
 
-from ml_backend.label_store import AnnotationRecord, RedisLabelStore
-from ml_backend.retrain import run_retrain
+from adapters.errors import LabelStudioError
+from adapters.label_studio import LabelStudioGateway
+from ml_backend.labels.records import AnnotationRecord
+from ml_backend.labels.redis_store import RedisLabelStore
+from ml_backend.retrain.run import run_retrain
 from ml_backend.settings import BackendSettings
-from preprocess.errors import LabelStudioError
-from preprocess.ls_gateway import LabelStudioGateway
 
 pytestmark = pytest.mark.integration
 

@@ -9,20 +9,19 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hali_backend import hali_env, preprocess_settings
 from redis import Redis
 
+from adapters.label_studio import LabelStudioGateway
 from label_config import TileTask
-from ml_backend.embeddings import EmbeddingIndex, tables_storage
-from ml_backend.label_store import RedisLabelStore
-from ml_backend.model_store import ModelStore
-from ml_backend.relevance import RelevanceParams, cell_scores
-from ml_backend.retrain import run_retrain
+from ml_backend.labels.redis_store import RedisLabelStore
+from ml_backend.model.store import ModelStore
+from ml_backend.ordering.relevance import RelevanceParams, cell_scores
+from ml_backend.retrain.run import run_retrain
 from ml_backend.settings import BackendSettings
+from ml_backend.suggestions.embeddings import EmbeddingIndex, tables_storage
 from preprocess.layout import DataLayout
-from preprocess.ls_gateway import LabelStudioGateway
 from preprocess.run import run_preprocess
-
-from hali_backend import hali_env, preprocess_settings
 
 pytestmark = pytest.mark.integration
 

@@ -14,18 +14,17 @@ from urllib.parse import urljoin
 
 import pytest
 import requests
+from hali_backend import preprocess_settings
 from PIL import Image
 
+from adapters.label_studio import LabelStudioGateway
 from label_config import TileTask, build_label_config
 from ml_backend.cli import main
-from ml_backend.label_store import RedisLabelStore
-from ml_backend.retrain import run_retrain
+from ml_backend.labels.redis_store import RedisLabelStore
+from ml_backend.retrain.run import run_retrain
 from ml_backend.settings import BackendSettings
-from preprocess.ls_gateway import LabelStudioGateway
 from preprocess.run import run_preprocess
-from scripts import stack
-
-from hali_backend import preprocess_settings
+from scripts import services
 
 pytestmark = pytest.mark.integration
 PREFIX = "runs/today"
@@ -161,7 +160,7 @@ def test_missing_bucket_is_one_line_naming_hali_storage_url(cli_env, capsys, ihc
 
 
 def test_unreachable_endpoint_is_one_line_naming_hali_s3_endpoint_url(cli_env, capsys, s3_bucket, ihc_slide):
-    dead = f"http://127.0.0.1:{stack.free_port()}"
+    dead = f"http://127.0.0.1:{services.free_port()}"
     code, err = _cli(capsys, ihc_slide, ("HALI_STORAGE_URL", f"s3://{s3_bucket}/x"), ("HALI_S3_ENDPOINT_URL", dead),
                      monkeypatch=cli_env)
     assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1
@@ -170,7 +169,7 @@ def test_unreachable_endpoint_is_one_line_naming_hali_s3_endpoint_url(cli_env, c
 
 def test_backend_with_wrong_s3_keys_answers_predict_with_a_json_error(s3_server, s3_bucket, aws_env, redis_url,
                                                                       redis_conn, tmp_path, monkeypatch):
-    from ml_backend.app import create_app
+    from ml_backend.http.app import create_app
 
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")
     settings = BackendSettings(data_dir=tmp_path, ls_files_root=tmp_path, redis_url=redis_url,
@@ -208,8 +207,8 @@ def test_label_studio_proxies_s3_images_with_the_keys_hali_gave_it(label_studio,
 
 def test_label_studio_refusing_the_s3_keys_is_a_clear_gateway_error(label_studio, s3_server, s3_bucket,
                                                                    fresh_project):
+    from adapters.errors import LabelStudioError
     from label_config import build_label_config
-    from preprocess.errors import LabelStudioError
 
     project = fresh_project(label_config=build_label_config(["A", "B"]))
     gateway = LabelStudioGateway.connect(label_studio.url, label_studio.api_key)

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from preprocess.cells import CellTable, make_cell_id, make_tile_id
+from preprocess.tiles.cells import CellTable, make_cell_id, make_tile_id
 
 SLIDE_ID = "0123456789abcdef"
 

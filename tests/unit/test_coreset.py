@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from ml_backend.coreset import _LazyDistances, _min_sq_dist_to_centres, select_coreset
+from ml_backend.ordering.coreset import _LazyDistances, _min_sq_dist_to_centres, select_coreset
 
 
 def sq_dist_to_nearest(points: np.ndarray, centres: np.ndarray) -> np.ndarray:

@@ -12,10 +12,9 @@ from PIL import Image
 from torch import nn
 from torchvision.models import resnet18
 
+from adapters.slide_reader import OpenSlideReader
 from preprocess.errors import FeaturizerError
-from preprocess.featurize import ResNet18Featurizer, cell_patch_px, extract_patches
-from preprocess.slide import OpenSlideReader
-
+from preprocess.features.featurize import ResNet18Featurizer, cell_patch_px, extract_patches
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -63,7 +62,7 @@ def test_batching_does_not_change_embeddings(random_featurizer, patches) -> None
 
 
 def test_no_checkpoint_warns_that_weights_are_random(caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING, logger="preprocess.featurize"):
+    with caplog.at_level(logging.WARNING, logger="preprocess.features.featurize"):
         ResNet18Featurizer()
     assert "RANDOM weights" in caplog.text and "--checkpoint" in caplog.text
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from preprocess.errors import FeaturizerError
-from preprocess.featurize import ResNet18Featurizer, make_featurizer
-from preprocess.handcrafted import HandcraftedFeaturizer, feature_names
+from preprocess.features.featurize import ResNet18Featurizer, make_featurizer
+from preprocess.features.handcrafted import HandcraftedFeaturizer, feature_names
 
 BLUE = (70, 60, 150)  # haematoxylin-stained nucleus
 BROWN = (140, 90, 40)  # DAB-positive nucleus

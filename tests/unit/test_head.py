@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from ml_backend.head import OPTIMIZER_PRESETS, HeadClassifier
-
+from ml_backend.model.head import OPTIMIZER_PRESETS, HeadClassifier
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -6,10 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from ml_backend import head_training
-from ml_backend.head import HeadClassifier
-from ml_backend.head_training import MAX_STEPS_PER_EPOCH, epoch_batch_size
-
+from ml_backend.model import training as head_training
+from ml_backend.model.head import HeadClassifier
+from ml_backend.model.training import MAX_STEPS_PER_EPOCH, epoch_batch_size
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -14,13 +14,13 @@ import pytest
 import torch
 from PIL import Image
 
+from adapters.slide_reader import OpenSlideReader
 from preprocess.errors import SegmenterWeightsError
-from preprocess.hovernet.model import MODES, HoVerNet
-from preprocess.hovernet.postprocess import hv_maps_from_labels, instance_types, instances_from_maps
-from preprocess.hovernet.segmenter import HoVerNetSegmenter, resolve_device
-from preprocess.hovernet.weights import infer_architecture, load_hovernet
-from preprocess.segment import Nuclei, segment_slide
-from preprocess.slide import OpenSlideReader
+from preprocess.nuclei.hovernet.model import MODES, HoVerNet
+from preprocess.nuclei.hovernet.postprocess import hv_maps_from_labels, instance_types, instances_from_maps
+from preprocess.nuclei.hovernet.segmenter import HoVerNetSegmenter, resolve_device
+from preprocess.nuclei.hovernet.weights import infer_architecture, load_hovernet
+from preprocess.nuclei.segment import Nuclei, segment_slide
 
 torch.set_num_threads(1)
 

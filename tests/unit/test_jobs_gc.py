@@ -2,7 +2,7 @@
 
 import gc
 
-from ml_backend.jobs import frozen_gc
+from ml_backend.retrain.job import frozen_gc
 
 
 def test_objects_from_before_the_job_are_frozen_during_it_and_released_after():

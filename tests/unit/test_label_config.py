@@ -1,11 +1,27 @@
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from label_config import (
-    FROM_NAME, NEUTRAL_LABEL, TO_NAME, CellBox, LabelConfigError, TaskDataError, TileTask, UnknownLabelError,
-    build_label_config, cell_to_region, cells_to_regions, parse_classes, parse_version_name, rank_to_score,
-    read_cell_labels, region_to_slide_box, validate_regions, version_name,
+    FROM_NAME,
+    NEUTRAL_LABEL,
+    TO_NAME,
+    CellBox,
+    LabelConfigError,
+    TaskDataError,
+    TileTask,
+    UnknownLabelError,
+    build_label_config,
+    cell_to_region,
+    cells_to_regions,
+    parse_classes,
+    parse_version_name,
+    rank_to_score,
+    read_cell_labels,
+    region_to_slide_box,
+    validate_regions,
+    version_name,
 )
 
 CLASSES = ["Tumor", "Lymphocyte"]

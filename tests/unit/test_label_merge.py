@@ -1,4 +1,4 @@
-from ml_backend.label_store import AnnotationRecord, count_changed, merge_labels
+from ml_backend.labels.records import AnnotationRecord, count_changed, merge_labels
 
 
 def test_later_annotation_wins_when_two_label_one_cell():

@@ -8,8 +8,8 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ml_backend.head import HeadClassifier
-from ml_backend.model_store import ModelStore, ModelStoreError, parse_version_name, version_name
+from ml_backend.model.head import HeadClassifier
+from ml_backend.model.store import ModelStore, ModelStoreError, parse_version_name, version_name
 
 
 @pytest.fixture(scope="module")

@@ -13,8 +13,8 @@ from PIL import Image
 
 from ml_backend.cli import main
 from preprocess.errors import PretrainError
-from preprocess.featurize import ResNet18Featurizer
-from preprocess.pretrain import PANNUKE_CLASSES, load_centroid_table, load_pannuke_fold, run_pretrain
+from preprocess.features.featurize import ResNet18Featurizer
+from preprocess.features.pretrain import PANNUKE_CLASSES, load_centroid_table, load_pannuke_fold, run_pretrain
 
 COLOURS = {"epithelial": (120, 60, 160), "inflammatory": (40, 20, 90)}
 

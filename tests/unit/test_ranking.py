@@ -4,7 +4,7 @@ import numpy as np
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ml_backend.ranking import rank_tiles, rank_to_score
+from ml_backend.ordering.ranking import rank_tiles, rank_to_score
 
 
 def test_tiles_with_more_picks_come_first_then_earliest_pick_then_candidate_order():

@@ -7,13 +7,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from preprocess.featurize import cell_patch_px, extract_patches, make_featurizer
+from adapters.slide_reader import OpenSlideReader
+from preprocess.features.featurize import cell_patch_px, extract_patches, make_featurizer
 from preprocess.layout import DataLayout
-from preprocess.regions import RegionCells, build_cell_table, merge_region_cells, plan_regions
-from preprocess.segment import segment_slide, tissue_windows
+from preprocess.nuclei.segment import segment_slide, tissue_windows
 from preprocess.settings import PreprocessSettings
-from preprocess.slide import OpenSlideReader
 from preprocess.stages import merge_parts, plan_slide, process_region, recipe_key
+from preprocess.tiles.regions import RegionCells, build_cell_table, merge_region_cells, plan_regions
 
 MPP = 0.25
 
@@ -154,7 +154,7 @@ def test_tissue_windows_are_on_the_window_grid():
 
 
 def test_queued_jobs_carry_every_setting_that_decides_a_part(tmp_path):
-    from ml_backend.preprocess_queue import job_settings
+    from preprocess.queue.jobs import job_settings
     from preprocess.stages import part_recipe
 
     settings = _settings(tmp_path, patch_um=25.0, region_windows=3)

@@ -3,11 +3,16 @@
 import numpy as np
 import pytest
 
-from ml_backend.ranking import rank_tiles
-from ml_backend.relevance import (
-    RelevanceParams, class_certainty, cell_scores, detection_certainty, rare_flag, rarest_class,
+from ml_backend.ordering.ranking import rank_tiles
+from ml_backend.ordering.relevance import (
+    RelevanceParams,
+    cell_scores,
+    class_certainty,
+    detection_certainty,
+    rare_flag,
+    rarest_class,
 )
-from ml_backend.strategies import get_strategy, query
+from ml_backend.ordering.strategies import get_strategy, query
 
 
 def passes_from_votes(votes: list[list[int]], k: int = 3, p_top: float = 0.6) -> np.ndarray:

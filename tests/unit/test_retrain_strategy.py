@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from ml_backend.retrain import _relevance_params
+from ml_backend.retrain.run import _relevance_params
 from ml_backend.settings import BackendSettings
 
 CLASSES = ["tumour", "TIL", "other"]

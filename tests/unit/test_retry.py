@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from preprocess.retry import RetriesExhausted, RetryPolicy, call_with_retry
+from adapters.retry import RetriesExhausted, RetryPolicy, call_with_retry
 
 
 class _Clock:

@@ -9,10 +9,11 @@ import pytest
 from PIL import Image
 from scipy.spatial.distance import cdist
 
-from preprocess.errors import SegmentationError, SlideError
-from preprocess.segment import Nuclei, segment_nuclei, segment_slide
-from preprocess.slide import OpenSlideReader
-from preprocess.tissue import detect_tissue
+from adapters.errors import SlideError
+from adapters.slide_reader import OpenSlideReader
+from preprocess.errors import SegmentationError
+from preprocess.nuclei.segment import Nuclei, segment_nuclei, segment_slide
+from preprocess.nuclei.tissue import detect_tissue
 
 MPP = 0.5
 RADIUS_PX = 8  # 4 um: a 50 um^2 nucleus at 0.5 um/px

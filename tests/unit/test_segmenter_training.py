@@ -20,8 +20,8 @@ from torch import nn
 
 from ml_backend.cli import main
 from preprocess.errors import SegmenterTrainingError
-from preprocess.hovernet import HoVerNetSegmenter
-from preprocess.hovernet.datasets import (
+from preprocess.nuclei.hovernet import HoVerNetSegmenter
+from preprocess.nuclei.hovernet.datasets import (
     ConsepPatches,
     MaskSample,
     PanNukeFolds,
@@ -29,10 +29,16 @@ from preprocess.hovernet.datasets import (
     load_mask_dataset,
     split_by_source,
 )
-from preprocess.hovernet.losses import dice_loss, hv_gradients, hovernet_loss, msge_loss
-from preprocess.hovernet.model import HoVerNet, ModeSpec
-from preprocess.hovernet.targets import augment, make_patch
-from preprocess.hovernet.train import ENCODER_MODULES, SegmenterTrainer, TrainConfig, build_model, run_train_segmenter
+from preprocess.nuclei.hovernet.losses import dice_loss, hovernet_loss, hv_gradients, msge_loss
+from preprocess.nuclei.hovernet.model import HoVerNet, ModeSpec
+from preprocess.nuclei.hovernet.targets import augment, make_patch
+from preprocess.nuclei.hovernet.train import (
+    ENCODER_MODULES,
+    SegmenterTrainer,
+    TrainConfig,
+    build_model,
+    run_train_segmenter,
+)
 
 BACKGROUND_RGB = (225, 190, 215)  # pale pink: H&E background
 NUCLEUS_RGB = (70, 40, 120)  # dark purple: haematoxylin

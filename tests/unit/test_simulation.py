@@ -7,7 +7,10 @@ import torch
 from ml_backend.simulation.dataset import CellDataset, parse_class_map, split_pool_test
 from ml_backend.simulation.effectiveness import curve_area, label_grid, learning_curve
 from ml_backend.simulation.efficiency import (
-    ReplayConfig, TimeModel, replay_annotator, summarize_replay,
+    ReplayConfig,
+    TimeModel,
+    replay_annotator,
+    summarize_replay,
 )
 from ml_backend.simulation.tasks import group_tasks, spatial_order
 

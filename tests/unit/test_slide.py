@@ -9,8 +9,8 @@ import pytest
 import tifffile
 from PIL import Image
 
-from preprocess.errors import SlideError
-from preprocess.slide import OpenSlideReader
+from adapters.errors import SlideError
+from adapters.slide_reader import OpenSlideReader
 
 CMU_SLIDE = Path(__file__).resolve().parents[3] / "shared" / "data" / "wsi" / "CMU-1-Small-Region.svs"
 

@@ -8,12 +8,20 @@ import numpy as np
 import pytest
 from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
 
+from adapters.errors import StorageError
+from adapters.storage import LocalStorage, S3Storage, describe_s3_error, open_output_storage, parse_s3_url
 from label_config import CellBox, TileTask
-from preprocess.cells import CellTable
-from preprocess.errors import StorageError
-from preprocess.layout import (DataLayout, cells_key, read_cell_table, read_slide_meta, tasks_key, tile_key,
-                               write_cell_table, write_slide_meta)
-from preprocess.storage import (LocalStorage, S3Storage, describe_s3_error, open_output_storage, parse_s3_url)
+from preprocess.layout import (
+    DataLayout,
+    cells_key,
+    read_cell_table,
+    read_slide_meta,
+    tasks_key,
+    tile_key,
+    write_cell_table,
+    write_slide_meta,
+)
+from preprocess.tiles.cells import CellTable
 
 
 def _tile(**changes) -> TileTask:

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from ml_backend.relevance import RelevanceParams
-from ml_backend.strategies import STRATEGIES, get_strategy, needs_mc_passes, query, weighted_k_center
+from ml_backend.ordering.relevance import RelevanceParams
+from ml_backend.ordering.strategies import STRATEGIES, get_strategy, needs_mc_passes, query, weighted_k_center
 
 N_CELLS = 60
 

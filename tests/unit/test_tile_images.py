@@ -7,14 +7,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import tifffile
 from PIL import Image
 
+from adapters.slide_reader import OpenSlideReader
+from adapters.storage import LocalStorage
 from label_config import CellBox, TileTask, cell_to_region, region_to_slide_box
-from preprocess.slide import OpenSlideReader
-from preprocess.storage import LocalStorage
 from preprocess.layout import tile_key
-from preprocess.tile_images import fit_tile, fit_tiles, render_tile, tile_downsample, write_tile_images
+from preprocess.tiles.images import fit_tile, fit_tiles, render_tile, tile_downsample, write_tile_images
 from scripts.demo_slide import write_pyramidal_tiff
 
 MPP_40X, MPP_20X = 0.25, 0.5

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from preprocess.tiling import TilePlan, mean_cells_per_tile, plan_tiles
+from preprocess.tiles.tiling import TilePlan, mean_cells_per_tile, plan_tiles
 
 
 def _uniform_cells(n: int, width: int, height: int, seed: int = 0) -> np.ndarray:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from skimage import data
 
-from preprocess.tissue import detect_tissue
+from preprocess.nuclei.tissue import detect_tissue
 
 WHITE = (255, 255, 255)
 PINK = (230, 180, 210)

@@ -2,7 +2,7 @@ import pytest
 
 from label_config import build_label_config
 from ml_backend.errors import WebhookError
-from ml_backend.webhook import AnnotationsDeleted, Ignored, LabelsWritten, TrainingRequested, parse_webhook
+from ml_backend.http.webhook import AnnotationsDeleted, Ignored, LabelsWritten, TrainingRequested, parse_webhook
 
 
 def _created(**over):

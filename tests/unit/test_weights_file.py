@@ -11,8 +11,8 @@ import torch
 from torch import nn
 
 from preprocess.errors import FeaturizerError, SegmenterWeightsError
-from preprocess.featurize import ResNet18Featurizer
-from preprocess.hovernet.weights import load_hovernet
+from preprocess.features.featurize import ResNet18Featurizer
+from preprocess.nuclei.hovernet.weights import load_hovernet
 
 
 def _good_bytes(tmp_path: Path, **save_kwargs) -> bytes:

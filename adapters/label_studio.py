@@ -1,0 +1,280 @@
+"""LabelStudioGateway: every call HALI makes to Label Studio, through the SDK (label-studio-sdk 2.1.2).
+
+The SDK client is passed in (``LabelStudioGateway(client)``), or built by :meth:`LabelStudioGateway.connect`.
+Every call is wrapped so that a server that is down, a bad token or an Enterprise-only endpoint becomes a
+:class:`~adapters.errors.LabelStudioError` that says which call failed and what to do, never a 170 KB
+HTML page inside a traceback.
+
+Imports go in batches (``batch_size`` tasks per request). A batch that fails on a connection error or a
+5xx is retried under the gateway's :class:`~adapters.retry.RetryPolicy`; before each retry the project's
+tasks are listed again and those already in it (matched by a key of their data, the tile id) are dropped, so
+a POST that reached Label Studio but whose answer was lost imports nothing twice. The SDK's own retries are
+turned off for these POSTs: it would re-send them blindly.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import httpx
+from label_studio_sdk import LabelStudio
+from label_studio_sdk.core.api_error import ApiError
+
+from adapters.errors import LabelStudioError
+from adapters.retry import RetriesExhausted, RetryPolicy, call_with_retry
+
+log = logging.getLogger(__name__)
+
+UNCERTAINTY_SAMPLING = "Uncertainty sampling"
+DEFAULT_BATCH_SIZE = 100
+_TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+_NO_SDK_RETRY = {"max_retries": 0}  # a re-sent import POST would duplicate tasks; we retry ourselves
+
+
+class LabelStudioGateway:
+    """Projects, tasks, predictions and annotations of one Label Studio server."""
+
+    def __init__(
+        self, client: LabelStudio, url: str = "", retry: RetryPolicy | None = None,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"import batch size {batch_size} must be >= 1")
+        self._client = client
+        self.url = url.rstrip("/")
+        self.retry = retry or RetryPolicy()
+        self.batch_size = batch_size
+
+    @classmethod
+    def connect(
+        cls, url: str, api_key: str, timeout_s: float = 60.0, retry: RetryPolicy | None = None,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+    ) -> LabelStudioGateway:
+        """Gateway for the server at ``url``; checks that it answers and that the key is accepted."""
+        if not api_key:
+            raise LabelStudioError(
+                f"no Label Studio API key for {url}; set HALI_LS_API_KEY (Account & Settings > Access Token)"
+            )
+        gateway = cls(LabelStudio(base_url=url, api_key=api_key, timeout=timeout_s), url, retry, batch_size)
+        with gateway._calling("check the API key"):
+            gateway._client.users.whoami()
+        return gateway
+
+    def find_project(self, title: str) -> Any | None:
+        """The project titled ``title``, or None."""
+        with self._calling("list projects"):
+            return next((p for p in self._client.projects.list(title=title) if p.title == title), None)
+
+    def create_project(self, title: str, label_config: str) -> Any:
+        """A new project that serves tasks by the ranks HALI writes into prediction scores."""
+        with self._calling(f"create project {title!r}"):
+            return self._client.projects.create(
+                title=title,
+                label_config=label_config,
+                sampling=UNCERTAINTY_SAMPLING,
+                show_collab_predictions=True,
+                maximum_annotations=1,
+                description="Cells segmented and ranked by HALI; press Submit to accept the suggestions.",
+            )
+
+    def get_project(self, project_id: int) -> Any:
+        with self._calling(f"read project {project_id}"):
+            return self._client.projects.get(id=project_id)
+
+    def ensure_local_storage(self, project_id: int, path: str) -> None:
+        """Attach a local-files import storage covering ``path`` (never synced: tasks are imported by us)."""
+        with self._calling(f"list local storages of project {project_id}"):
+            existing = self._client.import_storage.local.list(project=project_id)
+        if any(s.path == path for s in existing):
+            return
+        with self._calling(f"add local storage {path} to project {project_id}"):
+            self._client.import_storage.local.create(
+                project=project_id, path=path, title="HALI tiles", use_blob_urls=False
+            )
+
+    def ensure_s3_storage(
+        self,
+        project_id: int,
+        bucket: str,
+        prefix: str = "",
+        *,
+        endpoint_url: str | None = None,
+        region: str | None = None,
+        access_key_id: str | None = None,
+        secret_access_key: str | None = None,
+        session_token: str | None = None,
+        presign: bool = True,
+    ) -> None:
+        """Attach an S3 import storage for ``bucket``, so tasks may carry ``s3://bucket/key`` images that Label
+        Studio resolves (presigned redirect, or proxied when ``presign`` is False); any storage of the bucket
+        resolves any key in it. Never synced: tasks are imported by us. Label Studio checks the bucket with
+        these credentials when the storage is created; with a ``prefix`` it also insists that some object
+        already lies under it, so HALI attaches the whole bucket (before any tile is written)."""
+        with self._calling(f"list S3 storages of project {project_id}"):
+            existing = self._client.import_storage.s3.list(project=project_id)
+        if any(s.bucket == bucket and (s.prefix or "") == prefix for s in existing):
+            return
+        given = {"s3endpoint": endpoint_url, "region_name": region, "aws_access_key_id": access_key_id,
+                 "aws_secret_access_key": secret_access_key, "aws_session_token": session_token}
+        what = f"add S3 storage s3://{bucket}/{prefix} to project {project_id}"
+        with self._calling(what):
+            try:
+                self._client.import_storage.s3.create(
+                    project=project_id, bucket=bucket, prefix=prefix, title="HALI tiles (S3)", presign=presign,
+                    use_blob_urls=False, **{k: v for k, v in given.items() if v},
+                )
+            except ApiError as exc:  # Label Studio's own check of the bucket failed; its answer rarely says why
+                raise LabelStudioError(
+                    f"could not {what}: {_describe_api_error(exc)}; Label Studio reads the bucket itself, so it must "
+                    f"reach {endpoint_url or 'AWS S3'} (for loopback or private addresses start it with "
+                    "LABEL_STUDIO_USE_DEFAULT_BANNED_SUBNETS=false) and accept the AWS credentials HALI passes on "
+                    "(AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY)"
+                ) from exc
+
+    def import_tasks(self, project_id: int, tasks: Sequence[dict[str, Any]], key: str = "tile_id") -> list[int]:
+        """Import tasks (each ``{"data", "predictions"}``, ``data[key]`` unique) in batches, retrying blips.
+
+        Returns the task ids of ``tasks`` in order (a task found already imported after a lost answer gets
+        the id Label Studio gave it). Raises :class:`LabelStudioError` saying how many tasks are in and that
+        re-running resumes, when a batch still fails after the retry policy's tries.
+        """
+        ids: list[int] = []
+        for start in range(0, len(tasks), self.batch_size):
+            batch = list(tasks[start : start + self.batch_size])
+            try:
+                ids.extend(self._import_batch(project_id, batch, key))
+            except RetriesExhausted as exc:
+                raise LabelStudioError(self._import_stopped(project_id, len(ids), len(tasks), exc)) from exc
+            except ApiError as exc:
+                raise LabelStudioError(
+                    f"could not import tasks into project {project_id} ({len(ids)} of {len(tasks)} imported): "
+                    f"{_describe_api_error(exc)}"
+                ) from exc
+        return ids
+
+    def import_predictions(self, project_id: int, predictions: Sequence[dict[str, Any]]) -> int:
+        """Add predictions (each ``{"task", "model_version", "score", "result"}``) to existing tasks.
+
+        A batch is retried only when its request never reached Label Studio (connection refused), since a
+        prediction sent twice is stored twice.
+        """
+        created = 0
+        for start in range(0, len(predictions), self.batch_size):
+            batch = list(predictions[start : start + self.batch_size])
+            what = f"import {len(batch)} predictions into project {project_id}"
+            with self._calling(what):
+                try:
+                    resp = call_with_retry(
+                        lambda _: self._client.projects.import_predictions(
+                            id=project_id, request=batch, request_options=_NO_SDK_RETRY),
+                        self.retry, (httpx.ConnectError, httpx.ConnectTimeout), what=what)
+                except RetriesExhausted as exc:
+                    raise exc.last from exc
+            created += resp.created or 0
+        return created
+
+    def serve_version(self, project_id: int, model_version: str) -> None:
+        """Show ``model_version``'s predictions and serve tasks by their score (static mode, see notes)."""
+        with self._calling(f"set model version {model_version} on project {project_id}"):
+            self._client.projects.update(
+                id=project_id, model_version=model_version, sampling=UNCERTAINTY_SAMPLING, show_collab_predictions=True
+            )
+
+    def iter_tasks(self, project_id: int) -> Iterator[dict[str, Any]]:
+        """Every task of the project as ``{"id", "data", "annotations"}`` dicts (predictions left out).
+
+        Tasks are listed lean (their predictions grow with every model version) and annotations are read
+        only for the tasks that have some.
+        """
+        fields = "id,data,total_annotations,cancelled_annotations"
+        with self._calling(f"list tasks of project {project_id}"):
+            tasks = list(self._client.tasks.list(project=project_id, fields="all", include=fields, page_size=1000))
+        for task in tasks:
+            has = (task.total_annotations or 0) + (task.cancelled_annotations or 0) > 0
+            yield {"id": task.id, "data": task.data, "annotations": self.annotations(task.id) if has else []}
+
+    def annotations(self, task_id: int) -> list[dict[str, Any]]:
+        with self._calling(f"read annotations of task {task_id}"):
+            return [a.model_dump(mode="json") for a in self._client.annotations.list(id=task_id)]
+
+    def connect_backend(self, project_id: int, backend_url: str, title: str = "HALI") -> None:
+        """Connect the ML backend at ``backend_url`` (Label Studio also adds a webhook to ``<url>/webhook``)."""
+        with self._calling(f"list ML backends of project {project_id}"):
+            backends = self._client.ml.list(project=project_id)
+        if any(b.url.rstrip("/") == backend_url.rstrip("/") for b in backends):
+            return
+        with self._calling(f"connect ML backend {backend_url} to project {project_id}"):
+            self._client.ml.create(project=project_id, url=backend_url, title=title, is_interactive=False)
+
+    def project_url(self, project_id: int) -> str:
+        return f"{self.url}/projects/{project_id}/data"
+
+    @contextmanager
+    def _calling(self, what: str) -> Iterator[None]:
+        try:
+            yield
+        except httpx.TransportError as exc:
+            raise LabelStudioError(
+                f"could not {what}: Label Studio at {self.url or '?'} is unreachable ({exc.__class__.__name__}: {exc}); "
+                "start it (`make up`) or fix HALI_LS_URL"
+            ) from exc
+        except ApiError as exc:
+            raise LabelStudioError(f"could not {what}: {_describe_api_error(exc)}") from exc
+
+    def _import_batch(self, project_id: int, batch: list[dict[str, Any]], key: str) -> list[int]:
+        """Import one batch, retrying transient failures; a retry first drops the tasks already in the project."""
+
+        def attempt(n: int) -> list[int]:
+            present = self._task_ids_by_key(project_id, key) if n else {}
+            pending = [t for t in batch if t["data"][key] not in present]
+            if n:
+                log.info("project %s: %d of %d tasks of the failed batch are already in; importing %d",
+                         project_id, len(batch) - len(pending), len(batch), len(pending))
+            new_ids = self._post_tasks(project_id, pending) if pending else []
+            by_key = {**present, **dict(zip((t["data"][key] for t in pending), new_ids))}
+            return [by_key[t["data"][key]] for t in batch if t["data"][key] in by_key]
+
+        return call_with_retry(attempt, self.retry, (httpx.TransportError, ApiError), _is_transient,
+                               what=f"import {len(batch)} tasks into project {project_id}")
+
+    def _post_tasks(self, project_id: int, tasks: list[dict[str, Any]]) -> list[int]:
+        resp = self._client.projects.import_tasks(
+            id=project_id, request=tasks, return_task_ids=True, request_options=_NO_SDK_RETRY)
+        return list(resp.task_ids or [])
+
+    def _task_ids_by_key(self, project_id: int, key: str) -> dict[Any, int]:
+        """``data[key] -> task id`` of every task in the project (listed lean: id and data only)."""
+        tasks = self._client.tasks.list(project=project_id, fields="all", include="id,data", page_size=1000,
+                                        request_options=_NO_SDK_RETRY)
+        return {t.data.get(key): t.id for t in tasks if isinstance(t.data, dict) and key in t.data}
+
+    def _import_stopped(self, project_id: int, n_done: int, n_total: int, exc: RetriesExhausted) -> str:
+        last = exc.last
+        cause = (f"it answered {last.status_code}" if isinstance(last, ApiError)
+                 else f"{last.__class__.__name__}: {str(last).rstrip('.')}")
+        return (
+            f"Label Studio at {self.url or '?'} failed {exc.tries} tries over {exc.seconds:.0f} s while importing "
+            f"tasks into project {project_id} ({cause}): at least {n_done} of {n_total} tasks are in. "
+            "Re-run the same command once it answers again: tiles already in the project are skipped"
+        )
+
+
+def _is_transient(exc: Exception) -> bool:
+    """A connection failure or a server-side status that may pass; a 4xx other than 408/429 will not."""
+    if isinstance(exc, ApiError):
+        return exc.status_code in _TRANSIENT_STATUS
+    return isinstance(exc, httpx.TransportError)
+
+
+def _describe_api_error(exc: ApiError) -> str:
+    status = exc.status_code
+    if status == 401:
+        return ("Label Studio refused the API key (401); check HALI_LS_API_KEY: it must be a token of this server "
+                "(Account & Settings > Access Token) and HALI_LS_URL must point at that server")
+    if status == 404 and isinstance(exc.body, str) and "<html" in exc.body[:500].lower():
+        return "404 from Label Studio: this endpoint does not exist in this edition (Enterprise-only?)"
+    body = exc.body if isinstance(exc.body, (dict, list)) else str(exc.body)[:300]
+    return f"Label Studio answered {status}: {body}"

@@ -1,0 +1,1 @@
+"""Labels -> model: the classifier head, its training, and the versioned model files."""

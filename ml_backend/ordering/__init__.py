@@ -1,0 +1,1 @@
+"""Model -> queue order: Coreset, uncertainty and relevance strategies (a name-to-function registry), tile ranking."""

@@ -1,0 +1,226 @@
+"""``run_retrain``: the job that turns new labels into a new model version and a new queue order.
+
+Reads every task and annotation from Label Studio (the source of truth, so a lost webhook loses no
+label), fits the classifier head on the labelled cells' frozen embeddings, predicts every open task,
+lets the query strategy pick the most useful cells, ranks open tasks by how many picked cells they hold,
+pushes one prediction per open task whose score is its rank, saves the model, and switches the project
+to the new version so that "Label All Tasks" serves that order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from adapters.label_studio import LabelStudioGateway
+from label_config import TileTask, parse_classes, rank_to_score, version_name
+from ml_backend.errors import NotPreprocessedError
+from ml_backend.labels.records import merge_labels, records_from_tasks
+from ml_backend.labels.redis_store import RedisLabelStore
+from ml_backend.model.head import HeadClassifier
+from ml_backend.model.store import ModelStore
+from ml_backend.ordering.ranking import rank_tiles
+from ml_backend.ordering.relevance import RelevanceParams, rarest_class
+from ml_backend.ordering.strategies import Strategy, get_strategy, needs_mc_passes, query
+from ml_backend.settings import BackendSettings
+from ml_backend.suggestions.drawn_cells import DrawnCellEmbedder
+from ml_backend.suggestions.embeddings import EmbeddingIndex, tables_storage
+from ml_backend.suggestions.predictions import tile_prediction
+from preprocess.layout import DataLayout
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RetrainReport:
+    project_id: int
+    version: int
+    model_version: str
+    n_labels: int
+    n_open_tasks: int
+    next_task_ids: list[int]
+    metrics: dict[str, Any]
+    seconds: float
+
+
+@dataclass(frozen=True)
+class _Cells:
+    """Every cell of the project that matters for this round, in one array per field."""
+
+    features: np.ndarray  # float32 (N, D)
+    task_ids: np.ndarray  # int (N,)
+    y: np.ndarray  # int (N,): class index, -1 when unlabelled
+
+
+def run_retrain(
+    project_id: int, settings: BackendSettings, gateway: LabelStudioGateway, store: RedisLabelStore
+) -> RetrainReport:
+    """Retrain ``project_id`` and re-rank its queue; on failure the pending label count is put back."""
+    pending = store.start_retrain(project_id)
+    try:
+        with store.lock(project_id, settings.job_timeout_s):
+            report = _retrain(project_id, settings, gateway, store)
+    except Exception:
+        store.add_pending(project_id, pending)  # so the next webhook retries rather than waiting 5 labels
+        raise
+    store.set_status(project_id, asdict(report))
+    log.info("project %s: %s trained on %d labels, %d open tasks ranked in %.2f s", project_id,
+             report.model_version, report.n_labels, report.n_open_tasks, report.seconds)
+    return report
+
+
+def _retrain(project_id: int, settings: BackendSettings, gateway: LabelStudioGateway,
+             store: RedisLabelStore) -> RetrainReport:
+    t0 = time.perf_counter()
+    classes = parse_classes(gateway.get_project(project_id).label_config)
+    tasks = list(gateway.iter_tasks(project_id))
+    tiles = {t["id"]: TileTask.from_task_data(t["data"]) for t in tasks}
+    records = records_from_tasks(tasks, tiles, classes)
+    store.replace_all(project_id, records)  # the mirror now matches Label Studio, lost webhooks included
+    labels = merge_labels(records)
+    open_ids = [t["id"] for t in tasks if not t["annotations"]]
+    layout = DataLayout(settings.data_dir, settings.ls_files_root)
+    models = ModelStore(layout.models_dir(project_id))
+    tables = tables_storage(settings)
+    cells = _gather_cells(tiles, open_ids, labels, classes, EmbeddingIndex(tables))
+    cells = _add_drawn_cells(cells, records, tiles, classes, DrawnCellEmbedder(tables))
+    strategy = get_strategy(settings.strategy)
+    if needs_mc_passes(strategy):
+        strategy = get_strategy(settings.strategy, _relevance_params(settings, classes, cells.y))
+    head = _fit_head(cells, len(classes), settings, needs_mc_passes(strategy))
+    if head is None:
+        log.info("project %s: no cell labels yet, nothing to retrain", project_id)
+        current = models.latest_version()
+        return RetrainReport(project_id, current, version_name(current), 0, len(open_ids), [], {}, 0.0)
+    proba = head.predict_proba(cells.features)
+    order = _rank_open_tasks(cells, head, proba, open_ids, settings, strategy)
+    version = models.next_version()
+    gateway.import_predictions(project_id, _predictions(order, tiles, cells, proba, classes, version_name(version)))
+    meta = _meta(classes, labels, head, settings, n_drawn=int((cells.task_ids == -1).sum()))
+    models.save(version, head, meta)
+    gateway.serve_version(project_id, version_name(version))  # last: the switch makes the new order live
+    return RetrainReport(project_id, version, version_name(version), len(labels), len(open_ids), order[:5],
+                         meta["metrics"], time.perf_counter() - t0)
+
+
+def _gather_cells(
+    tiles: dict[int, TileTask], open_ids: list[int], labels: dict[str, str], classes: list[str], index: EmbeddingIndex
+) -> _Cells:
+    """Labelled cells (any task) plus every cell of an open task."""
+    open_set = set(open_ids)
+    class_index = {c: i for i, c in enumerate(classes)}
+    feats, task_ids, ys = [], [], []
+    for task_id, tile in tiles.items():
+        y = np.array([class_index.get(labels.get(c.cell_id, ""), -1) for c in tile.cells], dtype=np.int64)
+        keep = np.ones(len(y), bool) if task_id in open_set else y >= 0
+        if not keep.any():
+            continue
+        feats.append(index.tile_features(tile)[keep])
+        task_ids.append(np.full(int(keep.sum()), task_id))
+        ys.append(y[keep])
+    if not feats:
+        return _Cells(np.zeros((0, 0), np.float32), np.zeros(0, np.int64), np.zeros(0, np.int64))
+    dims = {f.shape[1] for f in feats}
+    if len(dims) > 1:
+        raise NotPreprocessedError(
+            f"the project's slides were embedded with different featurizers ({sorted(dims)} features); "
+            "re-run `hali preprocess` on every slide with the same --featurizer and --checkpoint"
+        )
+    return _Cells(np.concatenate(feats).astype(np.float32), np.concatenate(task_ids), np.concatenate(ys))
+
+
+def _add_drawn_cells(cells: _Cells, records, tiles: dict[int, TileTask], classes: list[str],
+                     embedder: DrawnCellEmbedder) -> _Cells:
+    """``cells`` plus the labelled boxes annotators drew by hand (task id -1: they are never ranked)."""
+    by_slide: dict[str, list[tuple[list[int], str]]] = {}
+    for rec in records.values():
+        for drawn in rec.drawn:
+            by_slide.setdefault(tiles[rec.task_id].slide_id, []).append((drawn["box"], drawn["label"]))
+    class_index = {c: i for i, c in enumerate(classes)}
+    feats, ys = [cells.features], [cells.y]
+    for slide_id, items in by_slide.items():
+        f = embedder.embed(slide_id, [box for box, _ in items])
+        if f is None:
+            continue
+        if cells.features.size and f.shape[1] != cells.features.shape[1]:
+            log.warning("slide %s: %d hand-drawn cells skipped: %d features, the project's cells have %d",
+                        slide_id, len(items), f.shape[1], cells.features.shape[1])
+            continue
+        feats.append(f)
+        ys.append(np.array([class_index[label] for _, label in items], dtype=np.int64))
+    n_new = sum(len(y) for y in ys[1:])
+    if n_new == 0:
+        return cells
+    features = np.concatenate([f for f in feats if f.size]).astype(np.float32)
+    return _Cells(features, np.concatenate([cells.task_ids, np.full(n_new, -1)]), np.concatenate(ys))
+
+
+def _relevance_params(settings: BackendSettings, classes: list[str], y: np.ndarray) -> RelevanceParams:
+    """The relevance strategies' parameters from ``settings``; the rare class defaults to the least labelled."""
+    if settings.relevance_rare_class and settings.relevance_rare_class not in classes:
+        raise ValueError(f"HALI_RELEVANCE_RARE_CLASS={settings.relevance_rare_class!r} is not a class of the "
+                         f"project ({classes}); set one of them, or leave it empty for the least labelled class")
+    rare = (classes.index(settings.relevance_rare_class) if settings.relevance_rare_class
+            else rarest_class(y[y >= 0], len(classes)))
+    return RelevanceParams(
+        alpha=settings.relevance_alpha, beta=settings.relevance_beta, gamma=settings.relevance_gamma,
+        class_certainty_max=settings.relevance_class_certainty_max,
+        detection_certainty_max=settings.relevance_detection_certainty_max,
+        rare_min_proba=settings.relevance_rare_min_proba, rare_class=rare)
+
+
+def _fit_head(cells: _Cells, n_classes: int, settings: BackendSettings, mc: bool) -> HeadClassifier | None:
+    """The head fitted on the labelled cells (with dropout when ``mc``); None when no cell is labelled."""
+    labelled = cells.y >= 0
+    if not labelled.any():
+        return None
+    head = HeadClassifier(n_classes=n_classes, optimizer=settings.optimizer, random_state=settings.seed,
+                          dropout=settings.mc_dropout if mc else 0.0)
+    return head.fit(cells.features[labelled], cells.y[labelled])
+
+
+def _rank_open_tasks(
+    cells: _Cells, head: HeadClassifier, proba: np.ndarray, open_ids: list[int], settings: BackendSettings,
+    strategy: Strategy,
+) -> list[int]:
+    if not open_ids:
+        return []
+    if needs_mc_passes(strategy):  # (T, N, K): only the strategies that use them pay for T passes
+        proba = head.predict_proba_mc(cells.features, settings.mc_passes, settings.seed)
+    picks, weights = query(strategy, head.transform(cells.features), proba, cells.y >= 0, settings.query_budget,
+                           settings.seed)
+    return [int(t) for t in rank_tiles(cells.task_ids, picks, open_ids, weights)]
+
+
+def _predictions(
+    order: list[int], tiles: dict[int, TileTask], cells: _Cells, proba: np.ndarray, classes: list[str], name: str
+) -> list[dict[str, Any]]:
+    """One prediction per open task in ``order``; an open task's cells are contiguous rows of ``cells``."""
+    first = {int(t): i for i, t in reversed(list(enumerate(cells.task_ids)))}
+    preds = []
+    for task_id, score in zip(order, rank_to_score(len(order))):
+        tile = tiles[task_id]
+        rows = proba[first[task_id] : first[task_id] + len(tile.cells)]
+        preds.append({"task": task_id, **tile_prediction(tile, rows, classes, name, score)})
+    return preds
+
+
+def _meta(
+    classes: list[str], labels: dict[str, str], head: HeadClassifier, settings: BackendSettings, n_drawn: int
+) -> dict[str, Any]:
+    snapshot = hashlib.sha256(json.dumps(sorted(labels.items())).encode()).hexdigest()[:16]
+    counts = {c: sum(1 for v in labels.values() if v == c) for c in classes}
+    metrics = {
+        "n_labels": len(labels),
+        "n_drawn_cells": n_drawn,
+        "per_class": counts,
+        "best_val_loss": head.best_val_loss_,
+        "epochs": head.n_epochs_,
+    }
+    return {"classes": classes, "label_snapshot": snapshot, "strategy": settings.strategy, "metrics": metrics}

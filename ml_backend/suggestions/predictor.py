@@ -1,0 +1,57 @@
+"""Predictor: class suggestions for tasks Label Studio asks about, from cached embeddings.
+
+Answers ``/predict`` without touching the backbone: every preprocessed cell already has its embedding,
+so a prediction is one small matrix product through the head of the project's latest model version.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from adapters.storage import Storage
+from label_config import TileTask, parse_classes, version_name
+from ml_backend.model.head import HeadClassifier
+from ml_backend.model.store import ModelStore
+from ml_backend.suggestions.embeddings import EmbeddingIndex
+from ml_backend.suggestions.predictions import tile_prediction
+from preprocess.layout import DataLayout
+
+# Served after every ranked task: /predict answers are stored as predictions and must not jump the queue.
+PREDICT_SCORE = 1.0
+
+
+class Predictor:
+    def __init__(self, layout: DataLayout, tables: Storage) -> None:
+        """``layout``: where model versions are; ``tables``: where ``hali preprocess`` put the cell tables."""
+        self._layout = layout
+        self._index = EmbeddingIndex(tables)
+        self._heads: dict[int, tuple[int, HeadClassifier]] = {}
+
+    def current_version(self, project_id: int) -> str:
+        return version_name(ModelStore(self._layout.models_dir(project_id)).latest_version())
+
+    def predict(self, project_id: int, tasks: Sequence[dict[str, Any]], label_config: str) -> list[dict[str, Any]]:
+        """One prediction per task, in order; raises TaskDataError / UnknownCellError / NotPreprocessedError."""
+        classes = parse_classes(label_config)
+        version, head = self._latest_head(project_id)
+        name = version_name(version)
+        results = []
+        for task in tasks:
+            tile = TileTask.from_task_data(task.get("data") or {})
+            features = self._index.tile_features(tile)  # also checks that every cell is known
+            proba = head.predict_proba(features) if head is not None else None
+            results.append(tile_prediction(tile, proba, classes, name, PREDICT_SCORE))
+        return results
+
+    def _latest_head(self, project_id: int) -> tuple[int, HeadClassifier | None]:
+        store = ModelStore(self._layout.models_dir(project_id))
+        latest = store.latest_version()
+        if latest == 0:
+            return 0, None
+        cached = self._heads.get(project_id)
+        if cached is None or cached[0] != latest:
+            head, _ = store.load(latest)
+            cached = (latest, head)
+            self._heads[project_id] = cached
+        return cached

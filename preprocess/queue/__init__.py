@@ -1,0 +1,1 @@
+"""``hali preprocess --queue``: the rq jobs of the preprocessing step and their progress in Redis."""
