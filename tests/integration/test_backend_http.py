@@ -115,3 +115,19 @@ def test_webhook_secret_is_required_when_set(settings, tile):
     assert app.post("/webhook", json=_webhook(tile, ["Tumor"])).status_code == 401
     ok = app.post("/webhook", json=_webhook(tile, ["Tumor"]), headers={"X-Hali-Secret": "s3cret"})
     assert ok.status_code == 200
+
+
+def test_a_slide_id_that_climbs_out_of_the_data_dir_is_a_422(client, tile):
+    bad = TileTask("t1", "../../etc", "/x.png", 0, 0, 10, 10, 1.0, None, tile.cells[:1])
+    r = client.post("/predict", json={"tasks": [{"data": bad.to_task_data()}], "project": 7, "label_config": CONFIG})
+    assert r.status_code == 422 and "storage key" in r.get_json()["error"]
+
+
+def test_a_corrupt_model_file_is_a_503_that_names_it(client, tile, settings):
+    models = DataLayout(settings.data_dir, settings.ls_files_root).models_dir(7)
+    models.mkdir(parents=True)
+    (models / "latest.json").write_text('{"version": 1}')
+    (models / "v0001.json").write_text('{"version": 1}')
+    (models / "v0001.pt").write_bytes(b"not a torch file")
+    r = client.post("/predict", json={"tasks": [{"data": tile.to_task_data()}], "project": 7, "label_config": CONFIG})
+    assert r.status_code == 503 and "v0001" in r.get_json()["error"]
