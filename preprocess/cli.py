@@ -19,7 +19,7 @@ from adapters.label_studio import LabelStudioGateway
 from adapters.slide_reader import OpenSlideReader
 from adapters.storage import open_output_storage
 from preprocess.errors import PreprocessError, QueueError
-from preprocess.features.featurize import make_featurizer
+from preprocess.features.featurize import FEATURIZERS, make_featurizer
 from preprocess.features.pretrain import run_pretrain
 from preprocess.nuclei.hovernet.train import TrainConfig, run_train_segmenter
 from preprocess.nuclei.hovernet.weights import load_hovernet
@@ -49,8 +49,11 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint", type=Path, help="ResNet-18 backbone weights (a state_dict .pt file)")
     p.add_argument("--segmenter-weights", type=Path,
                    help="HoVer-Net checkpoint (original repo or tiatoolbox); default: the classical segmenter")
-    p.add_argument("--featurizer", choices=("resnet18", "handcrafted"),
-                   help="cell features: resnet18 (backbone, see --checkpoint) or handcrafted (no weights needed)")
+    p.add_argument("--featurizer", choices=FEATURIZERS,
+                   help="cell features: handcrafted (no weights needed), resnet18 (backbone, see --checkpoint) or "
+                        "encoder (any torchvision/timm backbone: --encoder and --checkpoint)")
+    p.add_argument("--encoder", help="with --featurizer encoder: e.g. timm:vit_small_patch16_224 or "
+                                     "torchvision:resnet50 (weights from --checkpoint; nothing is downloaded)")
     p.add_argument("--backend-url", help="URL Label Studio uses to reach `hali serve` (connects the backend)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=_preprocess)
@@ -113,7 +116,7 @@ def _preprocess_settings(args: argparse.Namespace) -> PreprocessSettings:
         "classes": args.classes, "cells_per_task": args.cells_per_task, "mpp": args.mpp, "tile_mpp": args.tile_mpp,
         "segmenter_weights": args.segmenter_weights,
         "checkpoint": args.checkpoint, "backend_url": args.backend_url, "featurizer": args.featurizer,
-        "redis_url": args.redis_url,
+        "redis_url": args.redis_url, "encoder": args.encoder,
     }.items() if v is not None}
     if args.no_progress:
         overrides["progress"] = False
@@ -135,8 +138,9 @@ def _check_inputs(slides: list[Path], settings: PreprocessSettings) -> None:
                     f"slide {slide} shows no tissue on its thumbnail (blank, or all background); check that it "
                     "is the right file and that the scan is not empty"
                 )
-    if settings.featurizer == "resnet18" and settings.checkpoint is not None:
-        make_featurizer(settings.featurizer, settings.checkpoint, "cpu", settings.patch_um)
+    if settings.featurizer == "encoder" or (settings.featurizer == "resnet18" and settings.checkpoint is not None):
+        make_featurizer(settings.featurizer, settings.checkpoint, "cpu", settings.patch_um, settings.encoder,
+                        settings.encoder_input_px)
     if settings.segmenter_weights is not None:
         load_hovernet(settings.segmenter_weights, "cpu")
 

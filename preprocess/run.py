@@ -26,7 +26,6 @@ from adapters.label_studio import LabelStudioGateway
 from adapters.slide_reader import OpenSlideReader
 from adapters.storage import OutputStorage, S3Access, open_output_storage
 from label_config import TileTask, build_label_config, parse_classes, parse_version_name, version_name
-from preprocess.features.featurize import make_featurizer
 from preprocess.layout import (
     DataLayout,
     cells_key,
@@ -37,7 +36,15 @@ from preprocess.layout import (
     write_slide_meta,
 )
 from preprocess.settings import PreprocessSettings
-from preprocess.stages import SlidePlan, merge_parts, pick_segmenter, plan_slide, process_region, recipe
+from preprocess.stages import (
+    SlidePlan,
+    make_featurizer_from,
+    merge_parts,
+    pick_segmenter,
+    plan_slide,
+    process_region,
+    recipe,
+)
 from preprocess.tiles.images import fit_tiles, write_tile_images
 from preprocess.tiles.regions import build_cell_table
 from preprocess.tiles.tasks import build_tiles, task_payloads
@@ -132,7 +139,7 @@ def _process_regions(reader: OpenSlideReader, plan: SlidePlan, settings: Preproc
     missing = set(plan.missing())
     if not missing:
         return
-    featurizer = make_featurizer(settings.featurizer, settings.checkpoint, settings.device, settings.patch_um)
+    featurizer = make_featurizer_from(settings)
     segment = pick_segmenter(settings)
     log.info("slide %s: %d of %d regions to process", plan.slide_id, len(missing), len(plan.regions))
     todo = [r for r in plan.regions if r.region_id in missing]

@@ -28,9 +28,12 @@ class PreprocessSettings(SharedSettings):
     checkpoint: Path | None = Field(None, description="ResNet-18 backbone weights (state_dict)")
     # Handcrafted measurements beat a random-init ResNet-18 on CoNSeP at every N (docs/features.md), so a
     # fresh install uses them; a checkpoint given without a featurizer picks the ResNet-18 it is for.
-    featurizer: Literal["resnet18", "handcrafted"] = Field(
-        "handcrafted", description="how cells are embedded: stain/shape/texture measurements, or a ResNet-18"
+    featurizer: Literal["resnet18", "handcrafted", "encoder"] = Field(
+        "handcrafted", description="how cells are embedded: stain/shape/texture measurements, a ResNet-18, or "
+                                   "any torchvision/timm encoder (HALI_ENCODER) with weights from HALI_CHECKPOINT"
     )
+    encoder: str | None = Field(None, description="featurizer 'encoder': timm:<arch> or torchvision:<arch>")
+    encoder_input_px: int = Field(224, ge=16, le=1024, description="side the encoder's input patches are resized to")
     window_px: int = Field(2048, ge=256, description="side of the square windows segmented one at a time")
     region_windows: int = Field(
         2, ge=1, le=64, description="a region (the unit of resumable, queued work) is this many windows a side"
@@ -51,7 +54,10 @@ class PreprocessSettings(SharedSettings):
     @model_validator(mode="after")
     def _checkpoint_means_resnet18(self) -> PreprocessSettings:
         if self.checkpoint is not None and "featurizer" not in self.model_fields_set:
-            self.featurizer = "resnet18"
+            self.featurizer = "encoder" if self.encoder else "resnet18"
+        if self.featurizer == "encoder" and not (self.encoder and self.checkpoint):
+            raise ValueError("featurizer 'encoder' needs HALI_ENCODER (e.g. timm:vit_small_patch16_224) and "
+                             "HALI_CHECKPOINT (its weights, a state_dict file)")
         return self
 
     def retry_policy(self) -> RetryPolicy:

@@ -28,8 +28,7 @@ from adapters.atomic import write_atomic
 from adapters.errors import SlideError
 from adapters.slide_reader import OpenSlideReader
 from preprocess.errors import PreprocessError, SegmentationError
-from preprocess.features.featurize import ResNet18Featurizer, cell_patch_px, extract_patches, make_featurizer
-from preprocess.features.handcrafted import HandcraftedFeaturizer
+from preprocess.features.featurize import Featurizer, cell_patch_px, extract_patches, make_featurizer
 from preprocess.layout import DataLayout
 from preprocess.nuclei.segment import Nuclei, segment_nuclei, segment_windows, tissue_windows
 from preprocess.nuclei.tissue import detect_tissue
@@ -38,11 +37,16 @@ from preprocess.tiles.regions import Region, RegionCells, merge_region_cells, pl
 
 log = logging.getLogger(__name__)
 
-Featurizer = ResNet18Featurizer | HandcraftedFeaturizer
 Segmenter = Callable[[np.ndarray, float], Nuclei]  # (uint8 RGB (rows, cols, 3), mpp) -> nuclei in its pixels
 
 THUMBNAIL_PX = 2048
 _EMBED_CHUNK = 2048  # patches embedded at a time: bounds memory in a dense region
+
+
+def make_featurizer_from(settings: PreprocessSettings) -> Featurizer:
+    """The featurizer ``settings`` name (``HALI_FEATURIZER``, its checkpoint, encoder and device)."""
+    return make_featurizer(settings.featurizer, settings.checkpoint, settings.device, settings.patch_um,
+                           settings.encoder, settings.encoder_input_px)
 
 
 def recipe(settings: PreprocessSettings) -> dict:
@@ -53,6 +57,8 @@ def recipe(settings: PreprocessSettings) -> dict:
 def part_recipe(settings: PreprocessSettings) -> dict:
     """Everything that decides one region's cells and embeddings (the tiling at merge time aside)."""
     return {"featurizer": settings.featurizer, "checkpoint": str(settings.checkpoint or ""),
+            **({"encoder": settings.encoder, "encoder_input_px": settings.encoder_input_px}
+               if settings.featurizer == "encoder" else {}),
             "segmenter_weights": str(settings.segmenter_weights or ""), "patch_um": settings.patch_um,
             "mpp": settings.mpp, "window_px": settings.window_px, "region_windows": settings.region_windows}
 
@@ -136,8 +142,7 @@ def process_region(
     nuclei = segment_windows(reader, list(region.windows), plan.tissue_mask, plan.mask_downsample,
                              segment=segment or pick_segmenter(settings))
     t1 = time.perf_counter()
-    featurizer = featurizer or make_featurizer(settings.featurizer, settings.checkpoint, settings.device,
-                                               settings.patch_um)
+    featurizer = featurizer or make_featurizer_from(settings)
     features = embed_cells(reader, featurizer, nuclei.centroids_xy, cell_patch_px(reader.require_mpp(),
                                                                                     settings.patch_um))
     _save_part(path, {"centroids_xy": nuclei.centroids_xy, "boxes": nuclei.boxes, "features": features})
@@ -152,7 +157,8 @@ def embed_cells(
 ) -> np.ndarray:
     """float32 (N, D) embeddings of the patches around level-0 ``centroids_xy`` (float (N, 2)), cut and
     embedded :data:`_EMBED_CHUNK` cells at a time so at most that many patches are in memory."""
-    parts = [featurizer.embed(extract_patches(reader, centroids_xy[i : i + _EMBED_CHUNK], patch_px))
+    parts = [featurizer.embed(extract_patches(reader, centroids_xy[i : i + _EMBED_CHUNK], patch_px,
+                                              featurizer.patch_out_px))
              for i in range(0, len(centroids_xy), _EMBED_CHUNK)]
     if not parts:
         return np.zeros((0, featurizer.dim), np.float32)

@@ -47,11 +47,11 @@ project_stamp="$(cat pyproject.toml <(echo "torch==$TORCH_VERSION torchvision==$
 if [ "$(cat .venv/.hali-stamp 2>/dev/null || true)" = "$project_stamp" ] && [ -x .venv/bin/python ]; then
     echo "==> .venv: up to date (stamp $project_stamp)"
 else
-    step ".venv: torch==$TORCH_VERSION torchvision==$TORCHVISION_VERSION, then -e '.[test,sim]'"
+    step ".venv: torch==$TORCH_VERSION torchvision==$TORCHVISION_VERSION, then -e '.[test,sim,encoders]'"
     [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
     .venv/bin/python -m pip install "${PIP_QUIET[@]}" \
         "torch==$TORCH_VERSION" "torchvision==$TORCHVISION_VERSION"
-    .venv/bin/python -m pip install "${PIP_QUIET[@]}" -e '.[test,sim]'
+    .venv/bin/python -m pip install "${PIP_QUIET[@]}" -e '.[test,sim,encoders]'
     echo "$project_stamp" > .venv/.hali-stamp
     done_step
 fi

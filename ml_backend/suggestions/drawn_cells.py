@@ -39,11 +39,13 @@ class DrawnCellEmbedder:
         recipe = meta.get("recipe", {})
         centroids = np.array([[x0 + w / 2.0, y0 + h / 2.0] for x0, y0, w, h in boxes], dtype=np.float64)
         try:
-            with OpenSlideReader(Path(meta["slide_path"]), mpp=meta.get("mpp")) as reader:
-                patch_um = float(recipe.get("patch_um", 20.0))
-                patches = extract_patches(reader, centroids, cell_patch_px(reader.mpp, patch_um))
+            patch_um = float(recipe.get("patch_um", 20.0))
             featurizer = make_featurizer(meta.get("featurizer", "resnet18"), recipe.get("checkpoint") or None,
-                                         patch_um=patch_um)
+                                         patch_um=patch_um, encoder=recipe.get("encoder"),
+                                         encoder_input_px=int(recipe.get("encoder_input_px", 224)))
+            with OpenSlideReader(Path(meta["slide_path"]), mpp=meta.get("mpp")) as reader:
+                patches = extract_patches(reader, centroids, cell_patch_px(reader.mpp, patch_um),
+                                          featurizer.patch_out_px)
             return featurizer.embed(patches).astype(np.float32)
         except (PreprocessError, AdapterError) as exc:
             log.warning("slide %s: hand-drawn cells skipped: %s", slide_id, exc)

@@ -8,7 +8,6 @@ same patch gives the same embedding in every process: a random-init backbone is 
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Mapping
 from pathlib import Path
@@ -21,8 +20,9 @@ from torch import nn
 from torchvision.models import resnet18
 
 from preprocess.errors import FeaturizerError
+from preprocess.features.encoder import EncoderFeaturizer
 from preprocess.features.handcrafted import HandcraftedFeaturizer
-from preprocess.features.weights_file import load_weights_file
+from preprocess.features.weights_file import load_weights_file, sidecar_normalisation
 
 if TYPE_CHECKING:  # slides are read through the reader the caller passes in
     from adapters.slide_reader import OpenSlideReader
@@ -89,6 +89,7 @@ class ResNet18Featurizer:
     """
 
     dim = 512
+    patch_out_px = 40
 
     def __init__(self, checkpoint: str | Path | None = None, device: str = "cpu", batch_size: int = 256) -> None:
         if batch_size < 1:
@@ -107,7 +108,7 @@ class ResNet18Featurizer:
             path = Path(checkpoint)
             self._model.load_state_dict(_read_checkpoint(path, self._model.state_dict()))
             self._name = f"resnet18:{path.name}"
-            mean, std = _sidecar_normalisation(path) or (mean, std)
+            mean, std = sidecar_normalisation(path) or (mean, std)
         self._model.to(self._device).eval()
         self._mean = torch.tensor(mean, dtype=torch.float32, device=self._device).view(1, 3, 1, 1)
         self._std = torch.tensor(std, dtype=torch.float32, device=self._device).view(1, 3, 1, 1)
@@ -133,31 +134,6 @@ class ResNet18Featurizer:
         x = torch.from_numpy(np.ascontiguousarray(batch)).to(self._device)
         x = (x.permute(0, 3, 1, 2).float() / 255.0 - self._mean) / self._std
         return self._model(x).float().cpu().numpy()
-
-
-def _sidecar_normalisation(checkpoint: Path) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
-    """``(mean, std)`` from the checkpoint's JSON sidecar, or None when there is no sidecar or it has none."""
-    sidecar = checkpoint.with_suffix(".json")
-    if not sidecar.is_file():
-        return None
-    try:
-        meta = json.loads(sidecar.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise FeaturizerError(f"checkpoint sidecar {sidecar} is not readable JSON ({exc}); fix or remove it") from exc
-    if not isinstance(meta, dict) or "mean" not in meta or "std" not in meta:
-        return None
-    mean, std = meta["mean"], meta["std"]
-    if not (_three_floats(mean) and _three_floats(std) and min(std) > 0):
-        raise FeaturizerError(
-            f"checkpoint sidecar {sidecar} has mean {mean!r} and std {std!r}; each must be 3 numbers (RGB in [0, 1]), "
-            "std > 0"
-        )
-    logger.info("normalising patches with mean %s, std %s from %s", mean, std, sidecar)
-    return tuple(float(v) for v in mean), tuple(float(v) for v in std)
-
-
-def _three_floats(values: object) -> bool:
-    return isinstance(values, list) and len(values) == 3 and all(isinstance(v, (int, float)) for v in values)
 
 
 def _build_backbone() -> nn.Module:
@@ -217,16 +193,20 @@ def _check_keys(path: Path, state: Mapping[str, object], expected: Mapping[str, 
         )
 
 
-FEATURIZERS = ("resnet18", "handcrafted")
+FEATURIZERS = ("resnet18", "handcrafted", "encoder")
+Featurizer = ResNet18Featurizer | HandcraftedFeaturizer | EncoderFeaturizer
 
 
 def make_featurizer(
-    name: str, checkpoint: str | Path | None = None, device: str = "cpu", patch_um: float = 20.0
-) -> ResNet18Featurizer | HandcraftedFeaturizer:
-    """The featurizer registered as ``name`` (one of :data:`FEATURIZERS`); both have ``embed``, ``dim``, ``name``.
+    name: str, checkpoint: str | Path | None = None, device: str = "cpu", patch_um: float = 20.0,
+    encoder: str | None = None, encoder_input_px: int = 224,
+) -> Featurizer:
+    """The featurizer registered as ``name`` (one of :data:`FEATURIZERS`); each has ``embed``, ``dim``, ``name``
+    and ``patch_out_px`` (the side patches are cut to).
 
-    ``checkpoint`` and ``device`` go to the ResNet-18; ``patch_um`` to the handcrafted measurements, which
-    need no weights and give a fresh install useful features.
+    ``checkpoint`` and ``device`` go to the ResNet-18 or the encoder; ``patch_um`` to the handcrafted
+    measurements, which need no weights and give a fresh install useful features; ``encoder`` (e.g.
+    ``timm:vit_small_patch16_224``) and ``encoder_input_px`` name the pluggable encoder.
     """
     if name == "resnet18":
         return ResNet18Featurizer(checkpoint, device=device)
@@ -234,4 +214,8 @@ def make_featurizer(
         if checkpoint is not None:
             logger.warning("featurizer 'handcrafted' needs no weights; ignoring checkpoint %s", checkpoint)
         return HandcraftedFeaturizer(patch_um=patch_um)
+    if name == "encoder":
+        if not encoder:
+            raise FeaturizerError("featurizer 'encoder' needs HALI_ENCODER, e.g. timm:vit_small_patch16_224")
+        return EncoderFeaturizer(encoder, checkpoint, device=device, input_px=encoder_input_px)
     raise FeaturizerError(f"unknown featurizer {name!r}; choose one of {', '.join(FEATURIZERS)}")

@@ -60,6 +60,7 @@ class HandcraftedFeaturizer:
 
     dim = len(feature_names())
     name = "handcrafted"
+    patch_out_px = 40  # the side patches are cut to
 
     def __init__(self, patch_um: float = 20.0) -> None:
         if patch_um <= 0:

@@ -1,19 +1,24 @@
 """Reading a weights file with ``torch.load(weights_only=True)``, and saying in one line why one cannot be read.
 
-Both checkpoint loaders (the ResNet-18 backbone and HoVer-Net) use :func:`load_weights_file`, so a user who
+Both checkpoint loaders (the ResNet-18 backbone, a pluggable encoder and HoVer-Net) use :func:`load_weights_file`, so a user who
 passes the wrong file hears the same plain reason: missing, a directory, empty, a Git LFS pointer instead of
 the weights, cut short, not a torch file at all, or a pickle holding objects other than tensors.
+:func:`sidecar_normalisation` reads the patch normalisation from a checkpoint's JSON sidecar.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import pickle
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
-from preprocess.errors import PreprocessError
+from preprocess.errors import FeaturizerError, PreprocessError
+
+logger = logging.getLogger(__name__)
 
 _LFS_POINTER = b"version https://git-lfs"
 _ZIP_MAGIC = b"PK\x03\x04"  # torch.save's default format is a zip archive
@@ -75,3 +80,28 @@ def describe_load_error(exc: BaseException, is_zip: bool = False) -> str:
 def _first_sentence(text: str, limit: int = 160) -> str:
     sentence = text.split(". ", 1)[0].rstrip(".")
     return sentence if len(sentence) <= limit else sentence[: limit - 3] + "..."
+
+
+def sidecar_normalisation(checkpoint: Path) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+    """``(mean, std)`` from the checkpoint's JSON sidecar, or None when there is no sidecar or it has none."""
+    sidecar = checkpoint.with_suffix(".json")
+    if not sidecar.is_file():
+        return None
+    try:
+        meta = json.loads(sidecar.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise FeaturizerError(f"checkpoint sidecar {sidecar} is not readable JSON ({exc}); fix or remove it") from exc
+    if not isinstance(meta, dict) or "mean" not in meta or "std" not in meta:
+        return None
+    mean, std = meta["mean"], meta["std"]
+    if not (_three_floats(mean) and _three_floats(std) and min(std) > 0):
+        raise FeaturizerError(
+            f"checkpoint sidecar {sidecar} has mean {mean!r} and std {std!r}; each must be 3 numbers (RGB in [0, 1]), "
+            "std > 0"
+        )
+    logger.info("normalising patches with mean %s, std %s from %s", mean, std, sidecar)
+    return tuple(float(v) for v in mean), tuple(float(v) for v in std)
+
+
+def _three_floats(values: object) -> bool:
+    return isinstance(values, list) and len(values) == 3 and all(isinstance(v, (int, float)) for v in values)

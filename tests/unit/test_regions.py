@@ -160,3 +160,20 @@ def test_queued_jobs_carry_every_setting_that_decides_a_part(tmp_path):
     settings = _settings(tmp_path, patch_um=25.0, region_windows=3)
     rebuilt = PreprocessSettings(**job_settings(settings), data_dir=tmp_path / "elsewhere")
     assert part_recipe(rebuilt) == part_recipe(settings) and recipe_key(rebuilt) == recipe_key(settings)
+
+
+def test_a_pluggable_encoder_embeds_every_cell_of_a_region_and_keys_its_parts(slide_path, tmp_path, processed):
+    import torch
+    import torchvision
+
+    weights = tmp_path / "mnv3.pt"
+    torch.save(torchvision.models.mobilenet_v3_small().state_dict(), weights)
+    settings = _settings(tmp_path, featurizer="encoder", encoder="torchvision:mobilenet_v3_small",
+                         checkpoint=weights, encoder_input_px=32)
+    with OpenSlideReader(slide_path, mpp=MPP) as reader:
+        layout = DataLayout(settings.data_dir, settings.ls_files_root)
+        plan = plan_slide(reader, settings, layout)
+        process_region(reader, plan, plan.regions[0], settings)
+        part = np.load(plan.part_path(plan.regions[0].region_id))
+    assert part["features"].shape == (len(part["centroids_xy"]), 1024) and len(part["centroids_xy"]) > 0
+    assert recipe_key(settings) != recipe_key(processed[0])  # parts of another featurizer are never reused
