@@ -196,6 +196,11 @@ class LabelStudioGateway:
             has = (task.total_annotations or 0) + (task.cancelled_annotations or 0) > 0
             yield {"id": task.id, "data": task.data, "annotations": self.annotations(task.id) if has else []}
 
+    def export_tasks(self, project_id: int, timeout_s: float = 600.0) -> list[dict[str, Any]]:
+        """Label Studio's JSON export of the project: every task with its annotations and predictions."""
+        with self._calling(f"export project {project_id}"):
+            return list(self._client.projects.exports.as_json(project_id=project_id, timeout=int(timeout_s)))
+
     def annotations(self, task_id: int) -> list[dict[str, Any]]:
         with self._calling(f"read annotations of task {task_id}"):
             return [a.model_dump(mode="json") for a in self._client.annotations.list(id=task_id)]

@@ -23,6 +23,7 @@ from label_config.regions import (
     cells_to_regions,
     read_cell_labels,
     region_to_slide_box,
+    region_to_slide_box_exact,
     validate_regions,
 )
 from label_config.schema import CellBox, TileTask
@@ -46,6 +47,7 @@ __all__ = [
     "rank_to_score",
     "read_cell_labels",
     "region_to_slide_box",
+    "region_to_slide_box_exact",
     "validate_regions",
     "version_name",
 ]

@@ -66,13 +66,17 @@ def cells_to_regions(
 
 
 def region_to_slide_box(region: dict[str, Any], tile: TileTask) -> tuple[int, int, int, int]:
-    """``(x0, y0, w, h)`` in level-0 slide pixels of a rectangle region drawn on ``tile``'s image."""
-    v = region["value"]
-    x0 = tile.x0 + float(v["x"]) / 100.0 * tile.width * tile.downsample
-    y0 = tile.y0 + float(v["y"]) / 100.0 * tile.height * tile.downsample
-    w = float(v["width"]) / 100.0 * tile.width * tile.downsample
-    h = float(v["height"]) / 100.0 * tile.height * tile.downsample
+    """``(x0, y0, w, h)`` in level-0 slide pixels of a rectangle region drawn on ``tile``'s image, rounded."""
+    x0, y0, w, h = region_to_slide_box_exact(region, tile)
     return (round(x0), round(y0), max(1, round(w)), max(1, round(h)))
+
+
+def region_to_slide_box_exact(region: dict[str, Any], tile: TileTask) -> tuple[float, float, float, float]:
+    """``(x0, y0, w, h)`` in level-0 slide pixels, unrounded (exports compute centroids from it)."""
+    v = region["value"]
+    scale_x, scale_y = tile.width * tile.downsample / 100.0, tile.height * tile.downsample / 100.0
+    return (tile.x0 + float(v["x"]) * scale_x, tile.y0 + float(v["y"]) * scale_y,
+            float(v["width"]) * scale_x, float(v["height"]) * scale_y)
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from adapters.errors import AdapterError
 from adapters.settings import describe_validation_error
 from label_config import LabelConfigError
 from ml_backend.errors import BackendError
+from ml_backend.export import cli as export_cli
 from ml_backend.http.app import create_app
 from ml_backend.retrain.job import retrain_job
 from ml_backend.settings import BackendSettings
@@ -71,6 +72,7 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("project_id", type=int)
     r.set_defaults(func=_retrain)
     simulation_cli.add_commands(sub)
+    export_cli.add_commands(sub)
     return parser
 
 
