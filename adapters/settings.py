@@ -9,6 +9,7 @@ multi-line report into the one line the CLI prints, naming the variable to fix.
 from __future__ import annotations
 
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -52,3 +53,15 @@ def describe_validation_error(exc: ValidationError) -> str:
         shown = "" if isinstance(value, dict) else f"={value!r}"
         parts.append(f"{ENV_PREFIX}{field.upper()}{shown}: {error.get('msg', 'invalid')}")
     return "bad setting " + "; ".join(parts) + " (set the variable to an allowed value, or unset it for the default)"
+
+
+def redacted_url(url: str) -> str:
+    """``url`` with its password replaced by ``***`` (``redis://:pw@host:6379/0`` -> ``redis://:***@host:6379/0``),
+    for messages and logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    port = f":{parts.port}" if parts.port else ""
+    return urlunsplit((parts.scheme, f"{user}:***@{host}{port}", parts.path, parts.query, parts.fragment))

@@ -22,6 +22,7 @@ class BackendSettings(SharedSettings):
         SecretStr(""), description="if set, /webhook requires header X-Hali-Secret with this value"
     )
     retrain_every: int = Field(5, ge=1, description="new cell labels that trigger a retrain")
+    max_body_mb: float = Field(10.0, gt=0, description="larger request bodies are refused with 413")
     strategy: StrategyName = Field("coreset", description="query strategy (ml_backend/ordering/strategies.py)")
     # relevance / hybrid (Sadafi et al. 2019; ml_backend/ordering/relevance.py). Only these two use MC passes.
     mc_passes: int = Field(10, ge=1, description="stochastic (MC dropout) head passes for relevance/hybrid")

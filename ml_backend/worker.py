@@ -13,6 +13,7 @@ from redis import Redis
 from redis.exceptions import RedisError
 from rq import Queue, Worker
 
+from adapters.settings import redacted_url
 from ml_backend.errors import BackendError
 from ml_backend.settings import BackendSettings
 
@@ -30,7 +31,7 @@ def run_worker(settings: BackendSettings, burst: bool = False, queues: list[str]
         redis.ping()
     except RedisError as exc:
         raise BackendError(
-            f"Redis at {settings.redis_url} is unreachable ({exc}); start redis-server or fix HALI_REDIS_URL"
+            f"Redis at {redacted_url(settings.redis_url)} is unreachable ({exc}); start redis-server or fix HALI_REDIS_URL"
         ) from exc
     worker = Worker([Queue(name, connection=redis) for name in names], connection=redis)
     log.info("worker %s listening on queues %s at %s", worker.name, names, settings.redis_url)

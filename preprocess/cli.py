@@ -16,6 +16,7 @@ from rq import Queue
 
 from adapters.errors import SlideError
 from adapters.label_studio import LabelStudioGateway
+from adapters.settings import redacted_url
 from adapters.slide_reader import OpenSlideReader
 from adapters.storage import open_output_storage
 from preprocess.errors import PreprocessError, QueueError
@@ -194,7 +195,7 @@ def _redis(settings: PreprocessSettings) -> Redis:
     try:
         redis.ping()
     except RedisError as exc:
-        raise QueueError(f"Redis at {settings.redis_url} is unreachable ({exc}); start redis-server or pass "
+        raise QueueError(f"Redis at {redacted_url(settings.redis_url)} is unreachable ({exc}); start redis-server or pass "
                          "--redis-url / HALI_REDIS_URL") from exc
     return redis
 

@@ -25,6 +25,7 @@ from rq import Queue
 from werkzeug.exceptions import HTTPException, Unauthorized
 
 from adapters.errors import StorageError, StorageKeyError
+from adapters.settings import redacted_url
 from label_config import LabelConfigError, TileTask, parse_classes, version_name
 from ml_backend.errors import NotPreprocessedError, UnknownCellError, WebhookError
 from ml_backend.http.webhook import AnnotationsDeleted, Ignored, LabelsWritten, TrainingRequested, parse_webhook
@@ -47,6 +48,7 @@ def create_app(settings: BackendSettings | None = None, redis: Redis | None = No
     store, queue = RedisLabelStore(redis), Queue(settings.queue_name, connection=redis)
     predictor = Predictor(layout, tables_storage(settings))
     app = Flask("hali")
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_mb * 1024 * 1024  # larger bodies: 413
     _register_errors(app, settings)
 
     @app.get("/health")
@@ -85,8 +87,8 @@ def create_app(settings: BackendSettings | None = None, redis: Redis | None = No
 
     @app.route("/versions", methods=["GET", "POST"])
     def versions():
-        body = request.get_json(silent=True) or {}
-        project = body.get("project") or request.args.get("project")
+        body = request.get_json(silent=True)
+        project = (body.get("project") if isinstance(body, dict) else None) or request.args.get("project")
         if project is None:
             return jsonify(versions=[])
         latest = ModelStore(layout.models_dir(_project_id(project))).latest_version()
@@ -128,10 +130,12 @@ def _register_errors(app: Flask, settings: BackendSettings) -> None:
     app.register_error_handler(ModelStoreError, lambda e: answer(503, str(e)))
     app.register_error_handler(
         RedisError,
-        lambda e: answer(503, f"Redis at {settings.redis_url} is unreachable ({e.__class__.__name__}); start it. "
+        lambda e: answer(503, f"Redis at {redacted_url(settings.redis_url)} is unreachable ({e.__class__.__name__}); start it. "
                               "No label is lost: the next retrain re-reads every annotation from Label Studio"),
     )
     app.register_error_handler(HTTPException, lambda e: answer(e.code or 500, e.description or e.name))
+    app.register_error_handler(
+        RecursionError, lambda e: answer(400, "request body nests too deep to be a Label Studio payload"))
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception):  # process edge: log it, answer JSON

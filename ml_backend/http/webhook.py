@@ -8,18 +8,25 @@ request (``START_TRAINING``). Other actions are returned as :class:`Ignored`.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ml_backend.errors import WebhookError
 
 LABEL_ACTIONS = frozenset({"ANNOTATION_CREATED", "ANNOTATION_UPDATED"})
+# Label Studio's ids are positive database keys; anything else is not a payload it sent.
+Id = Annotated[int, Field(gt=0, lt=2**63)]
+
+
+class _AnnotationRef(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    id: Id
 
 
 class _Annotation(BaseModel):
     model_config = ConfigDict(extra="ignore")
-    id: int
+    id: Id
     result: list[dict[str, Any]] = []
     was_cancelled: bool = False
     task: int | dict[str, Any] | None = None
@@ -30,13 +37,13 @@ class _Annotation(BaseModel):
 
 class _Task(BaseModel):
     model_config = ConfigDict(extra="ignore")
-    id: int
+    id: Id
     data: dict[str, Any]
 
 
 class _Project(BaseModel):
     model_config = ConfigDict(extra="ignore")
-    id: int
+    id: Id
     label_config: str | None = None
 
 
@@ -46,7 +53,7 @@ class _Payload(BaseModel):
     project: _Project | None = None
     annotation: _Annotation | None = None
     task: _Task | None = None
-    annotations: list[dict[str, Any]] | None = None
+    annotations: list[_AnnotationRef] | None = None
 
 
 @dataclass(frozen=True)
@@ -93,7 +100,7 @@ def parse_webhook(body: Any) -> WebhookEvent:
     if payload.action in LABEL_ACTIONS:
         return _labels_written(payload)
     if payload.action == "ANNOTATIONS_DELETED":
-        return AnnotationsDeleted(_project_id(payload), tuple(int(a["id"]) for a in payload.annotations or []))
+        return AnnotationsDeleted(_project_id(payload), tuple(a.id for a in payload.annotations or []))
     if payload.action == "START_TRAINING":
         return TrainingRequested(_project_id(payload))
     return Ignored(payload.action)

@@ -131,3 +131,50 @@ def test_a_corrupt_model_file_is_a_503_that_names_it(client, tile, settings):
     (models / "v0001.pt").write_bytes(b"not a torch file")
     r = client.post("/predict", json={"tasks": [{"data": tile.to_task_data()}], "project": 7, "label_config": CONFIG})
     assert r.status_code == 503 and "v0001" in r.get_json()["error"]
+
+
+def _random_body(rng, depth=0):
+    r = rng.random()
+    if depth > 3 or r < 0.3:
+        return rng.choice([None, 1, -5, 1.5, "", "x", "7.1", "../..", True, [], {}, "9" * 30, 2**70])
+    if r < 0.6:
+        return [_random_body(rng, depth + 1) for _ in range(rng.randint(0, 3))]
+    keys = ["project", "tasks", "action", "annotation", "task", "data", "id", "result", "label_config",
+            "annotations", "schema", "cells", "slide_id", "tile_id", "x0", "value"]
+    body = {rng.choice(keys): _random_body(rng, depth + 1) for _ in range(rng.randint(0, 4))}
+    if rng.random() < 0.3:
+        body["action"] = rng.choice(["ANNOTATION_CREATED", "ANNOTATIONS_DELETED", "START_TRAINING"])
+    return body
+
+
+def test_malformed_requests_get_a_4xx_json_error_never_a_5xx(client):
+    import random
+
+    rng = random.Random(0)
+    routes = [("post", "/setup"), ("post", "/predict"), ("post", "/webhook"), ("get", "/versions"),
+              ("post", "/versions")]
+    raw_bodies = [b"[" * 5000 + b"]" * 5000, b"not json", b"\xff\xfe", b"{", b""]
+    for i in range(600):
+        method, path = rng.choice(routes)
+        if i % 10 == 0:
+            r = getattr(client, method)(path, data=rng.choice(raw_bodies), content_type="application/json")
+        else:
+            r = getattr(client, method)(path, json=_random_body(rng))
+        assert r.status_code < 500, (path, r.get_json())
+        if r.status_code >= 400:
+            assert isinstance(r.get_json()["error"], str)
+
+
+@pytest.mark.parametrize("annotations", [[{"id": "x"}], [{"id": None}], [{"id": -1}], [5], 5])
+def test_a_delete_event_with_bad_ids_is_a_400(client, annotations):
+    r = client.post("/webhook", json={"action": "ANNOTATIONS_DELETED", "project": {"id": 7}, "annotations": annotations})
+    assert r.status_code == 400 and "annotations" in r.get_json()["error"]
+
+
+def test_a_body_over_the_limit_is_a_413_and_a_redis_password_is_never_shown(settings, tile, tmp_path):
+    small = create_app(settings.model_copy(update={"max_body_mb": 0.001})).test_client()
+    r = small.post("/webhook", json=_webhook(tile, ["Tumor"] * 8), headers={"X-Pad": "x"})
+    assert r.status_code == 413 and "error" in r.get_json()
+    down = BackendSettings(data_dir=tmp_path, ls_files_root=tmp_path, redis_url="redis://:hunter2@127.0.0.1:1/0")
+    r = create_app(down).test_client().post("/webhook", json=_webhook(tile, ["Tumor"]))
+    assert r.status_code == 503 and "hunter2" not in r.get_data(as_text=True) and ":***@127.0.0.1:1" in r.get_json()["error"]
