@@ -205,14 +205,40 @@ class LabelStudioGateway:
         with self._calling(f"read annotations of task {task_id}"):
             return [a.model_dump(mode="json") for a in self._client.annotations.list(id=task_id)]
 
-    def connect_backend(self, project_id: int, backend_url: str, title: str = "HALI") -> None:
-        """Connect the ML backend at ``backend_url`` (Label Studio also adds a webhook to ``<url>/webhook``)."""
+    def connect_backend(self, project_id: int, backend_url: str, title: str = "HALI",
+                        auth: tuple[str, str] | None = None, webhook_headers: dict[str, str] | None = None) -> None:
+        """Connect the ML backend at ``backend_url`` (Label Studio also adds a webhook to ``<url>/webhook``).
+
+        ``auth``: (user, password) Label Studio sends as HTTP basic auth on every backend call;
+        ``webhook_headers``: headers set on that webhook (the backend's secret and the same basic auth).
+        """
         with self._calling(f"list ML backends of project {project_id}"):
             backends = self._client.ml.list(project=project_id)
-        if any(b.url.rstrip("/") == backend_url.rstrip("/") for b in backends):
-            return
-        with self._calling(f"connect ML backend {backend_url} to project {project_id}"):
-            self._client.ml.create(project=project_id, url=backend_url, title=title, is_interactive=False)
+        extra = {} if auth is None else {"auth_method": "BASIC_AUTH", "basic_auth_user": auth[0],
+                                         "basic_auth_pass": auth[1]}
+        known = [b for b in backends if b.url.rstrip("/") == backend_url.rstrip("/")]
+        if not known:
+            with self._calling(f"connect ML backend {backend_url} to project {project_id}"):
+                self._client.ml.create(project=project_id, url=backend_url, title=title, is_interactive=False,
+                                       **extra)
+        elif extra:  # a project connected before the backend had a password: give Label Studio the new one
+            for backend in known:
+                with self._calling(f"set the credentials of ML backend {backend.id}"):
+                    self._client.ml.update(id=backend.id, url=backend.url, **extra)
+        if webhook_headers:
+            self._set_webhook_headers(project_id, backend_url.rstrip("/") + "/webhook", webhook_headers)
+
+    def _set_webhook_headers(self, project_id: int, url: str, headers: dict[str, str]) -> None:
+        with self._calling(f"list webhooks of project {project_id}"):
+            hooks = [h for h in self._client.webhooks.list(project=project_id) if h.url.rstrip("/") == url]
+        if not hooks:
+            raise LabelStudioError(
+                f"Label Studio made no webhook to {url} for project {project_id}: it refuses URLs on private "
+                "networks unless LABEL_STUDIO_USE_DEFAULT_BANNED_SUBNETS=false; set it and re-run"
+            )
+        for hook in hooks:
+            with self._calling(f"set the headers of webhook {hook.id}"):
+                self._client.webhooks.update(id=hook.id, url=hook.url, headers=headers)
 
     def project_url(self, project_id: int) -> str:
         return f"{self.url}/projects/{project_id}/data"

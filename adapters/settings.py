@@ -37,6 +37,14 @@ class SharedSettings(BaseSettings):
         30.0, gt=0, description="a region job not heard from for this long is dead, and re-enqueued on a re-run"
     )
     job_timeout_s: int = Field(1800, ge=1, description="an rq job running longer is stopped (merge jobs: 4x)")
+    # The backend's credentials: `hali serve` checks them, `hali preprocess` gives them to Label Studio.
+    backend_user: str = Field("hali", description="HTTP basic-auth user Label Studio uses to call the backend")
+    backend_password: SecretStr = Field(
+        SecretStr(""), description="if set, every backend route but /health needs basic auth with this password"
+    )
+    webhook_secret: SecretStr = Field(
+        SecretStr(""), description="if set, /webhook requires header X-Hali-Secret with this value"
+    )
 
     @field_validator("data_dir", "ls_files_root")
     @classmethod

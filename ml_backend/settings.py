@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field
 
 from adapters.settings import SharedSettings
 
@@ -18,9 +18,6 @@ OptimizerName = Literal["adam", "paper-sgd"]
 
 
 class BackendSettings(SharedSettings):
-    webhook_secret: SecretStr = Field(
-        SecretStr(""), description="if set, /webhook requires header X-Hali-Secret with this value"
-    )
     retrain_every: int = Field(5, ge=1, description="new cell labels that trigger a retrain")
     max_body_mb: float = Field(10.0, gt=0, description="larger request bodies are refused with 413")
     strategy: StrategyName = Field("coreset", description="query strategy (ml_backend/ordering/strategies.py)")

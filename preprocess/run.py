@@ -12,6 +12,7 @@ write the same parts, and their last step calls :func:`run_preprocess` too.
 
 from __future__ import annotations
 
+import base64
 import logging
 import time
 from collections.abc import Iterator
@@ -85,7 +86,7 @@ def run_preprocess(
     with timer("import"):
         n_new = _import_new_tiles(gateway, project, tiles)
     if settings.backend_url:
-        gateway.connect_backend(project.id, settings.backend_url)
+        gateway.connect_backend(project.id, settings.backend_url, **backend_credentials(settings))
     slide_id = tiles[0].slide_id
     log.info("slide %s: %d cells in %d tiles, %d new tasks in project %s (%s)", slide_id, n_cells,
              len(tiles), n_new, project.id, timer.summary())
@@ -163,6 +164,17 @@ def _import_new_tiles(gateway: LabelStudioGateway, project, tiles: list[TileTask
     if current is None:
         gateway.serve_version(project.id, version)
     return len(new)
+
+
+def backend_credentials(settings: PreprocessSettings) -> dict:
+    """How Label Studio authenticates to the backend: basic auth on every call, the secret on webhooks."""
+    password, secret = settings.backend_password.get_secret_value(), settings.webhook_secret.get_secret_value()
+    auth = (settings.backend_user, password) if password else None
+    headers = {"X-Hali-Secret": secret} if secret else {}
+    if auth:
+        token = base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
+        headers["Authorization"] = f"Basic {token}"
+    return {"auth": auth, "webhook_headers": headers or None}
 
 
 def _attach_tile_storage(gateway: LabelStudioGateway, project_id: int, layout: DataLayout, storage: OutputStorage,

@@ -130,14 +130,16 @@ def step(title: str) -> Iterator[None]:
 
 
 def load_credentials(path: Path) -> dict[str, str]:
-    """The admin e-mail, password and legacy token, made once and reused by every ``up``."""
-    if path.exists():
-        return json.loads(path.read_text())
-    creds = {"username": ADMIN_EMAIL, "password": secrets.token_urlsafe(12),
-             "token": secrets.token_hex(20)}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(creds, indent=2) + "\n")
-    path.chmod(0o600)
+    """The admin e-mail, password and legacy token, and the backend's basic-auth password and webhook secret:
+    made once and reused by every ``up`` (a file from an older ``up`` gains the keys it lacks)."""
+    creds = json.loads(path.read_text()) if path.exists() else {}
+    made = {"username": ADMIN_EMAIL, "password": secrets.token_urlsafe(12), "token": secrets.token_hex(20),
+            "backend_password": secrets.token_urlsafe(16), "webhook_secret": secrets.token_urlsafe(16)}
+    if set(made) - set(creds):
+        creds = {**made, **creds}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(creds, indent=2) + "\n")
+        path.chmod(0o600)
     return creds
 
 
@@ -170,7 +172,8 @@ def hali_env(cfg: StackConfig, creds: Mapping[str, str]) -> dict[str, str]:
     env = dict(os.environ)
     defaults = {"HALI_DATA_DIR": str(cfg.state_dir / "data"), "HALI_LS_URL": cfg.ls_url,
                 "HALI_LS_API_KEY": creds["token"], "HALI_LS_FILES_ROOT": str(cfg.files_root),
-                "HALI_REDIS_URL": cfg.redis_url, "HALI_BACKEND_URL": cfg.backend_url}
+                "HALI_REDIS_URL": cfg.redis_url, "HALI_BACKEND_URL": cfg.backend_url,
+                "HALI_BACKEND_PASSWORD": creds["backend_password"], "HALI_WEBHOOK_SECRET": creds["webhook_secret"]}
     for key, value in defaults.items():
         env.setdefault(key, value)
     return env

@@ -50,6 +50,7 @@ def create_app(settings: BackendSettings | None = None, redis: Redis | None = No
     app = Flask("hali")
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_mb * 1024 * 1024  # larger bodies: 413
     _register_errors(app, settings)
+    app.before_request(lambda: _check_basic_auth(settings))
 
     @app.get("/health")
     @app.get("/")
@@ -158,6 +159,22 @@ def _project_id(value: Any) -> int:
         return int(str(value).split(".")[0])
     except ValueError:
         raise WebhookError(f"'project' must be a project id, got {value!r}") from None
+
+
+_OPEN_ROUTES = frozenset({"/health", "/"})  # liveness only: Label Studio and load balancers probe it
+
+
+def _check_basic_auth(settings: BackendSettings) -> None:
+    """With HALI_BACKEND_PASSWORD set, every route but /health needs HTTP basic auth (Label Studio sends it)."""
+    password = settings.backend_password.get_secret_value()
+    if not password or request.path in _OPEN_ROUTES:
+        return
+    auth = request.authorization
+    ok = auth is not None and auth.type == "basic" and hmac.compare_digest(auth.username or "", settings.backend_user) \
+        and hmac.compare_digest(auth.password or "", password)
+    if not ok:
+        raise Unauthorized("this backend needs HTTP basic auth (HALI_BACKEND_USER / HALI_BACKEND_PASSWORD); "
+                           "`hali preprocess --backend-url` connects Label Studio with them")
 
 
 def _check_secret(settings: BackendSettings) -> None:
