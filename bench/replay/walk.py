@@ -55,7 +55,7 @@ class VersionWatch(threading.Thread):
         self.url, self.project_id, self.every_s = url, project_id, every_s
         self.version: str | None = self._read()
         self.changes: list[tuple[float, str | None]] = []
-        self._stop = threading.Event()
+        self._done = threading.Event()
 
     def _read(self) -> str | None:
         response = self.session.get(f"{self.url}/api/projects/{self.project_id}", timeout=30)
@@ -63,7 +63,7 @@ class VersionWatch(threading.Thread):
         return response.json().get("model_version") or None
 
     def run(self) -> None:
-        while not self._stop.wait(self.every_s):
+        while not self._done.wait(self.every_s):
             try:
                 version = self._read()
             except requests.RequestException:
@@ -73,7 +73,7 @@ class VersionWatch(threading.Thread):
                 self.version = version
 
     def stop(self) -> None:
-        self._stop.set()
+        self._done.set()
         self.join(timeout=10)
 
 
