@@ -8,8 +8,9 @@ mean absolute difference of about 2 grey levels, JPEG noise; non-neighbours diff
 :func:`stitch_image` checks it again on every image.
 
 A nucleus cut by a crop border is partial in each crop, so nuclei are rebuilt from the instance maps: the
-crops' instance masks are pasted into source coordinates, instances of two crops that share pixels are one
-nucleus, and its centroid is the centre of mass of the union. Coordinates: ``x`` column, ``y`` row.
+crops' instance masks are pasted into source coordinates; instances of two crops that share pixels (in an
+overlap) or touch along a seam (the regular grid's crops abut) are one nucleus, and its centroid is the
+centre of mass of the union. Coordinates: ``x`` column, ``y`` row.
 """
 
 from __future__ import annotations
@@ -88,7 +89,8 @@ def stitch_nuclei(inst_maps: list[np.ndarray], classes: list[list[str]], origins
     canvas = np.zeros((source_px, source_px), np.int64)
     parent: list[int] = [0]
     label: list[str] = [""]
-    for inst, names, (x0, y0) in zip(inst_maps, classes, origins, strict=True):
+    writer = np.full((source_px, source_px), -1, np.int64)  # the crop each canvas pixel came from
+    for k, (inst, names, (x0, y0)) in enumerate(zip(inst_maps, classes, origins, strict=True)):
         offset = len(parent) - 1
         parent += list(range(offset + 1, offset + len(names) + 1))
         label += names
@@ -99,7 +101,9 @@ def stitch_nuclei(inst_maps: list[np.ndarray], classes: list[list[str]], origins
         for (a, b), n in zip(pairs.T, counts):
             if n >= MIN_SHARED_PX:
                 parent[_root(parent, int(b))] = _root(parent, int(a))
+        writer[y0:y0 + inst.shape[0], x0:x0 + inst.shape[1]][window == 0] = k
         window[window == 0] = glob[window == 0]
+    _join_across_seams(canvas, writer, parent)
     roots = np.array([_root(parent, i) for i in range(len(parent))])
     merged = roots[canvas]
     ids = np.unique(merged[merged > 0])
@@ -109,6 +113,20 @@ def stitch_nuclei(inst_maps: list[np.ndarray], classes: list[list[str]], origins
     cx = np.bincount(keys, xs, minlength=len(parent))[ids] / n[ids]
     cy = np.bincount(keys, ys, minlength=len(parent))[ids] / n[ids]
     return SourceNuclei(np.stack([cx, cy], axis=1), _root_labels(roots, label, canvas, ids), len(label) - 1)
+
+
+def _join_across_seams(canvas: np.ndarray, writer: np.ndarray, parent: list[int]) -> None:
+    """Union instances of two crops that touch along a seam (4-adjacent on at least :data:`MIN_SHARED_PX`
+    pixel pairs): crops of the regular grid abut without overlapping, so a nucleus cut there shares no pixel."""
+    for a, b, wa, wb in ((canvas[:, :-1], canvas[:, 1:], writer[:, :-1], writer[:, 1:]),
+                         (canvas[:-1], canvas[1:], writer[:-1], writer[1:])):
+        across = (a > 0) & (b > 0) & (wa != wb)
+        pairs, counts = np.unique(np.stack([a[across], b[across]]), axis=1, return_counts=True)
+        for (i, j), n in zip(pairs.T, counts):
+            if n >= MIN_SHARED_PX:
+                ri, rj = _root(parent, int(i)), _root(parent, int(j))
+                if ri != rj:
+                    parent[rj] = ri
 
 
 def _root(parent: list[int], i: int) -> int:
