@@ -105,6 +105,7 @@ def pool_truth(tasks: list[dict[str, Any]], sources: dict[str, str], gt: GroundT
     counts: Counter = Counter()
     matched: dict[str, list[int]] = {}
     for task in tasks:
+        version = (prediction or {}).get("model_version", version)  # what the UI shows, not the poller's view
         tile = TileTask.from_task_data(task["data"])
         source = sources[tile.slide_id]
         centres = np.array([c.centroid_xy for c in tile.cells]).reshape(-1, 2)
