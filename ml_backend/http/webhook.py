@@ -26,6 +26,7 @@ class _Annotation(BaseModel):
     completed_by: int | dict[str, Any] | None = None
     lead_time: float | None = None
     updated_at: str | None = None
+    parent_prediction: int | None = None
 
 
 class _Task(BaseModel):
@@ -59,6 +60,7 @@ class LabelsWritten:
     cancelled: bool
     label_config: str | None
     updated_at: str
+    from_prediction: bool = False  # the annotation started from a prediction: the annotator saw HALI's boxes
 
 
 @dataclass(frozen=True)
@@ -111,6 +113,7 @@ def _labels_written(p: _Payload) -> LabelsWritten:
         cancelled=p.annotation.was_cancelled,
         label_config=p.project.label_config if p.project else None,
         updated_at=p.annotation.updated_at or "",
+        from_prediction=p.annotation.parent_prediction is not None,
     )
 
 
