@@ -21,9 +21,11 @@ from label_config import (
     NEUTRAL_LABEL,
     NOT_NUCLEUS_LABEL,
     TileTask,
+    is_nucleus,
     nuclei_only,
     parse_label_set,
     read_cell_labels,
+    region_to_slide_box,
     version_name,
 )
 from ml_backend.labels.redis_store import RedisLabelStore
@@ -102,10 +104,15 @@ def test_not_a_nucleus_by_hotkey_or_deletion_is_learnt_suggested_and_counted(
     }).json()
     assert NOT_NUCLEUS_LABEL in {r["value"]["rectanglelabels"][0] for r in answer["results"][0]["result"]}
 
-    # An export keeps the four nuclei and leaves the two non-nuclei out.
+    # An export, read as README's "Exporting labels" does, keeps the four nuclei and leaves the two non-nuclei out.
     (done,) = [t for t in tasks if t["annotations"]]
     (annotation,) = done["annotations"]
-    read = read_cell_labels(annotation["result"], TileTask.from_task_data(done["data"]), parse_label_set(config),
-                            from_prediction=annotation.get("parent_prediction") is not None)
+    tile = TileTask.from_task_data(done["data"])
+    read = read_cell_labels(annotation["result"], tile, parse_label_set(config),
+                            annotation.get("parent_prediction") is not None)
     assert read.labels[deleted_id] == NOT_NUCLEUS_LABEL
-    assert sorted(nuclei_only(read.labels).values()) == ["Negative", "Negative", "Positive", "Positive"]
+    nuclei = nuclei_only(read.labels) | {rid: lab for _, lab, rid in read.drawn if is_nucleus(lab)}
+    exported = {r["id"]: region_to_slide_box(r, tile) for r in annotation["result"] if r["id"] in nuclei}
+    assert sorted(nuclei.values()) == ["Negative", "Negative", "Positive", "Positive"] and len(exported) == 4
+    boxes = {c.cell_id: (c.x0, c.y0, c.w, c.h) for c in tile.cells}
+    assert all(exported[c] == pytest.approx(boxes[c], abs=1) for c in exported)
