@@ -7,14 +7,14 @@ functions here convert from and to level-0 slide pixels using the tile's ``x0, y
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
 import numpy as np
 
-from label_config.config import FROM_NAME, NEUTRAL_LABEL, TO_NAME
+from label_config.config import FROM_NAME, NOT_NUCLEUS_LABEL, TO_NAME, LabelSet
 from label_config.errors import UnknownLabelError
 from label_config.schema import CellBox, TileTask
 
@@ -83,8 +83,8 @@ def region_to_slide_box_exact(region: dict[str, Any], tile: TileTask) -> tuple[f
 class AnnotatedCells:
     """What one annotation says about the cells of one tile.
 
-    ``labels``: cell id -> class for pre-drawn cells given a class.
-    ``drawn``: (box in level-0 px, class) for boxes the annotator drew by hand (ids we did not make).
+    ``labels``: cell id -> target (a class, or "Not a nucleus") for pre-drawn cells.
+    ``drawn``: (box in level-0 px, target, region id) for boxes the annotator drew by hand (ids we did not make).
     ``problems``: one message per region that could not be used (a label outside the config, ...).
     """
 
@@ -93,15 +93,26 @@ class AnnotatedCells:
     problems: tuple[str, ...] = ()
 
 
-def read_cell_labels(result: Iterable[dict[str, Any]], tile: TileTask, classes: Sequence[str]) -> AnnotatedCells:
-    """Cell labels in an annotation's ``result`` list.
+def read_cell_labels(
+    result: Iterable[dict[str, Any]], tile: TileTask, labels: LabelSet, from_prediction: bool = False
+) -> AnnotatedCells:
+    """Cell labels in a submitted (not cancelled: a skip labels nothing) annotation's ``result`` list.
 
-    Regions still carrying the neutral label are not labels. A region whose label is not one of ``classes``
-    goes to ``problems`` (the others are still read, so one bad region loses no good label).
+    - A pre-drawn box (region id = cell id) carrying a class or "Not a nucleus" labels its cell so.
+    - A box still carrying the neutral label labels nothing: nobody decided.
+    - A cell of ``tile`` whose box is missing from ``result`` was deleted: "Not a nucleus". Counted only
+      when the config offers that label and the annotator saw HALI's boxes: ``from_prediction`` (the
+      annotation has a ``parent_prediction``) or ``result`` still holds some pre-drawn box. An annotator
+      shown no boxes (Label Studio's second reader of an overlapping task, when no prediction of the
+      current version exists) submits no box, and that says nothing about the cells.
+    - A box with an id we did not make was drawn by hand: it goes to ``drawn`` with its label.
+    - A region whose label is not in the config goes to ``problems`` (the others are still read, so one
+      bad region loses no good label); its cell is neither labelled nor counted as deleted.
     """
     known = {c.cell_id for c in tile.cells}
-    allowed = set(classes)
-    labels: dict[str, str] = {}
+    allowed = set(labels.targets)
+    cell_labels: dict[str, str] = {}
+    present: set[str] = set()
     drawn: list[tuple[tuple[int, int, int, int], str, str]] = []
     problems: list[str] = []
     for region in result:
@@ -109,22 +120,36 @@ def read_cell_labels(result: Iterable[dict[str, Any]], tile: TileTask, classes: 
             continue
         names = (region.get("value") or {}).get("rectanglelabels") or []
         region_id = str(region.get("id", ""))
+        present.add(region_id)
         if len(names) != 1:
             problems.append(f"region {region_id!r} has {len(names)} labels; give each cell exactly one")
             continue
         label = names[0]
-        if label == NEUTRAL_LABEL:
+        if label == labels.neutral:
             continue
         if label not in allowed:
             problems.append(
-                f"region {region_id!r} has label {label!r}, which is not in the project's classes {sorted(allowed)}"
+                f"region {region_id!r} has label {label!r}, which is not in the project's labels {sorted(allowed)}"
             )
             continue
         if region_id in known:
-            labels[region_id] = label
+            cell_labels[region_id] = label
         else:
             drawn.append((region_to_slide_box(region, tile), label, region_id))
-    return AnnotatedCells(labels, tuple(drawn), tuple(problems))
+    if labels.not_nucleus and (from_prediction or present & known):
+        cell_labels.update((c.cell_id, NOT_NUCLEUS_LABEL) for c in tile.cells if c.cell_id not in present)
+    return AnnotatedCells(cell_labels, tuple(drawn), tuple(problems))
+
+
+def is_nucleus(label: str) -> bool:
+    """False for "Not a nucleus": the predicate exports and progress counts use to leave such cells out."""
+    return label != NOT_NUCLEUS_LABEL
+
+
+def nuclei_only(labels: Mapping[str, str]) -> dict[str, str]:
+    """``labels`` (cell id -> target, as :func:`read_cell_labels` or a merge of them gives) without the
+    cells labelled "Not a nucleus": what an export writes and what counts as labelled nuclei."""
+    return {cell: label for cell, label in labels.items() if is_nucleus(label)}
 
 
 def validate_regions(config_xml: str, regions: Sequence[dict[str, Any]]) -> None:

@@ -26,7 +26,14 @@ from adapters.errors import LabelStudioError
 from adapters.label_studio import LabelStudioGateway
 from adapters.slide_reader import OpenSlideReader
 from adapters.storage import OutputStorage, S3Access, open_output_storage
-from label_config import TileTask, build_label_config, parse_classes, parse_version_name, version_name
+from label_config import (
+    TileTask,
+    build_label_config,
+    parse_classes,
+    parse_label_set,
+    parse_version_name,
+    version_name,
+)
 from preprocess.layout import (
     DataLayout,
     cells_key,
@@ -160,7 +167,8 @@ def _import_new_tiles(gateway: LabelStudioGateway, project, tiles: list[TileTask
     # New tiles join the version the project serves now, after its ranked tasks, until the next retrain.
     current = parse_version_name(project.model_version)
     version = version_name(current if current is not None else 0)
-    gateway.import_tasks(project.id, task_payloads(new, version, score_offset=1.0 if known else 0.0))
+    neutral = parse_label_set(project.label_config).neutral  # "Unclassified" in projects made before "Not a nucleus"
+    gateway.import_tasks(project.id, task_payloads(new, version, 1.0 if known else 0.0, neutral))
     if current is None:
         gateway.serve_version(project.id, version)
     return len(new)

@@ -4,7 +4,8 @@ A cell's row gathers every annotation that labelled it (overlap tasks have sever
 their labels, the consensus (majority; a tie goes to the latest save) and the agreement (share of
 annotators who gave the consensus). ``suggestion`` is what the model showed for that cell in the prediction
 the annotation started from, ``kept`` whether the annotator left it as it was. Seconds are the annotation's
-``lead_time`` shared evenly over the cells it labelled. Cells left with the neutral label are not rows.
+``lead_time`` shared evenly over the cells it labelled. Boxes left with the neutral label ("No class yet", or
+"Unclassified" in older projects) are not votes.
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from label_config import FROM_NAME, NEUTRAL_LABEL, TileTask, region_to_slide_box_exact
+from label_config import FROM_NAME, LEGACY_NEUTRAL_LABEL, NEUTRAL_LABEL, TileTask, region_to_slide_box_exact
+
+_NEUTRAL = frozenset({NEUTRAL_LABEL, LEGACY_NEUTRAL_LABEL})
 
 
 @dataclass(frozen=True)
@@ -79,7 +82,7 @@ def cell_rows(tasks: Iterable[dict[str, Any]], excluded: Sequence[str] = ()) -> 
 
 def _votes(ann: dict[str, Any], task: dict[str, Any], tile: TileTask) -> list[tuple[str, CellVote]]:
     regions = [r for r in ann.get("result") or [] if r.get("from_name") == FROM_NAME and _label(r)
-               and _label(r) != NEUTRAL_LABEL]
+               and _label(r) not in _NEUTRAL]
     suggestions, version = _suggestions(ann, task)
     seconds = float(ann.get("lead_time") or 0.0) / max(1, len(regions))
     annotator = _annotator(ann.get("completed_by"))
@@ -104,7 +107,7 @@ def _suggestions(ann: dict[str, Any], task: dict[str, Any]) -> tuple[dict[str, s
     if not prediction:
         return {}, None
     labels = {str(r["id"]): _label(r) for r in prediction.get("result") or [] if _label(r)}
-    return {c: lab for c, lab in labels.items() if lab != NEUTRAL_LABEL}, prediction.get("model_version")
+    return {c: lab for c, lab in labels.items() if lab not in _NEUTRAL}, prediction.get("model_version")
 
 
 def _row(task_id: int, tile: TileTask, cell_id: str, votes: tuple[CellVote, ...]) -> CellRow:

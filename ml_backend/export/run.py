@@ -10,7 +10,7 @@ from typing import Literal
 
 from adapters.atomic import write_atomic
 from adapters.label_studio import LabelStudioGateway
-from label_config import parse_classes
+from label_config import NOT_NUCLEUS_LABEL, parse_classes
 from ml_backend.export.formats import label_colours, to_coco, to_csv, to_geojson
 from ml_backend.export.rows import cell_rows
 
@@ -28,8 +28,11 @@ class ExportReport:
 
 
 def export_project(gateway: LabelStudioGateway, project_id: int, fmt: ExportFormat, out: Path,
-                   excluded: tuple[str, ...] = ()) -> ExportReport:
-    """Write the labelled cells of ``project_id`` to ``out`` (a file; for GeoJSON a folder, one file per slide)."""
+                   excluded: tuple[str, ...] = (NOT_NUCLEUS_LABEL,)) -> ExportReport:
+    """Write the labelled cells of ``project_id`` to ``out`` (a file; for GeoJSON a folder, one file per slide).
+
+    Cells whose consensus is one of ``excluded`` (by default "Not a nucleus") are left out.
+    """
     config = gateway.get_project(project_id).label_config
     tasks = [t for t in gateway.export_tasks(project_id) if t.get("data", {}).get("tile_id")]
     rows = cell_rows(tasks, excluded)

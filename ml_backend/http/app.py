@@ -26,7 +26,7 @@ from werkzeug.exceptions import HTTPException, Unauthorized
 
 from adapters.errors import StorageError, StorageKeyError
 from adapters.settings import redacted_url
-from label_config import LabelConfigError, TileTask, parse_classes, version_name
+from label_config import LabelConfigError, TileTask, parse_label_set, version_name
 from ml_backend.errors import NotPreprocessedError, UnknownCellError, WebhookError
 from ml_backend.http.webhook import AnnotationsDeleted, Ignored, LabelsWritten, TrainingRequested, parse_webhook
 from ml_backend.labels.records import annotation_record
@@ -106,9 +106,10 @@ def create_app(settings: BackendSettings | None = None, redis: Redis | None = No
 def _on_labels(event: LabelsWritten, store: RedisLabelStore, queue: Queue, settings: BackendSettings):
     if not event.label_config:
         raise WebhookError("annotation webhook without project.label_config; send Label Studio's full payload")
-    classes = parse_classes(event.label_config)
+    labels = parse_label_set(event.label_config)
     tile = TileTask.from_task_data(event.task_data)
-    rec, problems = annotation_record(event.task_id, tile, event.result, classes, event.cancelled, event.updated_at)
+    rec, problems = annotation_record(event.task_id, tile, event.result, labels, event.cancelled, event.updated_at,
+                                      event.from_prediction)
     pending = store.record(event.project_id, event.annotation_id, rec)
     job = enqueue_retrain(queue, store, event.project_id, settings) if pending >= settings.retrain_every else None
     body = {"recorded": len(rec.labels), "drawn": len(rec.drawn), "pending": pending, "job": job}

@@ -33,6 +33,7 @@ class _Annotation(BaseModel):
     completed_by: int | dict[str, Any] | None = None
     lead_time: float | None = None
     updated_at: str | None = None
+    parent_prediction: int | None = None
 
 
 class _Task(BaseModel):
@@ -66,6 +67,7 @@ class LabelsWritten:
     cancelled: bool
     label_config: str | None
     updated_at: str
+    from_prediction: bool = False  # the annotation started from a prediction: the annotator saw HALI's boxes
 
 
 @dataclass(frozen=True)
@@ -118,6 +120,7 @@ def _labels_written(p: _Payload) -> LabelsWritten:
         cancelled=p.annotation.was_cancelled,
         label_config=p.project.label_config if p.project else None,
         updated_at=p.annotation.updated_at or "",
+        from_prediction=p.annotation.parent_prediction is not None,
     )
 
 

@@ -2,7 +2,9 @@
 
 Reads every task and annotation from Label Studio (the source of truth, so a lost webhook loses no
 label), fits the classifier head on the labelled cells' frozen embeddings, predicts every open task,
-lets the query strategy pick the most useful cells, ranks open tasks by how many picked cells they hold,
+lets the query strategy pick the most useful cells (among those not predicted "Not a nucleus": the model
+learns that answer like a class, and active learning does not chase debris), ranks open tasks by how many
+picked cells they hold,
 pushes one prediction per open task whose score is its rank, saves the model, and switches the project
 to the new version so that "Label All Tasks" serves that order.
 """
@@ -19,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from adapters.label_studio import LabelStudioGateway
-from label_config import TileTask, parse_classes, rank_to_score, version_name
+from label_config import LabelSet, TileTask, nuclei_only, parse_label_set, rank_to_score, version_name
 from ml_backend.errors import NotPreprocessedError
 from ml_backend.labels.records import merge_labels, records_from_tasks
 from ml_backend.labels.redis_store import RedisLabelStore
@@ -31,7 +33,7 @@ from ml_backend.ordering.strategies import Strategy, get_strategy, needs_mc_pass
 from ml_backend.settings import BackendSettings
 from ml_backend.suggestions.drawn_cells import DrawnCellEmbedder
 from ml_backend.suggestions.embeddings import EmbeddingIndex, tables_storage
-from ml_backend.suggestions.predictions import tile_prediction
+from ml_backend.suggestions.predictions import not_nucleus_mask, tile_prediction
 from preprocess.layout import DataLayout
 
 log = logging.getLogger(__name__)
@@ -55,7 +57,7 @@ class _Cells:
 
     features: np.ndarray  # float32 (N, D)
     task_ids: np.ndarray  # int (N,)
-    y: np.ndarray  # int (N,): class index, -1 when unlabelled
+    y: np.ndarray  # int (N,): target index (classes, then "Not a nucleus"), -1 when unlabelled
 
 
 def run_retrain(
@@ -78,31 +80,33 @@ def run_retrain(
 def _retrain(project_id: int, settings: BackendSettings, gateway: LabelStudioGateway,
              store: RedisLabelStore) -> RetrainReport:
     t0 = time.perf_counter()
-    classes = parse_classes(gateway.get_project(project_id).label_config)
+    label_set = parse_label_set(gateway.get_project(project_id).label_config)
+    targets = list(label_set.targets)
     tasks = list(gateway.iter_tasks(project_id))
     tiles = {t["id"]: TileTask.from_task_data(t["data"]) for t in tasks}
-    records = records_from_tasks(tasks, tiles, classes)
+    records = records_from_tasks(tasks, tiles, label_set)
     store.replace_all(project_id, records)  # the mirror now matches Label Studio, lost webhooks included
     labels = merge_labels(records)
     open_ids = [t["id"] for t in tasks if not t["annotations"]]
     layout = DataLayout(settings.data_dir, settings.ls_files_root)
     models = ModelStore(layout.models_dir(project_id))
     tables = tables_storage(settings)
-    cells = _gather_cells(tiles, open_ids, labels, classes, EmbeddingIndex(tables))
-    cells = _add_drawn_cells(cells, records, tiles, classes, DrawnCellEmbedder(tables))
+    cells = _gather_cells(tiles, open_ids, labels, targets, EmbeddingIndex(tables))
+    cells = _add_drawn_cells(cells, records, tiles, targets, DrawnCellEmbedder(tables))
     strategy = get_strategy(settings.strategy)
     if needs_mc_passes(strategy):
-        strategy = get_strategy(settings.strategy, _relevance_params(settings, classes, cells.y))
-    head = _fit_head(cells, len(classes), settings, needs_mc_passes(strategy))
+        strategy = get_strategy(settings.strategy, _relevance_params(settings, list(label_set.classes), cells.y))
+    head = _fit_head(cells, len(targets), settings, needs_mc_passes(strategy))
     if head is None:
         log.info("project %s: no cell labels yet, nothing to retrain", project_id)
         current = models.latest_version()
         return RetrainReport(project_id, current, version_name(current), 0, len(open_ids), [], {}, 0.0)
     proba = head.predict_proba(cells.features)
-    order = _rank_open_tasks(cells, head, proba, open_ids, settings, strategy)
+    excluded = not_nucleus_mask(proba, targets) & (cells.y < 0)
+    order = _rank_open_tasks(cells, head, proba, open_ids, settings, strategy, excluded)
     version = models.next_version()
-    gateway.import_predictions(project_id, _predictions(order, tiles, cells, proba, classes, version_name(version)))
-    meta = _meta(classes, labels, head, settings, n_drawn=int((cells.task_ids == -1).sum()))
+    gateway.import_predictions(project_id, _predictions(order, tiles, cells, proba, targets, version_name(version)))
+    meta = _meta(label_set, labels, head, settings, n_drawn=int((cells.task_ids == -1).sum()))
     models.save(version, head, meta)
     gateway.serve_version(project_id, version_name(version))  # last: the switch makes the new order live
     return RetrainReport(project_id, version, version_name(version), len(labels), len(open_ids), order[:5],
@@ -110,11 +114,11 @@ def _retrain(project_id: int, settings: BackendSettings, gateway: LabelStudioGat
 
 
 def _gather_cells(
-    tiles: dict[int, TileTask], open_ids: list[int], labels: dict[str, str], classes: list[str], index: EmbeddingIndex
+    tiles: dict[int, TileTask], open_ids: list[int], labels: dict[str, str], targets: list[str], index: EmbeddingIndex
 ) -> _Cells:
-    """Labelled cells (any task) plus every cell of an open task."""
+    """Labelled cells (any task) plus every cell of an open task; ``y`` indexes ``targets``."""
     open_set = set(open_ids)
-    class_index = {c: i for i, c in enumerate(classes)}
+    class_index = {c: i for i, c in enumerate(targets)}
     feats, task_ids, ys = [], [], []
     for task_id, tile in tiles.items():
         y = np.array([class_index.get(labels.get(c.cell_id, ""), -1) for c in tile.cells], dtype=np.int64)
@@ -135,14 +139,14 @@ def _gather_cells(
     return _Cells(np.concatenate(feats).astype(np.float32), np.concatenate(task_ids), np.concatenate(ys))
 
 
-def _add_drawn_cells(cells: _Cells, records, tiles: dict[int, TileTask], classes: list[str],
+def _add_drawn_cells(cells: _Cells, records, tiles: dict[int, TileTask], targets: list[str],
                      embedder: DrawnCellEmbedder) -> _Cells:
     """``cells`` plus the labelled boxes annotators drew by hand (task id -1: they are never ranked)."""
     by_slide: dict[str, list[tuple[list[int], str]]] = {}
     for rec in records.values():
         for drawn in rec.drawn:
             by_slide.setdefault(tiles[rec.task_id].slide_id, []).append((drawn["box"], drawn["label"]))
-    class_index = {c: i for i, c in enumerate(classes)}
+    class_index = {c: i for i, c in enumerate(targets)}
     feats, ys = [cells.features], [cells.y]
     for slide_id, items in by_slide.items():
         f = embedder.embed(slide_id, [box for box, _ in items])
@@ -162,12 +166,15 @@ def _add_drawn_cells(cells: _Cells, records, tiles: dict[int, TileTask], classes
 
 
 def _relevance_params(settings: BackendSettings, classes: list[str], y: np.ndarray) -> RelevanceParams:
-    """The relevance strategies' parameters from ``settings``; the rare class defaults to the least labelled."""
+    """The relevance strategies' parameters from ``settings``; the rare class defaults to the least labelled.
+
+    ``classes`` are the real classes (the first target indices): "Not a nucleus" is never the rare class.
+    """
     if settings.relevance_rare_class and settings.relevance_rare_class not in classes:
         raise ValueError(f"HALI_RELEVANCE_RARE_CLASS={settings.relevance_rare_class!r} is not a class of the "
                          f"project ({classes}); set one of them, or leave it empty for the least labelled class")
     rare = (classes.index(settings.relevance_rare_class) if settings.relevance_rare_class
-            else rarest_class(y[y >= 0], len(classes)))
+            else rarest_class(y[(y >= 0) & (y < len(classes))], len(classes)))
     return RelevanceParams(
         alpha=settings.relevance_alpha, beta=settings.relevance_beta, gamma=settings.relevance_gamma,
         class_certainty_max=settings.relevance_class_certainty_max,
@@ -187,19 +194,26 @@ def _fit_head(cells: _Cells, n_classes: int, settings: BackendSettings, mc: bool
 
 def _rank_open_tasks(
     cells: _Cells, head: HeadClassifier, proba: np.ndarray, open_ids: list[int], settings: BackendSettings,
-    strategy: Strategy,
+    strategy: Strategy, excluded: np.ndarray,
 ) -> list[int]:
+    """Open task ids, most useful first. ``excluded`` (N,) bool: unlabelled cells predicted "Not a nucleus";
+    the strategy never sees them, and a tile of nothing else is served last."""
     if not open_ids:
         return []
+    pool = ~excluded
+    features = cells.features[pool]
     if needs_mc_passes(strategy):  # (T, N, K): only the strategies that use them pay for T passes
-        proba = head.predict_proba_mc(cells.features, settings.mc_passes, settings.seed)
-    picks, weights = query(strategy, head.transform(cells.features), proba, cells.y >= 0, settings.query_budget,
-                           settings.seed)
-    return [int(t) for t in rank_tiles(cells.task_ids, picks, open_ids, weights)]
+        pool_proba = head.predict_proba_mc(features, settings.mc_passes, settings.seed)
+    else:
+        pool_proba = proba[pool]
+    picks, weights = query(strategy, head.transform(features), pool_proba, cells.y[pool] >= 0,
+                           settings.query_budget, settings.seed)
+    picks = np.flatnonzero(pool)[picks]
+    return [int(t) for t in rank_tiles(cells.task_ids, picks, open_ids, weights, excluded)]
 
 
 def _predictions(
-    order: list[int], tiles: dict[int, TileTask], cells: _Cells, proba: np.ndarray, classes: list[str], name: str
+    order: list[int], tiles: dict[int, TileTask], cells: _Cells, proba: np.ndarray, targets: list[str], name: str
 ) -> list[dict[str, Any]]:
     """One prediction per open task in ``order``; an open task's cells are contiguous rows of ``cells``."""
     first = {int(t): i for i, t in reversed(list(enumerate(cells.task_ids)))}
@@ -207,20 +221,24 @@ def _predictions(
     for task_id, score in zip(order, rank_to_score(len(order))):
         tile = tiles[task_id]
         rows = proba[first[task_id] : first[task_id] + len(tile.cells)]
-        preds.append({"task": task_id, **tile_prediction(tile, rows, classes, name, score)})
+        preds.append({"task": task_id, **tile_prediction(tile, rows, targets, name, score)})
     return preds
 
 
 def _meta(
-    classes: list[str], labels: dict[str, str], head: HeadClassifier, settings: BackendSettings, n_drawn: int
+    label_set: LabelSet, labels: dict[str, str], head: HeadClassifier, settings: BackendSettings, n_drawn: int
 ) -> dict[str, Any]:
+    """The model's sidecar; its ``metrics`` also go to the status. ``n_labels`` counts every label
+    ("Not a nucleus" included: it is an answer the model learns), ``n_nuclei`` only the nuclei."""
     snapshot = hashlib.sha256(json.dumps(sorted(labels.items())).encode()).hexdigest()[:16]
-    counts = {c: sum(1 for v in labels.values() if v == c) for c in classes}
+    counts = {c: sum(1 for v in labels.values() if v == c) for c in label_set.targets}
     metrics = {
         "n_labels": len(labels),
+        "n_nuclei": len(nuclei_only(labels)),
         "n_drawn_cells": n_drawn,
         "per_class": counts,
         "best_val_loss": head.best_val_loss_,
         "epochs": head.n_epochs_,
     }
-    return {"classes": classes, "label_snapshot": snapshot, "strategy": settings.strategy, "metrics": metrics}
+    return {"classes": list(label_set.classes), "targets": list(label_set.targets), "label_snapshot": snapshot,
+            "strategy": settings.strategy, "metrics": metrics}

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from adapters.storage import Storage
-from label_config import TileTask, parse_classes, version_name
+from label_config import TileTask, parse_label_set, version_name
 from ml_backend.model.head import HeadClassifier
 from ml_backend.model.store import ModelStore
 from ml_backend.suggestions.embeddings import EmbeddingIndex
@@ -33,7 +33,7 @@ class Predictor:
 
     def predict(self, project_id: int, tasks: Sequence[dict[str, Any]], label_config: str) -> list[dict[str, Any]]:
         """One prediction per task, in order; raises TaskDataError / UnknownCellError / NotPreprocessedError."""
-        classes = parse_classes(label_config)
+        labels = parse_label_set(label_config)
         version, head = self._latest_head(project_id)
         name = version_name(version)
         results = []
@@ -41,7 +41,7 @@ class Predictor:
             tile = TileTask.from_task_data(task.get("data") or {})
             features = self._index.tile_features(tile)  # also checks that every cell is known
             proba = head.predict_proba(features) if head is not None else None
-            results.append(tile_prediction(tile, proba, classes, name, PREDICT_SCORE))
+            results.append(tile_prediction(tile, proba, labels.targets, name, PREDICT_SCORE, labels.neutral))
         return results
 
     def _latest_head(self, project_id: int) -> tuple[int, HeadClassifier | None]:

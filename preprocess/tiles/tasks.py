@@ -42,16 +42,19 @@ def _tile(slide_id, tile_id, idx, cell_ids, boxes, slide_wh, mpp, image_url) -> 
     return TileTask(tile_id, slide_id, image_url(slide_id, tile_id), x0, y0, x1 - x0, y1 - y0, 1.0, mpp, cells)
 
 
-def task_payload(tile: TileTask, model_version: str, score: float) -> dict[str, Any]:
-    """A task to import: its data plus one prediction with every cell box drawn as not-yet-classified."""
-    result = [cell_to_region(c, tile, NEUTRAL_LABEL) for c in tile.cells]
+def task_payload(tile: TileTask, model_version: str, score: float, neutral: str = NEUTRAL_LABEL) -> dict[str, Any]:
+    """A task to import: its data plus one prediction with every cell box drawn with the ``neutral`` label
+    ("No class yet"; a project made before that name passes its own, :attr:`label_config.LabelSet.neutral`)."""
+    result = [cell_to_region(c, tile, neutral) for c in tile.cells]
     return {
         "data": tile.to_task_data(),
         "predictions": [{"model_version": model_version, "score": float(score), "result": result}],
     }
 
 
-def task_payloads(tiles: Sequence[TileTask], model_version: str, score_offset: float = 0.0) -> list[dict[str, Any]]:
+def task_payloads(
+    tiles: Sequence[TileTask], model_version: str, score_offset: float = 0.0, neutral: str = NEUTRAL_LABEL
+) -> list[dict[str, Any]]:
     """Tasks in the given order, served in that order (score = rank, lowest first), after ``score_offset``."""
     scores = rank_to_score(len(tiles)) + score_offset
-    return [task_payload(t, model_version, s) for t, s in zip(tiles, scores)]
+    return [task_payload(t, model_version, s, neutral) for t, s in zip(tiles, scores)]

@@ -37,7 +37,9 @@ def test_label_studio_reaches_a_locked_backend_and_strangers_do_not(label_studio
 
         annotator = new_annotator()
         task = annotator.next_task(pid)
-        regions = [dict(r, value=dict(r["value"], rectanglelabels=["Positive"]), origin="prediction-changed")
-                   for r in task["predictions"][0]["result"][:3]]
+        regions = [dict(r, value=dict(r["value"])) for r in task["predictions"][0]["result"]]
+        for region in regions[:3]:  # three boxes get a class; the rest stay "No class yet"
+            region["value"]["rectanglelabels"] = ["Positive"]
+            region["origin"] = "prediction-changed"
         annotator.submit(task["id"], regions, lead_time=5.0, project_id=pid)
         assert RedisLabelStore(Redis.from_url(redis_url)).pending(pid) == 3, "the webhook did not get through"

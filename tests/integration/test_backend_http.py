@@ -8,7 +8,7 @@ from pydantic import SecretStr
 from redis import Redis
 from rq import Queue
 
-from label_config import CellBox, TileTask, build_label_config, cell_to_region
+from label_config import NEUTRAL_LABEL, NOT_NUCLEUS_LABEL, CellBox, TileTask, build_label_config, cell_to_region
 from ml_backend.http.app import create_app
 from ml_backend.settings import BackendSettings
 from preprocess.layout import DataLayout
@@ -42,6 +42,8 @@ def client(settings):
 
 
 def _webhook(tile: TileTask, labels: list[str], annotation_id: int = 1) -> dict:
+    """An annotation giving the first cells ``labels``; the other boxes are left "No class yet"."""
+    labels = labels + [NEUTRAL_LABEL] * (len(tile.cells) - len(labels))
     result = [cell_to_region(c, tile, lab) for c, lab in zip(tile.cells, labels)]
     return {"action": "ANNOTATION_CREATED", "project": {"id": 7, "label_config": CONFIG},
             "annotation": {"id": annotation_id, "result": result, "task": 3, "updated_at": "2026-11-22T10:00:00Z"},
@@ -64,6 +66,17 @@ def test_five_new_labels_enqueue_one_retrain_and_fewer_do_not(client, tile, sett
     assert r.get_json()["pending"] == 5 and r.get_json()["job"] is not None
     client.post("/webhook", json=_webhook(tile, ["Other"] * 8, annotation_id=2))
     assert queue.count == 1, "a second retrain must not be queued while one waits"
+
+
+def test_not_a_nucleus_and_deleted_boxes_count_as_new_labels_and_a_skip_counts_none(client, tile):
+    body = _webhook(tile, ["Tumor", NOT_NUCLEUS_LABEL])
+    del body["annotation"]["result"][2:4]  # two boxes deleted
+    body["annotation"]["parent_prediction"] = 41
+    r = client.post("/webhook", json=body)
+    assert r.status_code == 200 and r.get_json()["recorded"] == 4 and r.get_json()["pending"] == 4
+    skipped = _webhook(tile, [], annotation_id=2)
+    skipped["annotation"].update(result=[], was_cancelled=True, parent_prediction=42)
+    assert client.post("/webhook", json=skipped).get_json()["pending"] == 4
 
 
 @pytest.mark.parametrize("body", ["{not json", "[]", '{"action": "ANNOTATION_CREATED"}'])

@@ -41,8 +41,8 @@ def test_relevance_serves_the_tile_with_the_highest_tile_score(
     annotator = new_annotator()
     first = annotator.next_task(pid)
     prediction = first["predictions"][0]
-    result = [dict(r, value=dict(r["value"])) for r in prediction["result"]][:6]
-    for i, region in enumerate(result):
+    result = [dict(r, value=dict(r["value"])) for r in prediction["result"]]  # the rest stay "No class yet"
+    for i, region in enumerate(result[:6]):
         region["value"]["rectanglelabels"] = ["Positive" if i == 0 else "Negative"]
         region["origin"] = "prediction-changed"
     annotator.submit(first["id"], result, lead_time=5.0, parent_prediction=prediction["id"], project_id=pid)

@@ -5,10 +5,13 @@ from hypothesis import strategies as st
 
 from label_config import (
     FROM_NAME,
+    LEGACY_NEUTRAL_LABEL,
     NEUTRAL_LABEL,
+    NOT_NUCLEUS_LABEL,
     TO_NAME,
     CellBox,
     LabelConfigError,
+    LabelSet,
     TaskDataError,
     TileTask,
     UnknownLabelError,
@@ -16,6 +19,7 @@ from label_config import (
     cell_to_region,
     cells_to_regions,
     parse_classes,
+    parse_label_set,
     parse_version_name,
     rank_to_score,
     read_cell_labels,
@@ -25,6 +29,18 @@ from label_config import (
 )
 
 CLASSES = ["Tumor", "Lymphocyte"]
+LABELS = LabelSet(tuple(CLASSES))
+
+# What build_label_config wrote before "Not a nucleus" existed: existing projects keep this config.
+OLD_CONFIG = """<View>
+  <Image name="image" value="$image" zoom="true" zoomControl="true" rotateControl="false"/>
+  <RectangleLabels name="cell" toName="image" strokeWidth="2" opacity="0.15">
+    <Label value="Unclassified" background="#9E9E9E" hotkey="0"/>
+    <Label value="Tumor" background="#E69F00" hotkey="1"/>
+    <Label value="Lymphocyte" background="#56B4E9" hotkey="2"/>
+  </RectangleLabels>
+</View>
+"""
 
 
 def _tile(downsample=1.0):
@@ -32,14 +48,44 @@ def _tile(downsample=1.0):
     return TileTask("t1", "s1", "/img.png", 100, 200, 60, 50, downsample, 0.5, cells)
 
 
-def test_config_round_trips_classes_and_keeps_neutral_label_first():
+def _hotkeys(xml):
+    import xml.etree.ElementTree as ET
+
+    return {lab.get("value"): lab.get("hotkey") for lab in ET.fromstring(xml).iter("Label")}
+
+
+def test_config_offers_classes_on_digits_not_a_nucleus_on_0_and_the_neutral_label_on_a_letter():
     xml = build_label_config(CLASSES)
     assert parse_classes(xml) == CLASSES
-    assert xml.index(NEUTRAL_LABEL) < xml.index("Tumor")
-    assert 'hotkey="1"' in xml and 'hotkey="0"' in xml
+    assert _hotkeys(xml) == {"Tumor": "1", "Lymphocyte": "2", NOT_NUCLEUS_LABEL: "0", NEUTRAL_LABEL: "n"}
+    assert parse_label_set(xml) == LabelSet(("Tumor", "Lymphocyte"), not_nucleus=True, neutral=NEUTRAL_LABEL)
+    assert parse_label_set(xml).targets == ("Tumor", "Lymphocyte", NOT_NUCLEUS_LABEL)
 
 
-@pytest.mark.parametrize("bad", [[], ["A", "A"], ["A", " "], [NEUTRAL_LABEL], [str(i) for i in range(10)]])
+def test_config_shows_an_instruction_line_naming_the_keys():
+    import xml.etree.ElementTree as ET
+
+    header = ET.fromstring(build_label_config(CLASSES)).find("Header")
+    assert "press 1-2 for its class, or 0 if it is not a nucleus" in header.get("value")
+    assert NEUTRAL_LABEL in header.get("value")
+    assert "press 1 for" in ET.fromstring(build_label_config(["A"])).find("Header").get("value")
+
+
+def test_config_is_valid_for_the_sdk_and_not_a_nucleus_regions_fit_it():
+    tile = _tile()
+    validate_regions(build_label_config(CLASSES), [cell_to_region(tile.cells[0], tile, NOT_NUCLEUS_LABEL),
+                                                   cell_to_region(tile.cells[1], tile, NEUTRAL_LABEL)])
+
+
+def test_configs_made_before_not_a_nucleus_still_parse_with_their_neutral_label():
+    assert parse_classes(OLD_CONFIG) == CLASSES
+    old = parse_label_set(OLD_CONFIG)
+    assert old == LabelSet(tuple(CLASSES), not_nucleus=False, neutral=LEGACY_NEUTRAL_LABEL)
+    assert old.targets == tuple(CLASSES)
+
+
+@pytest.mark.parametrize("bad", [[], ["A", "A"], ["A", " "], [NEUTRAL_LABEL], ["not a nucleus"],
+                                 [LEGACY_NEUTRAL_LABEL], [str(i) for i in range(10)]])
 def test_config_rejects_bad_class_lists_with_a_fix(bad):
     with pytest.raises(LabelConfigError):
         build_label_config(bad)
@@ -86,7 +132,7 @@ def test_read_cell_labels_keeps_good_labels_beside_bad_ones():
         cell_to_region(tile.cells[0], tile, "Tumor"),
         cell_to_region(tile.cells[1], tile, "Tumour"),
     ]
-    read = read_cell_labels(result, tile, CLASSES)
+    read = read_cell_labels(result, tile, LABELS)
     assert read.labels == {"c1": "Tumor"}
     assert len(read.problems) == 1 and "Tumour" in read.problems[0]
 
@@ -94,7 +140,8 @@ def test_read_cell_labels_keeps_good_labels_beside_bad_ones():
 def test_neutral_label_is_not_a_label_and_unknown_ids_are_hand_drawn_cells():
     tile = _tile()
     drawn = cell_to_region(CellBox("xyz", 120, 220, 6, 6), tile, "Lymphocyte")
-    read = read_cell_labels([cell_to_region(tile.cells[0], tile, NEUTRAL_LABEL), drawn], tile, CLASSES)
+    both = [cell_to_region(tile.cells[0], tile, NEUTRAL_LABEL), cell_to_region(tile.cells[1], tile, NEUTRAL_LABEL)]
+    read = read_cell_labels([*both, drawn], tile, LABELS)
     assert read.labels == {}
     assert read.drawn == (((120, 220, 6, 6), "Lymphocyte", "xyz"),)
 
