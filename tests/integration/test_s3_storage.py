@@ -56,8 +56,8 @@ def _served_image(label_studio, task_id: int) -> tuple[str, requests.Response]:
 def _label_first_task(ls_client, project_id: int, n: int) -> None:
     task = next(iter(ls_client.tasks.list(project=project_id, fields="all")))
     prediction = task.predictions[0]
-    result = [dict(r) for r in (prediction["result"] if isinstance(prediction, dict) else prediction.result)][:n]
-    for i, region in enumerate(result):
+    result = [dict(r) for r in (prediction["result"] if isinstance(prediction, dict) else prediction.result)]
+    for i, region in enumerate(result[:n]):  # the rest stay "No class yet" (a left-out box is "Not a nucleus")
         region["value"] = dict(region["value"], rectanglelabels=["Positive" if i % 2 else "Negative"])
     ls_client.annotations.create(id=task.id, result=result, lead_time=3.0)
 
