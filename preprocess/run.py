@@ -2,9 +2,10 @@
 
 Steps (each logged with the slide id): read the slide, find tissue and cut it into regions of a few windows,
 then region by region segment nuclei, embed each cell's patch and save the region's part (so memory stays
-bounded and a killed run resumes where it stopped, see :mod:`preprocess.stages`); merge the parts, cut tiles
-of about ``cells_per_task`` cells, write tile PNGs at ``tile_mpp`` um/px to the output storage (Label
-Studio's local-files root, or S3), and import the tiles not yet in the project. Re-running on the same slide
+bounded and a killed run resumes where it stopped, see :mod:`preprocess.stages`); merge the parts, group
+cells into tasks (:func:`make_tasks`: ``HALI_TASK_MODE`` tile or focused) shown in windows of at least
+``tile_min_px`` px, write tile PNGs at ``tile_mpp`` um/px to the output storage (Label Studio's local-files
+root, or S3), and import the tiles not yet in the project. Re-running on the same slide
 and project reuses the cell table (keyed by the slide's content hash and the recipe), skips tile images
 already stored, and imports nothing twice. Queued region jobs on many workers (``hali preprocess --queue``)
 write the same parts, and their last step calls :func:`run_preprocess` too.
@@ -38,9 +39,11 @@ from preprocess.layout import (
 )
 from preprocess.settings import PreprocessSettings
 from preprocess.stages import SlidePlan, merge_parts, pick_segmenter, plan_slide, process_region, recipe
-from preprocess.tiles.images import fit_tiles, write_tile_images
-from preprocess.tiles.regions import build_cell_table
+from preprocess.tiles.cells import CellTable
+from preprocess.tiles.images import fit_tiles, tile_downsample, write_tile_images
+from preprocess.tiles.regions import RegionCells, build_cell_table
 from preprocess.tiles.tasks import build_tiles, task_payloads
+from preprocess.tiles.tiling import choose_tile_side
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +108,7 @@ def _load_or_make_tiles(reader: OpenSlideReader, settings: PreprocessSettings, l
                         storage: OutputStorage):
     slide_id, tables = reader.slide_id, storage.tables
     where = tables.location(cells_key(slide_id))
-    made_with = {**recipe(settings), "tile_mpp": settings.tile_mpp}
+    made_with = {**recipe(settings), **task_shape(settings)}
     if tables.exists(cells_key(slide_id)) and tables.exists(tasks_key(slide_id)):
         meta = read_slide_meta(tables, slide_id)
         if meta.get("recipe") == made_with:
@@ -116,15 +119,39 @@ def _load_or_make_tiles(reader: OpenSlideReader, settings: PreprocessSettings, l
         plan = plan_slide(reader, settings, layout)
     _process_regions(reader, plan, settings, timer)
     with timer("merge"):
-        table = build_cell_table(slide_id, merge_parts(reader, plan), settings.cells_per_task)
-        tiles = build_tiles(slide_id, table.cell_ids, table.tile_ids, table.boxes, reader.dimensions,
-                            reader.mpp, layout.tile_url)
+        table, tiles = make_tasks(slide_id, merge_parts(reader, plan), reader.dimensions, reader.mpp, settings,
+                                  layout.tile_url)
         tiles = fit_tiles(tiles, reader.mpp, settings.tile_mpp, storage.tiles)
     write_cell_table(tables, slide_id, table)
     meta = {"slide_path": str(Path(reader.path).resolve()), "slide_id": slide_id, "mpp": reader.mpp,
             "recipe": made_with, "featurizer": settings.featurizer, "tiles": [t.to_task_data() for t in tiles]}
     write_slide_meta(tables, slide_id, meta)
     return tiles, len(table)
+
+
+def task_shape(settings: PreprocessSettings) -> dict:
+    """The settings that decide how cells group into tasks and what each task image shows."""
+    return {"tile_mpp": settings.tile_mpp, "task_mode": settings.task_mode, "tile_min_px": settings.tile_min_px,
+            **({"focus_cells": settings.focus_cells} if settings.task_mode == "focused" else {})}
+
+
+def make_tasks(slide_id: str, cells: RegionCells, slide_wh: tuple[int, int], mpp: float | None,
+               settings: PreprocessSettings, image_url) -> tuple[CellTable, list[TileTask]]:
+    """The cell table (cells grouped into tasks) and the tasks' tiles at level-0 size (before ``fit_tiles``).
+
+    Tile mode: groups of about ``cells_per_task`` cells, every one marked. Focused mode: groups of about
+    ``focus_cells`` cells, each shown in a window wide enough for about ``cells_per_task`` cells of context
+    (the side of the grid squares that hold that many on average). Either way each image is at least
+    ``tile_min_px`` tile pixels a side, and each cell is in exactly one task.
+    """
+    focused = settings.task_mode == "focused"
+    group = settings.focus_cells if focused else settings.cells_per_task
+    table = build_cell_table(slide_id, cells, group, focused=focused)
+    context = choose_tile_side(cells.centroids_xy, settings.cells_per_task) if focused else 0.0
+    tiles = build_tiles(slide_id, table.cell_ids, table.tile_ids, table.boxes, slide_wh, mpp, image_url,
+                        min_px=settings.tile_min_px, downsample=tile_downsample(mpp, settings.tile_mpp),
+                        context_side=context)
+    return table, tiles
 
 
 def _process_regions(reader: OpenSlideReader, plan: SlidePlan, settings: PreprocessSettings, timer) -> None:
