@@ -15,7 +15,7 @@ Exceptions::
     +-- TaskDataError            task data that does not follow the schema
 """
 
-from label_config.config import FROM_NAME, NEUTRAL_LABEL, TO_NAME, build_label_config, parse_classes
+from label_config.config import FROM_NAME, NEUTRAL_LABEL, TO_NAME, build_label_config, parse_classes, parse_mark
 from label_config.errors import LabelConfigError, TaskDataError, UnknownLabelError
 from label_config.regions import (
     AnnotatedCells,
@@ -25,16 +25,18 @@ from label_config.regions import (
     region_to_slide_box,
     validate_regions,
 )
-from label_config.schema import CellBox, TileTask
+from label_config.schema import MARKS, CellBox, Mark, TileTask
 from label_config.serving import parse_version_name, rank_to_score, version_name
 
 __all__ = [
     "FROM_NAME",
+    "MARKS",
     "NEUTRAL_LABEL",
     "TO_NAME",
     "AnnotatedCells",
     "CellBox",
     "LabelConfigError",
+    "Mark",
     "TaskDataError",
     "TileTask",
     "UnknownLabelError",
@@ -42,6 +44,7 @@ __all__ = [
     "cell_to_region",
     "cells_to_regions",
     "parse_classes",
+    "parse_mark",
     "parse_version_name",
     "rank_to_score",
     "read_cell_labels",

@@ -1,4 +1,5 @@
-"""The labeling config: RectangleLabels on the tile image, one label per class.
+"""The labeling config: RectangleLabels (KeyPointLabels with ``mark="keypoint"``) on the tile image, one label
+per class.
 
 Every cell box is pre-drawn with the neutral label :data:`NEUTRAL_LABEL` until a model (or a person)
 gives it a class. Hotkey ``0`` is the neutral label and ``1..9`` the classes, so a pathologist clicks a box
@@ -12,6 +13,7 @@ from collections.abc import Sequence
 from xml.sax.saxutils import quoteattr
 
 from label_config.errors import LabelConfigError
+from label_config.schema import Mark
 
 NEUTRAL_LABEL = "Unclassified"
 FROM_NAME = "cell"
@@ -24,9 +26,13 @@ _PALETTE = (
 )
 _NEUTRAL_COLOUR = "#9E9E9E"
 
+# How cells are marked (docs/tasks.md): a box (today's default), or a dot at the centre, which never piles up.
+_MARK_TAGS = {"rectangle": "RectangleLabels", "keypoint": "KeyPointLabels"}
+_MARK_ATTRS = {"rectangle": 'strokeWidth="2" opacity="0.15"', "keypoint": 'strokeWidth="2"'}
 
-def build_label_config(classes: Sequence[str]) -> str:
-    """Return the Label Studio XML config for these cell classes.
+
+def build_label_config(classes: Sequence[str], mark: Mark = "rectangle") -> str:
+    """Return the Label Studio XML config for these cell classes, each cell marked by ``mark``.
 
     Raises :class:`LabelConfigError` for an empty list, duplicates, blank names, the reserved neutral
     label, or more than 9 classes (each class needs its own digit hotkey).
@@ -37,9 +43,9 @@ def build_label_config(classes: Sequence[str]) -> str:
     return (
         "<View>\n"
         f'  <Image name="{TO_NAME}" value="$image" zoom="true" zoomControl="true" rotateControl="false"/>\n'
-        f'  <RectangleLabels name="{FROM_NAME}" toName="{TO_NAME}" strokeWidth="2" opacity="0.15">\n'
+        f'  <{_MARK_TAGS[mark]} name="{FROM_NAME}" toName="{TO_NAME}" {_MARK_ATTRS[mark]}>\n'
         + "".join(f"    {lab}\n" for lab in labels)
-        + "  </RectangleLabels>\n</View>\n"
+        + f"  </{_MARK_TAGS[mark]}>\n</View>\n"
     )
 
 
@@ -49,7 +55,7 @@ def parse_classes(config_xml: str) -> list[str]:
         root = ET.fromstring(config_xml)
     except ET.ParseError as exc:
         raise LabelConfigError(f"label config is not valid XML ({exc}); pass the project's label_config") from exc
-    block = root.find(f".//RectangleLabels[@name='{FROM_NAME}']")
+    block = _mark_block(root)
     if block is None:
         raise LabelConfigError(
             f"label config has no <RectangleLabels name='{FROM_NAME}'>; create the project with "
@@ -75,3 +81,14 @@ def _check_classes(classes: Sequence[str]) -> list[str]:
 
 def _label_xml(value: str, colour: str, hotkey: str) -> str:
     return f"<Label value={quoteattr(value)} background={quoteattr(colour)} hotkey={quoteattr(hotkey)}/>"
+
+
+def parse_mark(config_xml: str) -> Mark:
+    """How a config made by :func:`build_label_config` marks cells: ``rectangle`` or ``keypoint``."""
+    block = _mark_block(ET.fromstring(config_xml))
+    return next((m for m, tag in _MARK_TAGS.items() if block is not None and block.tag == tag), "rectangle")
+
+
+def _mark_block(root: ET.Element) -> ET.Element | None:
+    blocks = (root.find(f".//{tag}[@name='{FROM_NAME}']") for tag in _MARK_TAGS.values())
+    return next((b for b in blocks if b is not None), None)

@@ -17,7 +17,7 @@ import logging
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from tqdm import tqdm
@@ -26,7 +26,15 @@ from adapters.errors import LabelStudioError
 from adapters.label_studio import LabelStudioGateway
 from adapters.slide_reader import OpenSlideReader
 from adapters.storage import OutputStorage, S3Access, open_output_storage
-from label_config import TileTask, build_label_config, parse_classes, parse_version_name, version_name
+from label_config import (
+    Mark,
+    TileTask,
+    build_label_config,
+    parse_classes,
+    parse_mark,
+    parse_version_name,
+    version_name,
+)
 from preprocess.features.featurize import make_featurizer
 from preprocess.layout import (
     DataLayout,
@@ -72,7 +80,7 @@ def run_preprocess(
                                              settings.s3_endpoint_url)
     storage.check()  # fail fast on bad S3 credentials or a missing bucket
     timer = _Timer()
-    project = ensure_project(gateway, project_title, settings.class_list())  # fail fast if LS is down
+    project = ensure_project(gateway, project_title, settings.class_list(), settings.mark)  # fail fast: LS down
     _attach_tile_storage(gateway, project.id, layout, storage, settings.s3_presign)  # and if LS cannot read S3
     with OpenSlideReader(slide_path, mpp=settings.mpp) as reader:
         tiles, n_cells = _load_or_make_tiles(reader, settings, layout, timer, storage)
@@ -89,17 +97,22 @@ def run_preprocess(
                             dict(timer.seconds))
 
 
-def ensure_project(gateway: LabelStudioGateway, title: str, classes: list[str]):
-    """The project titled ``title``, created with ``classes`` when missing; :class:`LabelStudioError` when it
-    exists with other classes."""
+def ensure_project(gateway: LabelStudioGateway, title: str, classes: list[str], mark: Mark = "rectangle"):
+    """The project titled ``title``, created with ``classes`` and cells marked by ``mark`` when missing;
+    :class:`LabelStudioError` when it exists with other classes or another mark."""
     project = gateway.find_project(title)
     if project is None:
-        return gateway.create_project(title, build_label_config(classes))
+        return gateway.create_project(title, build_label_config(classes, mark))
     existing = parse_classes(project.label_config)
     if existing != classes:
         raise LabelStudioError(
             f"project {title!r} already exists with classes {existing}, not {classes}; "
             f"pass --classes {','.join(existing)} or choose another --project name"
+        )
+    if parse_mark(project.label_config) != mark:
+        raise LabelStudioError(
+            f"project {title!r} already marks cells with {parse_mark(project.label_config)!r}, not {mark!r}; "
+            f"pass --mark {parse_mark(project.label_config)} or choose another --project name"
         )
     return project
 
@@ -132,7 +145,7 @@ def _load_or_make_tiles(reader: OpenSlideReader, settings: PreprocessSettings, l
 def task_shape(settings: PreprocessSettings) -> dict:
     """The settings that decide how cells group into tasks and what each task image shows."""
     return {"tile_mpp": settings.tile_mpp, "task_mode": settings.task_mode, "tile_min_px": settings.tile_min_px,
-            **({"focus_cells": settings.focus_cells} if settings.task_mode == "focused" else {})}
+            "mark": settings.mark, **({"focus_cells": settings.focus_cells} if settings.task_mode == "focused" else {})}
 
 
 def make_tasks(slide_id: str, cells: RegionCells, slide_wh: tuple[int, int], mpp: float | None,
@@ -151,7 +164,7 @@ def make_tasks(slide_id: str, cells: RegionCells, slide_wh: tuple[int, int], mpp
     tiles = build_tiles(slide_id, table.cell_ids, table.tile_ids, table.boxes, slide_wh, mpp, image_url,
                         min_px=settings.tile_min_px, downsample=tile_downsample(mpp, settings.tile_mpp),
                         context_side=context)
-    return table, tiles
+    return table, [replace(t, mark=settings.mark) for t in tiles]
 
 
 def _process_regions(reader: OpenSlideReader, plan: SlidePlan, settings: PreprocessSettings, timer) -> None:

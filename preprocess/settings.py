@@ -31,6 +31,9 @@ class PreprocessSettings(SharedSettings):
         "tile", description="tile: a window of about cells_per_task marked cells; focused: a context window of "
         "about cells_per_task cells in which only focus_cells carry marks"
     )
+    mark: Literal["rectangle", "keypoint"] = Field(
+        "rectangle", description="how each cell to label is marked: a box, or a dot at its centre (docs/tasks.md)"
+    )
     focus_cells: int = Field(10, ge=1, le=200, description="cells marked in a focused task (task_mode=focused)")
     tile_min_px: int = Field(
         256, ge=32, le=4096, description="smallest side of a task image, in tile pixels (at tile_mpp)"

@@ -165,3 +165,11 @@ def test_task_mode_and_focus_cells_come_from_the_environment(monkeypatch) -> Non
     monkeypatch.setenv("HALI_TASK_MODE", "grid")
     with pytest.raises(ValueError):
         PreprocessSettings()
+
+
+def test_keypoint_mark_reaches_every_task_and_its_prediction() -> None:
+    _, tiles = _tasks(_cells(n=300, dense_blob=False), mark="keypoint")
+    assert {t.mark for t in tiles} == {"keypoint"}
+    regions = task_payload(tiles[0], "hali-v0000", 0.0)["predictions"][0]["result"]
+    assert {r["type"] for r in regions} == {"keypointlabels"}
+    assert task_shape(_settings(mark="keypoint")) != task_shape(_settings())
