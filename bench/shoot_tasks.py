@@ -5,15 +5,14 @@
         [--before-src DIR]   # a checkout of the commit before task windows (git archive d2b7470 | tar -x -C DIR)
 
 Preprocesses the demo slide into one project per geometry (``before`` from ``--before-src``, ``tile``,
-``focused``, and ``keypoints``: the tile tasks with a dot per cell instead of a box, a project made here with
-a KeyPointLabels config), then logs in to Label Studio in headless Chromium (Debian's ``/usr/bin/chromium``
+``focused``, and ``keypoints``: the tile tasks with a dot per cell instead of a box, ``--mark keypoint``),
+then logs in to Label Studio in headless Chromium (Debian's ``/usr/bin/chromium``
 driven by Playwright; nothing is downloaded), presses Label All Tasks and saves the page as a PNG.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -31,39 +30,6 @@ def preprocess(src: Path, project: str, data_dir: Path, *flags: str) -> None:
     argv = [sys.executable, "-c", "import sys; from ml_backend.cli import main; sys.exit(main())", "preprocess",
             str(SLIDE), "--project", project, "--no-progress", *flags]
     subprocess.run(argv, env=env, cwd=src, check=True)
-
-
-def keypoint_project(ls, data_dir: Path, classes: list[str]) -> None:
-    """A project showing the tile tasks with KeyPointLabels (a dot at each cell's centre)."""
-    sys.path.insert(0, str(REPO))
-    from label_config import NEUTRAL_LABEL, TileTask
-
-    title = "HALI keypoints"
-    if any(p.title == title for p in ls.projects.list()):
-        return
-    labels = [("Unclassified", "#9E9E9E", "0")] + [(c, col, str(i + 1)) for i, (c, col) in
-                                                    enumerate(zip(classes, ("#E69F00", "#56B4E9", "#009E73", "#F0E442")))]
-    config = ('<View><Image name="image" value="$image" zoom="true" zoomControl="true"/>'
-              '<KeyPointLabels name="cell" toName="image" strokeWidth="2" smart="false">'
-              + "".join(f'<Label value="{v}" background="{c}" hotkey="{h}"/>' for v, c, h in labels)
-              + "</KeyPointLabels></View>")
-    project = ls.projects.create(title=title, label_config=config, show_collab_predictions=True)
-    [meta] = [json.loads(p.read_text()) for p in (data_dir / "slides").glob("*/tasks.json")]
-    storages = ls.import_storage.local.list(project=project.id)
-    if not storages:
-        ls.import_storage.local.create(project=project.id, path=str(Path(os.environ["HALI_LS_FILES_ROOT"]) / "hali"),
-                                       use_blob_urls=True, title="tiles")
-    tasks = []
-    for data in [meta["tiles"][0], centre_task([{"data": d} for d in meta["tiles"]])["data"]]:
-        tile = TileTask.from_task_data(data)
-        result = [{"id": c.cell_id, "from_name": "cell", "to_name": "image", "type": "keypointlabels",
-                   "original_width": tile.width, "original_height": tile.height,
-                   "value": {"x": 100 * ((c.centroid_xy[0] - tile.x0) / tile.downsample) / tile.width,
-                             "y": 100 * ((c.centroid_xy[1] - tile.y0) / tile.downsample) / tile.height,
-                             "width": 0.8, "keypointlabels": [NEUTRAL_LABEL]}} for c in tile.cells]
-        tasks.append({"data": data, "predictions": [{"model_version": "dots", "result": result, "score": 0}]})
-    ls.projects.import_tasks(id=project.id, request=tasks)
-    ls.projects.update(id=project.id, model_version="dots")
 
 
 def centre_task(tasks: list[dict]) -> dict:
@@ -133,15 +99,15 @@ def main() -> None:
     from label_studio_sdk import LabelStudio
 
     ls = LabelStudio(base_url=os.environ["HALI_LS_URL"], api_key=os.environ["HALI_LS_API_KEY"])
-    runs = {"tile": (REPO, ()), "focused": (REPO, ("--task-mode", "focused"))}
+    runs = {"tile": (REPO, ()), "focused": (REPO, ("--task-mode", "focused")),
+            "keypoints": (REPO, ("--mark", "keypoint"))}
     if args.before_src:
         runs = {"before": (args.before_src, ()), **runs}
     for name, (src, flags) in runs.items():
         preprocess(src, f"HALI {name}", args.work / name, "--classes", args.classes, *flags)
-    keypoint_project(ls, args.work / "tile", args.classes.split(","))
     ids = {p.title: p.id for p in ls.projects.list()}
     projects = {}
-    for name in [*runs, "keypoints"]:
+    for name in runs:
         tasks = [{"id": t.id, "data": t.data} for t in ls.tasks.list(project=ids[f"HALI {name}"])]
         projects[name] = (ids[f"HALI {name}"], centre_task(tasks)["id"])
     args.out.mkdir(parents=True, exist_ok=True)
