@@ -14,7 +14,7 @@ Geometries compared (all at ``tile_mpp`` 0.5 um/px):
 
 Marks: share of boxes whose IoU with some neighbour exceeds 0.1 (or whose centre lies inside a neighbour's
 box: a click there may pick the wrong cell), for the segmenter's boxes, boxes shrunk to 60 % around the
-centre, and keypoints (dots of ``--dot-px`` screen pixels) at the zoom Label Studio shows a task with.
+centre, and keypoints as ``label_config`` draws them (a dot of radius ``KEYPOINT_WIDTH`` % of the image width).
 """
 
 from __future__ import annotations
@@ -31,10 +31,11 @@ sys.path.insert(0, str(REPO))
 from preprocess.settings import PreprocessSettings  # noqa: E402
 from preprocess.tiles.images import fit_tiles, tile_downsample  # noqa: E402
 from preprocess.tiles.regions import RegionCells, build_cell_table  # noqa: E402
+from label_config.regions import KEYPOINT_WIDTH  # noqa: E402
 from preprocess.tiles.tasks import build_tiles  # noqa: E402
 
 DATA = REPO.parent / "shared" / "data"
-PANEL_PX = 900  # width Label Studio 1.23 gives the image on a 1280 px wide window (measured on the screenshots)
+PANEL_PX = 600  # side Label Studio 1.23 gives a square image on a 1280 x 800 window (docs/img/tasks-*.png)
 
 
 class _Names:
@@ -114,7 +115,7 @@ def describe(name: str, cells: RegionCells, tiles) -> str:
             f"{np.median(zoom):.1f}x |")
 
 
-def overlap_shares(boxes: np.ndarray, xy: np.ndarray, zoom: float, dot_px: float, downsample: float) -> dict:
+def overlap_shares(boxes: np.ndarray, xy: np.ndarray, image_px: float, downsample: float) -> dict:
     """Share of marks that collide with a neighbour's: IoU > 0.1, or centre inside a neighbour's box."""
     from scipy.spatial import cKDTree
 
@@ -135,10 +136,11 @@ def overlap_shares(boxes: np.ndarray, xy: np.ndarray, zoom: float, dot_px: float
         click = np.zeros(len(xy), bool)
         click[i[inside]] = click[j[inside]] = True
         out[name] = (hit.mean(), click.mean())
-    # Dots touch when centroids are closer than one dot diameter on screen.
+    # Dots touch when centroids are closer than one dot diameter (a share of the image's width).
+    dot = 2 * KEYPOINT_WIDTH / 100 * image_px * downsample  # level-0 px
     d, _ = cKDTree(xy).query(xy, k=2)
-    near = d[:, 1] / downsample * zoom < dot_px
-    out[f"keypoints ({dot_px:.0f} px dots)"] = (near.mean(), near.mean())
+    near = d[:, 1] < dot
+    out[f"keypoints ({dot / downsample:.1f} px dots on a {image_px:.0f} px image)"] = (near.mean(), near.mean())
     return out
 
 
@@ -147,26 +149,23 @@ def main() -> None:
     parser.add_argument("--slide", type=Path, default=DATA / "wsi" / "CMU-1-Small-Region.svs")
     parser.add_argument("--consep", type=Path, default=DATA / "consep_patches")
     parser.add_argument("--cache", type=Path, default=REPO / ".state" / "bench-tasks")
-    parser.add_argument("--dot-px", type=float, default=8.0, help="keypoint dot diameter on screen")
     args = parser.parse_args()
     inputs = {"demo slide (CMU-1-Small-Region, 20x)": segment_demo(args.slide, args.cache),
               "stitched CoNSeP train patches (40x)": stitched_consep(args.consep)}
     for title, (cells, wh, mpp) in inputs.items():
         print(f"\n### {title}: {len(cells)} cells, {wh[0]} x {wh[1]} px at {mpp} um/px\n")
         print("| geometry | tasks | marked cells per task (min/p10/median/p90/max) | image side px (min/p10/median/p90/max) "
-              "| cells visible (median) | zoom to fill 900 px |")
+              "| cells visible (median) | zoom to fill 600 px |")
         print("|---|---|---|---|---|---|")
-        zooms = {}
+        sides = {}
         for mode in ("before", "tile", "focused"):
             tiles = tasks_for(cells, wh, mpp, mode)
             print(describe(mode, cells, tiles))
-            zooms[mode] = float(np.median(PANEL_PX / np.array([max(t.width, t.height) for t in tiles])))
+            sides[mode] = float(np.median([max(t.width, t.height) for t in tiles]))
         ds = tile_downsample(mpp, 0.5)
-        print("\n| marks | zoom | IoU > 0.1 with a neighbour | centre inside a neighbour's mark |\n|---|---|---|---|")
-        for mode in ("before", "tile"):
-            for name, (iou, click) in overlap_shares(cells.boxes, cells.centroids_xy, zooms[mode], args.dot_px,
-                                                     ds).items():
-                print(f"| {name} | {mode} ({zooms[mode]:.1f}x) | {iou:.1%} | {click:.1%} |")
+        print("\n| marks | IoU > 0.1 with a neighbour | centre inside a neighbour's mark |\n|---|---|---|")
+        for name, (iou, click) in overlap_shares(cells.boxes, cells.centroids_xy, sides["tile"], ds).items():
+            print(f"| {name} | {iou:.1%} | {click:.1%} |")
 
 
 if __name__ == "__main__":
