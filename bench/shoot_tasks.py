@@ -7,7 +7,8 @@
 Preprocesses the demo slide into one project per geometry (``before`` from ``--before-src``, ``tile``,
 ``focused``, and ``keypoints``: the tile tasks with a dot per cell instead of a box, ``--mark keypoint``),
 then logs in to Label Studio in headless Chromium (Debian's ``/usr/bin/chromium``
-driven by Playwright; nothing is downloaded), presses Label All Tasks and saves the page as a PNG.
+driven by Playwright; nothing is downloaded; ``HALI_WITH_CHROMIUM=1 scripts/install.sh`` installs both),
+presses Label All Tasks and saves the page, then opens the task nearest the slide's centre and saves that.
 """
 
 from __future__ import annotations
