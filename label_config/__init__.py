@@ -26,6 +26,7 @@ from label_config.config import (
     build_label_config,
     parse_classes,
     parse_label_set,
+    parse_mark,
 )
 from label_config.errors import LabelConfigError, TaskDataError, UnknownLabelError
 from label_config.regions import (
@@ -39,12 +40,13 @@ from label_config.regions import (
     region_to_slide_box_exact,
     validate_regions,
 )
-from label_config.schema import CellBox, TileTask
+from label_config.schema import MARKS, CellBox, Mark, TileTask
 from label_config.serving import parse_version_name, rank_to_score, version_name
 
 __all__ = [
     "FROM_NAME",
     "LEGACY_NEUTRAL_LABEL",
+    "MARKS",
     "NEUTRAL_LABEL",
     "NOT_NUCLEUS_LABEL",
     "TO_NAME",
@@ -52,6 +54,7 @@ __all__ = [
     "CellBox",
     "LabelConfigError",
     "LabelSet",
+    "Mark",
     "TaskDataError",
     "TileTask",
     "UnknownLabelError",
@@ -62,6 +65,7 @@ __all__ = [
     "nuclei_only",
     "parse_classes",
     "parse_label_set",
+    "parse_mark",
     "parse_version_name",
     "rank_to_score",
     "read_cell_labels",

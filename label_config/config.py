@@ -1,4 +1,5 @@
-"""The labeling config: RectangleLabels on the tile image, one label per class, plus two reserved labels.
+"""The labeling config: RectangleLabels (KeyPointLabels with ``mark="keypoint"``) on the tile image, one label
+per class, plus two reserved labels.
 
 What a pathologist sees at the top of the labeling view, for classes ``Positive, Negative``::
 
@@ -29,6 +30,7 @@ from dataclasses import dataclass
 from xml.sax.saxutils import quoteattr
 
 from label_config.errors import LabelConfigError
+from label_config.schema import Mark
 
 NOT_NUCLEUS_LABEL = "Not a nucleus"
 NEUTRAL_LABEL = "No class yet"
@@ -74,9 +76,14 @@ def instructions(classes: Sequence[str]) -> str:
             f"(deleting the box also says so). Submit accepts every box as shown; "
             f'grey "{NEUTRAL_LABEL}" boxes count for nothing.')
 
+# How cells are marked (docs/tasks.md): a box (today's default), or a dot at the centre, which never piles up.
+_MARK_TAGS = {"rectangle": "RectangleLabels", "keypoint": "KeyPointLabels"}
+_MARK_ATTRS = {"rectangle": 'strokeWidth="2" opacity="0.15"', "keypoint": 'strokeWidth="2"'}
 
-def build_label_config(classes: Sequence[str]) -> str:
-    """Return the Label Studio XML config for these cell classes (see the module docstring).
+
+def build_label_config(classes: Sequence[str], mark: Mark = "rectangle") -> str:
+    """Return the Label Studio XML config for these cell classes, each cell marked by ``mark`` (see the module
+    docstring).
 
     Raises :class:`LabelConfigError` for an empty list, duplicates, blank names, a reserved label name,
     or more than 9 classes (each class needs its own digit hotkey).
@@ -89,9 +96,9 @@ def build_label_config(classes: Sequence[str]) -> str:
         "<View>\n"
         f'  <Header value={quoteattr(instructions(names))} size="5"/>\n'
         f'  <Image name="{TO_NAME}" value="$image" zoom="true" zoomControl="true" rotateControl="false"/>\n'
-        f'  <RectangleLabels name="{FROM_NAME}" toName="{TO_NAME}" strokeWidth="2" opacity="0.15">\n'
+        f'  <{_MARK_TAGS[mark]} name="{FROM_NAME}" toName="{TO_NAME}" {_MARK_ATTRS[mark]}>\n'
         + "".join(f"    {lab}\n" for lab in labels)
-        + "  </RectangleLabels>\n</View>\n"
+        + f"  </{_MARK_TAGS[mark]}>\n</View>\n"
     )
 
 
@@ -101,7 +108,7 @@ def parse_label_set(config_xml: str) -> LabelSet:
         root = ET.fromstring(config_xml)
     except ET.ParseError as exc:
         raise LabelConfigError(f"label config is not valid XML ({exc}); pass the project's label_config") from exc
-    block = root.find(f".//RectangleLabels[@name='{FROM_NAME}']")
+    block = _mark_block(root)
     if block is None:
         raise LabelConfigError(
             f"label config has no <RectangleLabels name='{FROM_NAME}'>; create the project with "
@@ -139,3 +146,14 @@ def _check_classes(classes: Sequence[str]) -> list[str]:
 
 def _label_xml(value: str, colour: str, hotkey: str) -> str:
     return f"<Label value={quoteattr(value)} background={quoteattr(colour)} hotkey={quoteattr(hotkey)}/>"
+
+
+def parse_mark(config_xml: str) -> Mark:
+    """How a config made by :func:`build_label_config` marks cells: ``rectangle`` or ``keypoint``."""
+    block = _mark_block(ET.fromstring(config_xml))
+    return next((m for m, tag in _MARK_TAGS.items() if block is not None and block.tag == tag), "rectangle")
+
+
+def _mark_block(root: ET.Element) -> ET.Element | None:
+    blocks = (root.find(f".//{tag}[@name='{FROM_NAME}']") for tag in _MARK_TAGS.values())
+    return next((b for b in blocks if b is not None), None)

@@ -18,6 +18,10 @@ from label_config.config import FROM_NAME, NOT_NUCLEUS_LABEL, TO_NAME, LabelSet
 from label_config.errors import UnknownLabelError
 from label_config.schema import CellBox, TileTask
 
+# Region type of each mark (label_config.schema.Mark); a keypoint's dot radius, in percent of the image width.
+REGION_TYPES = {"rectangle": "rectanglelabels", "keypoint": "keypointlabels"}
+KEYPOINT_WIDTH = 0.8
+
 
 def cell_to_region(cell: CellBox, tile: TileTask, label: str, score: float | None = None) -> dict[str, Any]:
     """Label Studio region for ``cell`` in ``tile``, labelled ``label``; percent coordinates clipped to [0, 100]."""
@@ -44,18 +48,11 @@ def cells_to_regions(
             "id": cell.cell_id,
             "from_name": FROM_NAME,
             "to_name": TO_NAME,
-            "type": "rectanglelabels",
+            "type": REGION_TYPES[tile.mark],
             "original_width": tile.width,
             "original_height": tile.height,
             "image_rotation": 0,
-            "value": {
-                "x": left,
-                "y": top,
-                "width": right - left,
-                "height": bottom - top,
-                "rotation": 0,
-                "rectanglelabels": [label],
-            },
+            "value": _mark_value(tile.mark, left, top, right, bottom, label),
         }
         for cell, label, (left, top, right, bottom) in zip(cells, labels, pct, strict=True)
     ]
@@ -65,16 +62,34 @@ def cells_to_regions(
     return regions
 
 
+def _mark_value(mark: str, left: float, top: float, right: float, bottom: float, label: str) -> dict[str, Any]:
+    """A region's ``value`` for a cell whose box spans these percents: the box, or a dot at its centre."""
+    if mark == "keypoint":
+        return {"x": (left + right) / 2.0, "y": (top + bottom) / 2.0, "width": KEYPOINT_WIDTH,
+                "keypointlabels": [label]}
+    return {"x": left, "y": top, "width": right - left, "height": bottom - top, "rotation": 0,
+            "rectanglelabels": [label]}
+
+
 def region_to_slide_box(region: dict[str, Any], tile: TileTask) -> tuple[int, int, int, int]:
-    """``(x0, y0, w, h)`` in level-0 slide pixels of a rectangle region drawn on ``tile``'s image, rounded."""
+    """``(x0, y0, w, h)`` in level-0 slide pixels of a rectangle region drawn on ``tile``'s image, rounded (a keypoint
+    region: the 1 x 1 px box at its point)."""
+    v = region["value"]
+    if "height" not in v:  # a keypoint: x, y and a dot radius
+        x = tile.x0 + float(v["x"]) / 100.0 * tile.width * tile.downsample
+        y = tile.y0 + float(v["y"]) / 100.0 * tile.height * tile.downsample
+        return (round(x), round(y), 1, 1)
     x0, y0, w, h = region_to_slide_box_exact(region, tile)
     return (round(x0), round(y0), max(1, round(w)), max(1, round(h)))
 
 
 def region_to_slide_box_exact(region: dict[str, Any], tile: TileTask) -> tuple[float, float, float, float]:
-    """``(x0, y0, w, h)`` in level-0 slide pixels, unrounded (exports compute centroids from it)."""
+    """``(x0, y0, w, h)`` in level-0 slide pixels, unrounded (exports compute centroids from it); a keypoint
+    region gives the 1 x 1 px box centred on its point."""
     v = region["value"]
     scale_x, scale_y = tile.width * tile.downsample / 100.0, tile.height * tile.downsample / 100.0
+    if "height" not in v:
+        return (tile.x0 + float(v["x"]) * scale_x - 0.5, tile.y0 + float(v["y"]) * scale_y - 0.5, 1.0, 1.0)
     return (tile.x0 + float(v["x"]) * scale_x, tile.y0 + float(v["y"]) * scale_y,
             float(v["width"]) * scale_x, float(v["height"]) * scale_y)
 
@@ -116,9 +131,9 @@ def read_cell_labels(
     drawn: list[tuple[tuple[int, int, int, int], str, str]] = []
     problems: list[str] = []
     for region in result:
-        if region.get("from_name") != FROM_NAME or region.get("type") != "rectanglelabels":
+        if region.get("from_name") != FROM_NAME or region.get("type") not in REGION_TYPES.values():
             continue
-        names = (region.get("value") or {}).get("rectanglelabels") or []
+        names = (region.get("value") or {}).get(region["type"]) or []
         region_id = str(region.get("id", ""))
         present.add(region_id)
         if len(names) != 1:

@@ -10,16 +10,22 @@ Task data as stored in Label Studio (``task["data"]``)::
     {"image": "/data/local-files/?d=hali/<slide>/<tile>-<tag>.png", "slide_id": "...", "tile_id": "...",
      "x0": 1024, "y0": 2048, "width": 256, "height": 256, "downsample": 2.0, "mpp": 0.25,
      "cells": [{"id": "<cell id>", "x0": 1030, "y0": 2050, "w": 14, "h": 12}, ...]}
+
+Optional: ``"mark": "keypoint"`` when the project marks cells with a dot at their centre instead of a box
+(absent: ``"rectangle"``, which every task made before marks were configurable has).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from label_config.errors import TaskDataError
+
+Mark = Literal["rectangle", "keypoint"]
+MARKS: tuple[str, ...] = ("rectangle", "keypoint")
 
 
 @dataclass(frozen=True)
@@ -52,10 +58,11 @@ class TileTask:
     downsample: float
     mpp: float | None
     cells: tuple[CellBox, ...]
+    mark: Mark = "rectangle"  # how Label Studio shows each cell: a box, or a dot at its centre
 
     def to_task_data(self) -> dict[str, Any]:
         """The ``data`` dict of a Label Studio task."""
-        return {
+        data = {
             "image": self.image,
             "slide_id": self.slide_id,
             "tile_id": self.tile_id,
@@ -67,6 +74,7 @@ class TileTask:
             "mpp": self.mpp,
             "cells": [{"id": c.cell_id, "x0": c.x0, "y0": c.y0, "w": c.w, "h": c.h} for c in self.cells],
         }
+        return data if self.mark == "rectangle" else {**data, "mark": self.mark}
 
     @classmethod
     def from_task_data(cls, data: dict[str, Any]) -> TileTask:
@@ -80,7 +88,7 @@ class TileTask:
                 f"task data field {where!r}: {first['msg']}; was this task made by `hali preprocess`?"
             ) from exc
         cells = tuple(CellBox(c.id, c.x0, c.y0, c.w, c.h) for c in m.cells)
-        return cls(m.tile_id, m.slide_id, m.image, m.x0, m.y0, m.width, m.height, m.downsample, m.mpp, cells)
+        return cls(m.tile_id, m.slide_id, m.image, m.x0, m.y0, m.width, m.height, m.downsample, m.mpp, cells, m.mark)
 
 
 class _CellModel(BaseModel):
@@ -103,3 +111,4 @@ class _TaskDataModel(BaseModel):
     downsample: float = Field(gt=0)
     mpp: float | None = None
     cells: list[_CellModel]
+    mark: Mark = "rectangle"

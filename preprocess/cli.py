@@ -44,7 +44,15 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--status", action="store_true", help="print the progress of queued slides, one line each")
     p.add_argument("--redis-url", help="Redis of the queue (--queue, --status); default HALI_REDIS_URL")
     p.add_argument("--classes", help="comma-separated cell classes, e.g. Tumor,Lymphocyte,Stroma,Other")
-    p.add_argument("--cells-per-task", type=int, help="cells per task (tile); default 20")
+    p.add_argument("--cells-per-task", type=int,
+                   help="cells per task (tile mode), or cells of context a focused task shows; default 20")
+    p.add_argument("--task-mode", choices=("tile", "focused"),
+                   help="tile: every cell of a task is marked (default); focused: a context window in which only "
+                        "--focus-cells cells are marked")
+    p.add_argument("--mark", choices=("rectangle", "keypoint"),
+                   help="mark each cell with a box (default) or a dot at its centre, which never overlaps")
+    p.add_argument("--focus-cells", type=int, help="cells marked per focused task; default 10")
+    p.add_argument("--tile-min-px", type=int, help="smallest side of a task image in pixels; default 256")
     p.add_argument("--mpp", type=float, help="microns per pixel, for slides that do not record it")
     p.add_argument("--tile-mpp", type=float, help="microns per pixel of tile images; default 0.5 (20x)")
     p.add_argument("--checkpoint", type=Path, help="ResNet-18 backbone weights (a state_dict .pt file)")
@@ -115,6 +123,8 @@ def _connect_gateway(settings: PreprocessSettings) -> LabelStudioGateway:
 def _preprocess_settings(args: argparse.Namespace) -> PreprocessSettings:
     overrides = {k: v for k, v in {
         "classes": args.classes, "cells_per_task": args.cells_per_task, "mpp": args.mpp, "tile_mpp": args.tile_mpp,
+        "task_mode": args.task_mode, "focus_cells": args.focus_cells, "tile_min_px": args.tile_min_px,
+        "mark": args.mark,
         "segmenter_weights": args.segmenter_weights,
         "checkpoint": args.checkpoint, "backend_url": args.backend_url, "featurizer": args.featurizer,
         "redis_url": args.redis_url, "encoder": args.encoder,
@@ -168,7 +178,7 @@ def _preprocess_queue(args: argparse.Namespace, slides: list[Path], settings: Pr
     redis = _redis(settings)
     # Fail fast, before any job runs: Label Studio down, or the project's classes differ.
     gateway = _connect_gateway(settings)
-    ensure_project(gateway, args.project, settings.class_list())
+    ensure_project(gateway, args.project, settings.class_list(), settings.mark)
     queue, progress = Queue(settings.preprocess_queue_name, connection=redis), PreprocessProgress(redis)
     for slide in slides:
         report = enqueue_slide(queue, progress, slide, args.project, settings)

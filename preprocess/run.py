@@ -2,9 +2,10 @@
 
 Steps (each logged with the slide id): read the slide, find tissue and cut it into regions of a few windows,
 then region by region segment nuclei, embed each cell's patch and save the region's part (so memory stays
-bounded and a killed run resumes where it stopped, see :mod:`preprocess.stages`); merge the parts, cut tiles
-of about ``cells_per_task`` cells, write tile PNGs at ``tile_mpp`` um/px to the output storage (Label
-Studio's local-files root, or S3), and import the tiles not yet in the project. Re-running on the same slide
+bounded and a killed run resumes where it stopped, see :mod:`preprocess.stages`); merge the parts, group
+cells into tasks (:func:`make_tasks`: ``HALI_TASK_MODE`` tile or focused) shown in windows of at least
+``tile_min_px`` px, write tile PNGs at ``tile_mpp`` um/px to the output storage (Label Studio's local-files
+root, or S3), and import the tiles not yet in the project. Re-running on the same slide
 and project reuses the cell table (keyed by the slide's content hash and the recipe), skips tile images
 already stored, and imports nothing twice. Queued region jobs on many workers (``hali preprocess --queue``)
 write the same parts, and their last step calls :func:`run_preprocess` too.
@@ -17,7 +18,7 @@ import logging
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from tqdm import tqdm
@@ -27,10 +28,12 @@ from adapters.label_studio import LabelStudioGateway
 from adapters.slide_reader import OpenSlideReader
 from adapters.storage import OutputStorage, S3Access, open_output_storage
 from label_config import (
+    Mark,
     TileTask,
     build_label_config,
     parse_classes,
     parse_label_set,
+    parse_mark,
     parse_version_name,
     version_name,
 )
@@ -53,9 +56,11 @@ from preprocess.stages import (
     process_region,
     recipe,
 )
-from preprocess.tiles.images import fit_tiles, write_tile_images
-from preprocess.tiles.regions import build_cell_table
+from preprocess.tiles.cells import CellTable
+from preprocess.tiles.images import fit_tiles, tile_downsample, write_tile_images
+from preprocess.tiles.regions import RegionCells, build_cell_table
 from preprocess.tiles.tasks import build_tiles, task_payloads
+from preprocess.tiles.tiling import choose_tile_side
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +89,7 @@ def run_preprocess(
                                              settings.s3_endpoint_url)
     storage.check()  # fail fast on bad S3 credentials or a missing bucket
     timer = _Timer()
-    project = ensure_project(gateway, project_title, settings.class_list())  # fail fast if LS is down
+    project = ensure_project(gateway, project_title, settings.class_list(), settings.mark)  # fail fast: LS down
     _attach_tile_storage(gateway, project.id, layout, storage, settings.s3_presign)  # and if LS cannot read S3
     with OpenSlideReader(slide_path, mpp=settings.mpp) as reader:
         tiles, n_cells = _load_or_make_tiles(reader, settings, layout, timer, storage)
@@ -101,17 +106,22 @@ def run_preprocess(
                             dict(timer.seconds))
 
 
-def ensure_project(gateway: LabelStudioGateway, title: str, classes: list[str]):
-    """The project titled ``title``, created with ``classes`` when missing; :class:`LabelStudioError` when it
-    exists with other classes."""
+def ensure_project(gateway: LabelStudioGateway, title: str, classes: list[str], mark: Mark = "rectangle"):
+    """The project titled ``title``, created with ``classes`` and cells marked by ``mark`` when missing;
+    :class:`LabelStudioError` when it exists with other classes or another mark."""
     project = gateway.find_project(title)
     if project is None:
-        return gateway.create_project(title, build_label_config(classes))
+        return gateway.create_project(title, build_label_config(classes, mark))
     existing = parse_classes(project.label_config)
     if existing != classes:
         raise LabelStudioError(
             f"project {title!r} already exists with classes {existing}, not {classes}; "
             f"pass --classes {','.join(existing)} or choose another --project name"
+        )
+    if parse_mark(project.label_config) != mark:
+        raise LabelStudioError(
+            f"project {title!r} already marks cells with {parse_mark(project.label_config)!r}, not {mark!r}; "
+            f"pass --mark {parse_mark(project.label_config)} or choose another --project name"
         )
     return project
 
@@ -120,7 +130,7 @@ def _load_or_make_tiles(reader: OpenSlideReader, settings: PreprocessSettings, l
                         storage: OutputStorage):
     slide_id, tables = reader.slide_id, storage.tables
     where = tables.location(cells_key(slide_id))
-    made_with = {**recipe(settings), "tile_mpp": settings.tile_mpp}
+    made_with = {**recipe(settings), **task_shape(settings)}
     if tables.exists(cells_key(slide_id)) and tables.exists(tasks_key(slide_id)):
         meta = read_slide_meta(tables, slide_id)
         if meta.get("recipe") == made_with:
@@ -131,15 +141,39 @@ def _load_or_make_tiles(reader: OpenSlideReader, settings: PreprocessSettings, l
         plan = plan_slide(reader, settings, layout)
     _process_regions(reader, plan, settings, timer)
     with timer("merge"):
-        table = build_cell_table(slide_id, merge_parts(reader, plan), settings.cells_per_task)
-        tiles = build_tiles(slide_id, table.cell_ids, table.tile_ids, table.boxes, reader.dimensions,
-                            reader.mpp, layout.tile_url)
+        table, tiles = make_tasks(slide_id, merge_parts(reader, plan), reader.dimensions, reader.mpp, settings,
+                                  layout.tile_url)
         tiles = fit_tiles(tiles, reader.mpp, settings.tile_mpp, storage.tiles)
     write_cell_table(tables, slide_id, table)
     meta = {"slide_path": str(Path(reader.path).resolve()), "slide_id": slide_id, "mpp": reader.mpp,
             "recipe": made_with, "featurizer": settings.featurizer, "tiles": [t.to_task_data() for t in tiles]}
     write_slide_meta(tables, slide_id, meta)
     return tiles, len(table)
+
+
+def task_shape(settings: PreprocessSettings) -> dict:
+    """The settings that decide how cells group into tasks and what each task image shows."""
+    return {"tile_mpp": settings.tile_mpp, "task_mode": settings.task_mode, "tile_min_px": settings.tile_min_px,
+            "mark": settings.mark, **({"focus_cells": settings.focus_cells} if settings.task_mode == "focused" else {})}
+
+
+def make_tasks(slide_id: str, cells: RegionCells, slide_wh: tuple[int, int], mpp: float | None,
+               settings: PreprocessSettings, image_url) -> tuple[CellTable, list[TileTask]]:
+    """The cell table (cells grouped into tasks) and the tasks' tiles at level-0 size (before ``fit_tiles``).
+
+    Tile mode: groups of about ``cells_per_task`` cells, every one marked. Focused mode: groups of about
+    ``focus_cells`` cells, each shown in a window wide enough for about ``cells_per_task`` cells of context
+    (the side of the grid squares that hold that many on average). Either way each image is at least
+    ``tile_min_px`` tile pixels a side, and each cell is in exactly one task.
+    """
+    focused = settings.task_mode == "focused"
+    group = settings.focus_cells if focused else settings.cells_per_task
+    table = build_cell_table(slide_id, cells, group, focused=focused)
+    context = choose_tile_side(cells.centroids_xy, settings.cells_per_task) if focused else 0.0
+    tiles = build_tiles(slide_id, table.cell_ids, table.tile_ids, table.boxes, slide_wh, mpp, image_url,
+                        min_px=settings.tile_min_px, downsample=tile_downsample(mpp, settings.tile_mpp),
+                        context_side=context)
+    return table, [replace(t, mark=settings.mark) for t in tiles]
 
 
 def _process_regions(reader: OpenSlideReader, plan: SlidePlan, settings: PreprocessSettings, timer) -> None:

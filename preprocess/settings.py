@@ -22,7 +22,22 @@ class PreprocessSettings(SharedSettings):
     )
     backend_url: str | None = Field(None, description="URL Label Studio uses to reach `hali serve`")
     classes: str = ",".join(DEFAULT_CLASSES)
-    cells_per_task: int = Field(20, ge=1, le=2000)
+    cells_per_task: int = Field(
+        20, ge=1, le=2000, description="cells marked per task (tile mode); in focused mode, cells of context shown"
+    )
+    # docs/tasks.md: tile mode reads well at 256 px and keeps the simulation's 20-cell speed-up; focused tasks
+    # show the same context with fewer marks, for slides where a pathologist wants to look around more.
+    task_mode: Literal["tile", "focused"] = Field(
+        "tile", description="tile: a window of about cells_per_task marked cells; focused: a context window of "
+        "about cells_per_task cells in which only focus_cells carry marks"
+    )
+    mark: Literal["rectangle", "keypoint"] = Field(
+        "rectangle", description="how each cell to label is marked: a box, or a dot at its centre (docs/tasks.md)"
+    )
+    focus_cells: int = Field(10, ge=1, le=200, description="cells marked in a focused task (task_mode=focused)")
+    tile_min_px: int = Field(
+        256, ge=32, le=4096, description="smallest side of a task image, in tile pixels (at tile_mpp)"
+    )
     patch_um: float = Field(20.0, gt=0, description="side of the square around each nucleus that is embedded")
     mpp: float | None = Field(None, gt=0, description="microns per pixel, for slides without that metadata")
     checkpoint: Path | None = Field(None, description="ResNet-18 backbone weights (state_dict)")

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install what HALI needs on a Debian machine, idempotently:
-#   - redis-server from Debian (and chromium when HALI_WITH_CHROMIUM=1), only if missing;
+#   - redis-server from Debian (and chromium, plus playwright in .venv, when HALI_WITH_CHROMIUM=1), if missing;
 #   - .venv     : torch + torchvision, then the project with its test extras (editable);
 #   - .venv-ls  : Label Studio, in a venv of its own (it pins redis/rq versions the backend outgrows).
 # A venv step is skipped when its stamp file matches (hash of pyproject.toml / the LS version).
@@ -53,6 +53,13 @@ else
         "torch==$TORCH_VERSION" "torchvision==$TORCHVISION_VERSION"
     .venv/bin/python -m pip install "${PIP_QUIET[@]}" -e '.[test,sim,encoders]'
     echo "$project_stamp" > .venv/.hali-stamp
+    done_step
+fi
+
+# Playwright drives Debian's chromium for bench/shoot_tasks.py (screenshots); it never downloads a browser.
+if [ "${HALI_WITH_CHROMIUM:-0}" = 1 ] && ! .venv/bin/python -c "import playwright" 2>/dev/null; then
+    step ".venv: playwright (for HALI_WITH_CHROMIUM=1)"
+    .venv/bin/python -m pip install "${PIP_QUIET[@]}" playwright
     done_step
 fi
 

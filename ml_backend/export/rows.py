@@ -120,7 +120,7 @@ def _row(task_id: int, tile: TileTask, cell_id: str, votes: tuple[CellVote, ...]
 
 
 def _label(region: dict[str, Any]) -> str | None:
-    names = (region.get("value") or {}).get("rectanglelabels") or []
+    names = (region.get("value") or {}).get(region.get("type") or "rectanglelabels") or []
     return names[0] if len(names) == 1 else None
 
 

@@ -2,7 +2,8 @@
 
 Ids are deterministic, so re-running preprocessing on the same slide gives the same ids:
 a cell id is ``<slide id[:10]>-<round(cx)>-<round(cy)>`` (level-0 centroid), and a tile id is
-``<slide id[:10]>-t<col>-<row>`` (grid indices of :class:`preprocess.tiles.tiling.TilePlan`).
+``<slide id[:10]>-t<col>-<row>`` (grid indices of :class:`preprocess.tiles.tiling.TilePlan`), with ``-<part>``
+for a part of a square that held too many cells, and ``f`` instead of ``t`` for a focused task.
 """
 
 from __future__ import annotations
@@ -25,9 +26,14 @@ def make_cell_id(slide_id: str, cx: float, cy: float) -> str:
     return f"{slide_id[:10]}-{round(cx)}-{round(cy)}"
 
 
-def make_tile_id(slide_id: str, col: int, row: int) -> str:
-    """Tile id from the slide id and the tile's (col, row) grid indices."""
-    return f"{slide_id[:10]}-t{col}-{row}"
+def make_tile_id(slide_id: str, col: int, row: int, part: int = 0, focused: bool = False) -> str:
+    """Tile id from the slide id, the tile's (col, row) grid indices and its part (0: the whole square).
+
+    Focused tasks (``focused``) get ``f`` instead of ``t``: their grid is finer, so the same (col, row)
+    names another place, and a project that switches mode must not take one for the other.
+    """
+    kind = "f" if focused else "t"
+    return f"{slide_id[:10]}-{kind}{col}-{row}" + (f"-{part}" if part else "")
 
 
 @dataclass(frozen=True, eq=False)

@@ -102,14 +102,17 @@ def merge_region_cells(parts: Sequence[RegionCells]) -> RegionCells:
                        np.concatenate([p.features for p in parts])[order])
 
 
-def build_cell_table(slide_id: str, cells: RegionCells, cells_per_task: int) -> CellTable:
-    """The slide's :class:`CellTable`: cells grouped by tile, tiles in reading order.
+def build_cell_table(slide_id: str, cells: RegionCells, cells_per_task: int, focused: bool = False) -> CellTable:
+    """The slide's :class:`CellTable`: cells grouped by tile (task), tiles in reading order.
 
     Tiles come from :func:`preprocess.tiles.tiling.plan_tiles` over every centroid of the slide, so a tile never
-    depends on how the slide was cut into regions.
+    depends on how the slide was cut into regions. ``focused``: the groups are focused tasks (``cells_per_task``
+    is then the number of cells marked in each, ``HALI_FOCUS_CELLS``), with ids ``...-f<col>-<row>``.
     """
     plan = plan_tiles(cells.centroids_xy, cells_per_task)
     cell_ids = np.array([make_cell_id(slide_id, x, y) for x, y in cells.centroids_xy])
-    tile_ids = np.array([make_tile_id(slide_id, int(c), int(r)) for c, r in plan.grid])[plan.tile_index]
+    tile_ids = np.array([make_tile_id(slide_id, int(c), int(r), int(p), focused)
+                         for (c, r), p in zip(plan.grid, plan.part)])
+    tile_ids = tile_ids[plan.tile_index] if len(tile_ids) else np.array([], dtype=str)
     order = np.argsort(plan.tile_index, kind="stable")
     return CellTable(cell_ids[order], cells.boxes[order], tile_ids[order], cells.features[order])
