@@ -30,18 +30,24 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.annotator import make_annotator
-from bench.replay.consep import MPP, load_consep_split, write_sources
-from bench.replay.scoring import map_class, map_classes, retrain_lags, summarize
-from bench.replay.stack import Stack, preprocess, running_stack
-from bench.replay.walk import GroundTruth, VersionWatch, not_nucleus_label, pool_truth, source_of_slides, walk
-from ml_backend.simulation.dataset import parse_class_map
-from ml_backend.simulation.efficiency import TimeModel
-from scripts import services
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python bench/bench_replay.py` from anywhere
+
+from bench.annotator import make_annotator  # noqa: E402
+from bench.replay.consep import MPP, load_consep_split, write_sources  # noqa: E402
+from bench.replay.scoring import map_class, map_classes, retrain_lags, summarize  # noqa: E402
+from bench.replay.stack import Stack, preprocess, running_stack  # noqa: E402
+from bench.replay.walk import GroundTruth, VersionWatch, not_nucleus_label, pool_truth, source_of_slides, walk  # noqa: E402
+from ml_backend.simulation.dataset import parse_class_map  # noqa: E402
+from ml_backend.simulation.efficiency import TimeModel  # noqa: E402
+from scripts import services  # noqa: E402
 
 PRESETS = {"4class": "epithelial=epithelial,inflammatory=inflammatory,spindle=spindle,other=other",
            "tils": "inflammatory=TIL,*=other"}
 RAW_CLASSES = ("epithelial", "inflammatory", "spindle", "other")
+
+
+def _think(value: str) -> float | None:
+    return None if value == "model" else float(value)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -223,7 +229,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--tasks", type=int, default=40)
     p.add_argument("--cells-per-task", type=int, help="passed to hali preprocess; default the product's")
     p.add_argument("--match-um", type=float, default=3.0, help="box centre to GT centroid, at most (um)")
-    p.add_argument("--think-s", type=float, default=0.0, help="seconds the annotator spends per task")
+    p.add_argument("--think-s", type=_think, default=0.0,
+                   help="seconds the annotator spends per task, or 'model': the task's time-model cost in seconds")
     p.add_argument("--seconds-per-unit", type=float, default=2.0,
                    help="lead_time sent per time-model unit (one unassisted class click)")
     p.add_argument("--time-model", default="1,0.1,1,3",

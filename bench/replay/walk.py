@@ -126,9 +126,13 @@ class Walk:
 
 
 def walk(annotator: Annotator, project_id: int, watch: VersionWatch, gt: GroundTruth, sources: dict[str, str],
-         matched_gt: dict[str, np.ndarray], n_tasks: int, max_dist_px: float, think_s: float,
+         matched_gt: dict[str, np.ndarray], n_tasks: int, max_dist_px: float, think_s: float | None,
          time_model: TimeModel, seconds_per_unit: float, not_nucleus: str | None, log=print) -> Walk:
-    """Serve, answer and submit up to ``n_tasks`` tasks; never waits for a retrain."""
+    """Serve, answer and submit up to ``n_tasks`` tasks; never waits for a retrain.
+
+    ``think_s``: seconds the annotator spends on each task before submitting; None: the task's time-model
+    cost in seconds (``seconds_per_unit`` per unit), so retrains race a pathologist's real pace.
+    """
     records: list[TaskRecord] = []
     submits: list[float] = []
     serves: list[float] = []
@@ -148,7 +152,7 @@ def walk(annotator: Annotator, project_id: int, watch: VersionWatch, gt: GroundT
         answer = answer_task([None if s in (None, NEUTRAL_LABEL) else s for s in shown], truths, not_nucleus,
                              time_model)
         result = [_answered(r, old, new) for r, old, new in zip(regions, shown, answer.submitted) if new is not None]
-        time.sleep(think_s)
+        time.sleep(answer.cost * seconds_per_unit if think_s is None else think_s)
         annotator.submit(task["id"], result, lead_time=answer.cost * seconds_per_unit,
                          parent_prediction=(prediction or {}).get("id"), project_id=project_id)
         submits.append(time.monotonic())
