@@ -13,7 +13,9 @@ from adapters.settings import SharedSettings
 
 # Typed choices, so a typo fails when the settings are built at start-up, not inside the first job.
 # tests/unit/test_settings.py checks that they equal the registries (STRATEGIES, OPTIMIZER_PRESETS).
-StrategyName = Literal["coreset", "entropy", "margin", "random", "sequential", "relevance", "hybrid"]
+StrategyName = Literal[
+    "coreset", "entropy", "margin", "random", "sequential", "relevance", "hybrid", "density", "cluster", "spread"
+]
 OptimizerName = Literal["adam", "paper-sgd"]
 
 
