@@ -21,6 +21,7 @@ import warnings
 import numpy as np
 import torch
 from sklearn.cluster import KMeans
+from threadpoolctl import threadpool_limits
 
 _DENSITY_REFERENCE_ROWS = 2_000  # density is measured against a seeded sample: O(N x 2000), not O(N^2)
 _KMEANS_FIT_ROWS_PER_CLUSTER = 50  # k-means is fit on at most this x k rows, then every row is assigned
@@ -101,9 +102,10 @@ def _kmeans(x: np.ndarray, k: int, random_state: int) -> tuple[np.ndarray, np.nd
     rng = np.random.default_rng(random_state)
     fit_rows = x[rng.permutation(len(x))[: max(k, _KMEANS_FIT_ROWS_PER_CLUSTER * k)]]
     model = KMeans(n_clusters=k, n_init=1, max_iter=50, random_state=random_state)
-    with warnings.catch_warnings():  # duplicate rows: fewer distinct points than clusters is fine here
-        warnings.simplefilter("ignore")
+    # One thread, as torch in the worker: OpenMP's threads made k-means 5x slower on a busy 2-core machine.
+    with warnings.catch_warnings(), threadpool_limits(limits=1):
+        warnings.simplefilter("ignore")  # duplicate rows: fewer distinct points than clusters is fine here
         model.fit(fit_rows)
-    dist = model.transform(x)
+        dist = model.transform(x)
     cluster = dist.argmin(axis=1).astype(np.int64)
     return cluster, dist[np.arange(len(x)), cluster].astype(np.float64)
