@@ -23,7 +23,7 @@ from label_config import TileTask, parse_classes, rank_to_score, version_name
 from ml_backend.errors import NotPreprocessedError
 from ml_backend.labels.records import merge_labels, records_from_tasks
 from ml_backend.labels.redis_store import RedisLabelStore
-from ml_backend.model.head import HeadClassifier
+from ml_backend.model.learners import Learner, make_learner
 from ml_backend.model.store import ModelStore
 from ml_backend.ordering.ranking import rank_tiles
 from ml_backend.ordering.relevance import RelevanceParams, rarest_class
@@ -99,7 +99,7 @@ def _retrain(project_id: int, settings: BackendSettings, gateway: LabelStudioGat
         current = models.latest_version()
         return RetrainReport(project_id, current, version_name(current), 0, len(open_ids), [], {}, 0.0)
     proba = head.predict_proba(cells.features)
-    order = _rank_open_tasks(cells, head, proba, open_ids, settings, strategy)
+    order = _rank_open_tasks(cells, head, proba, open_ids, settings, strategy, _slide_of_cells(cells, tiles))
     version = models.next_version()
     gateway.import_predictions(project_id, _predictions(order, tiles, cells, proba, classes, version_name(version)))
     meta = _meta(classes, labels, head, settings, n_drawn=int((cells.task_ids == -1).sum()))
@@ -175,27 +175,32 @@ def _relevance_params(settings: BackendSettings, classes: list[str], y: np.ndarr
         rare_min_proba=settings.relevance_rare_min_proba, rare_class=rare)
 
 
-def _fit_head(cells: _Cells, n_classes: int, settings: BackendSettings, mc: bool) -> HeadClassifier | None:
-    """The head fitted on the labelled cells (with dropout when ``mc``); None when no cell is labelled."""
+def _fit_head(cells: _Cells, n_classes: int, settings: BackendSettings, mc: bool) -> Learner | None:
+    """The ``HALI_LEARNER`` model fitted on the labelled cells (with dropout when ``mc``); None when no cell is labelled."""
     labelled = cells.y >= 0
     if not labelled.any():
         return None
-    head = HeadClassifier(n_classes=n_classes, optimizer=settings.optimizer, random_state=settings.seed,
-                          dropout=settings.mc_dropout if mc else 0.0)
+    head = make_learner(settings.learner, n_classes, optimizer=settings.optimizer, random_state=settings.seed,
+                        dropout=settings.mc_dropout if mc else 0.0)
     return head.fit(cells.features[labelled], cells.y[labelled])
 
 
 def _rank_open_tasks(
-    cells: _Cells, head: HeadClassifier, proba: np.ndarray, open_ids: list[int], settings: BackendSettings,
-    strategy: Strategy,
+    cells: _Cells, head: Learner, proba: np.ndarray, open_ids: list[int], settings: BackendSettings,
+    strategy: Strategy, slides: np.ndarray,
 ) -> list[int]:
     if not open_ids:
         return []
     if needs_mc_passes(strategy):  # (T, N, K): only the strategies that use them pay for T passes
         proba = head.predict_proba_mc(cells.features, settings.mc_passes, settings.seed)
     picks, weights = query(strategy, head.transform(cells.features), proba, cells.y >= 0, settings.query_budget,
-                           settings.seed)
+                           settings.seed, groups=slides)
     return [int(t) for t in rank_tiles(cells.task_ids, picks, open_ids, weights)]
+
+
+def _slide_of_cells(cells: _Cells, tiles: dict[int, TileTask]) -> np.ndarray:
+    """Slide id (N,) str of each cell (``spread`` deals its picks over slides); "" for hand-drawn cells."""
+    return np.array([tiles[t].slide_id if t in tiles else "" for t in cells.task_ids.tolist()], dtype=str)
 
 
 def _predictions(
@@ -212,7 +217,7 @@ def _predictions(
 
 
 def _meta(
-    classes: list[str], labels: dict[str, str], head: HeadClassifier, settings: BackendSettings, n_drawn: int
+    classes: list[str], labels: dict[str, str], head: Learner, settings: BackendSettings, n_drawn: int
 ) -> dict[str, Any]:
     snapshot = hashlib.sha256(json.dumps(sorted(labels.items())).encode()).hexdigest()[:16]
     counts = {c: sum(1 for v in labels.values() if v == c) for c in classes}
@@ -223,4 +228,5 @@ def _meta(
         "best_val_loss": head.best_val_loss_,
         "epochs": head.n_epochs_,
     }
-    return {"classes": classes, "label_snapshot": snapshot, "strategy": settings.strategy, "metrics": metrics}
+    return {"classes": classes, "label_snapshot": snapshot, "strategy": settings.strategy,
+            "learner": settings.learner, "metrics": metrics}
