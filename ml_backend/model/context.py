@@ -9,6 +9,7 @@ slide in the product, a source image in ``hali simulate``. Cells of different gr
 - :func:`local_density`: other cells within ``radius_um``, (N,).
 - :func:`context_features`: ``[x, mean of the k neighbours' x, local density]``, (N, 2d + 1).
 - :func:`smooth_proba`: ``p' = alpha p + (1 - alpha) mean of the k neighbours' p``.
+- :func:`slide_context_features`: all of it for one slide's cell table (level-0 boxes, features, mpp).
 
 A cell with fewer than ``k`` other cells in its group repeats itself in the missing slots (so a lone cell's
 context is its own features, and smoothing leaves it alone).
@@ -83,6 +84,24 @@ def smooth_proba(proba: np.ndarray, neighbours: np.ndarray, alpha: float = 0.5) 
     if alpha == 1.0:
         return p
     return alpha * p + (1.0 - alpha) * p[nbrs].mean(axis=1)
+
+
+def box_centroids(boxes_px: np.ndarray) -> np.ndarray:
+    """Centroids (N, 2) float64 as (x, y) of level-0 boxes (N, 4) given as (x0, y0, w, h) (a cell table's ``boxes``)."""
+    b = np.asarray(boxes_px, dtype=np.float64).reshape(-1, 4)
+    return b[:, :2] + b[:, 2:] / 2.0
+
+
+def slide_context_features(features: np.ndarray, boxes_px: np.ndarray, mpp: float, k: int = DEFAULT_NEIGHBOURS,
+                           radius_um: float = DEFAULT_RADIUS_UM) -> tuple[np.ndarray, np.ndarray]:
+    """``(context features (N, 2d + 1) float32, neighbours (N, k) int64)`` of every cell of one slide.
+
+    ``features`` (N, d) and ``boxes_px`` (N, 4) level-0 (x0, y0, w, h) are a cell table's; ``mpp`` the slide's
+    level-0 micrometres per pixel. The neighbours are what :func:`smooth_proba` needs at predict time.
+    """
+    xy = box_centroids(boxes_px)
+    neighbours = spatial_neighbours(xy, k=k)
+    return context_features(features, neighbours, local_density(xy, mpp, radius_um=radius_um)), neighbours
 
 
 def _check(xy_px: np.ndarray, groups: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:

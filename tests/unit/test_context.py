@@ -56,3 +56,14 @@ def test_bad_shapes_are_refused():
         spatial_neighbours(np.zeros((3, 3)))
     with pytest.raises(ValueError, match="alpha"):
         smooth_proba(np.ones((2, 2)) / 2, np.zeros((2, 1), int), alpha=1.5)
+
+
+def test_a_slide_table_gives_context_from_level0_boxes_and_mpp():
+    from ml_backend.model.context import slide_context_features
+
+    centres = ring(radius_px=20.0)
+    boxes = np.c_[centres - 3.0, np.full((9, 2), 6.0)]  # (x0, y0, w, h) around each centre
+    features = np.arange(9, dtype=np.float32)[:, None]
+    out, nbrs = slide_context_features(features, boxes, mpp=0.25, k=8, radius_um=6.0)  # 20 px = 5 um
+    assert out.shape == (9, 3) and out[0].tolist() == [0.0, 4.5, 8.0]
+    assert sorted(nbrs[0].tolist()) == list(range(1, 9))
