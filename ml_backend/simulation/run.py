@@ -276,6 +276,8 @@ def write_report(report: dict, out_dir: Path) -> None:
     tmp = out_dir / "simulation.json.tmp"
     tmp.write_text(json.dumps(report, indent=1, default=_json_default))
     os.replace(tmp, out_dir / "simulation.json")
+    if not report["results"]:  # --protocol paper alone: nothing to plot
+        return
     try:
         from ml_backend.simulation.plots import write_plots
     except ImportError:

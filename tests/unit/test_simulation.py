@@ -273,3 +273,11 @@ def test_cli_simulate_refuses_an_mc_strategy_with_a_learner_without_mc_passes(tm
 
     code = main([*_tiny_table(tmp_path), "--strategies", "hybrid", "--learner", "logreg", "--out", str(tmp_path / "o")])
     assert code == 2 and "MC dropout" in capsys.readouterr().err
+
+
+def test_cli_simulate_runs_the_paper_protocol_alone(tmp_path, capsys):
+    from ml_backend.cli import main
+
+    code = main([*_tiny_table(tmp_path), "--protocol", "paper", "--paper-patch-cells", "12",
+                 "--paper-ready-after", "4", "--out", str(tmp_path / "out")])
+    assert code == 0 and "paper protocol (12-cell" in capsys.readouterr().out
