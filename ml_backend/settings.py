@@ -28,7 +28,7 @@ class BackendSettings(SharedSettings):
         SecretStr(""), description="if set, /webhook requires header X-Hali-Secret with this value"
     )
     retrain_every: int = Field(5, ge=1, description="new cell labels that trigger a retrain")
-    strategy: StrategyName = Field("coreset", description="query strategy (ml_backend/ordering/strategies.py)")
+    strategy: StrategyName = Field("spread", description="query strategy (ml_backend/ordering/strategies.py)")
     learner: LearnerName = Field(
         "logreg", description="classifier on the cell features (ml_backend/model/learners.py): logreg or mlp (the "
         "paper's 2x32 head); relevance/hybrid need mlp and get it when HALI_LEARNER is unset"
