@@ -176,7 +176,7 @@ def _relevance_params(settings: BackendSettings, classes: list[str], y: np.ndarr
 
 
 def _fit_head(cells: _Cells, n_classes: int, settings: BackendSettings, mc: bool) -> Learner | None:
-    """The ``HALI_LEARNER`` model fitted on the labelled cells (with dropout when ``mc``); None when no cell is labelled."""
+    """The ``HALI_LEARNER`` model fitted on the labelled cells (dropout when ``mc``); None without labels."""
     labelled = cells.y >= 0
     if not labelled.any():
         return None

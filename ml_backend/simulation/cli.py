@@ -51,7 +51,8 @@ def _add_simulate_parser(sub: argparse._SubParsersAction) -> None:
     m.add_argument("--patch-px", type=int, default=80, help="patch side around each centroid, image pixels")
     m.add_argument("--time-model", default="1,0.1,1,3",
                    help="unassisted per cell, review per cell, per wrong suggestion, per task")
-    m.add_argument("--learner", default="mlp", help="mlp (the paper's 2x32 head) or logreg (ml_backend/model/learners.py)")
+    m.add_argument("--learner", default="mlp",
+                   help="mlp (the paper's 2x32 head) or logreg (ml_backend/model/learners.py)")
     m.add_argument("--context-neighbours", type=int, default=0,
                    help="k > 0: append the mean features of each cell's k nearest cells and its local density")
     m.add_argument("--density-radius-um", type=float, default=25.0, help="local density: cells within this radius")

@@ -86,7 +86,8 @@ def format_summary(report: dict) -> str:
 def format_standard_errors(report: dict) -> list[str]:
     """Balanced-accuracy AUC (N <= the small range) and speed-up, mean +- standard error over the runs."""
     s = report["settings"]
-    lines = [f"| tasks | strategy | bal. acc AUC N<={s['auc_max_labels']} (+- se) | speed-up (+- se) |", "|---|---|---|---|"]
+    lines = [f"| tasks | strategy | bal. acc AUC N<={s['auc_max_labels']} (+- se) | speed-up (+- se) |",
+             "|---|---|---|---|"]
     for r in report["results"]:
         aucs = np.asarray(r["balanced_accuracy"]["auc_small"], dtype=float)
         se = aucs.std(ddof=1) / np.sqrt(len(aucs)) if len(aucs) > 1 else 0.0
