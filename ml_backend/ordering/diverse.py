@@ -58,7 +58,8 @@ def feature_density(features: np.ndarray, k: int = 10, random_state: int = 0) ->
 def cluster_picks(features: np.ndarray, proba: np.ndarray | None, labeled: np.ndarray, n_picks: int,
                   random_state: int = 0) -> np.ndarray:
     """``n_picks`` unlabelled indices (int64): k-means (k = ``n_picks``) on the unlabelled rows, then per cluster
-    the most uncertain row (:func:`uncertainty`; without ``proba`` the row nearest the centre).
+    the most uncertain row of the half nearer its centre (:func:`uncertainty`; without ``proba`` the row nearest
+    the centre).
 
     Order: every cluster's best row, largest cluster first; then every cluster's second best, and so on,
     so the picks are representative (large clusters) before they are exhaustive.
@@ -71,7 +72,9 @@ def cluster_picks(features: np.ndarray, proba: np.ndarray | None, labeled: np.nd
     cluster, centre_dist = _kmeans(x, n_picks, random_state)
     u = uncertainty(None if proba is None else proba[unlabeled], len(unlabeled))
     key = -u if proba is not None else centre_dist
-    order = np.lexsort((np.arange(len(x)), key, cluster))  # by cluster, best first, ties by index
+    # The most uncertain member of a cluster is often its oddest one: take it from the half nearer the centre.
+    outer = centre_dist > _cluster_medians(centre_dist, cluster, n_picks)[cluster]
+    order = np.lexsort((np.arange(len(x)), key, outer, cluster))  # by cluster, inner half first, best first
     rank = np.empty(len(x), dtype=np.int64)
     starts = np.r_[0, np.flatnonzero(np.diff(cluster[order])) + 1]
     rank[order] = np.arange(len(x)) - np.repeat(starts, np.diff(np.r_[starts, len(x)]))
@@ -95,6 +98,17 @@ def spread_over_groups(picks: np.ndarray, groups: np.ndarray, labeled: np.ndarra
         first.setdefault(g, i)
     first_pos = np.array([first[g] for g in pick_group.tolist()], dtype=np.int64)
     return picks[np.lexsort((np.arange(len(picks)), first_pos, n_labels[pick_group], rank))]
+
+
+def _cluster_medians(values: np.ndarray, cluster: np.ndarray, k: int) -> np.ndarray:
+    """Median (k,) float64 of ``values`` (N,) in each of ``k`` clusters (0 for an empty one)."""
+    out = np.zeros(k)
+    order = np.argsort(cluster, kind="stable")
+    bounds = np.searchsorted(cluster[order], np.arange(k + 1))
+    for c in range(k):
+        members = values[order[bounds[c] : bounds[c + 1]]]
+        out[c] = np.median(members) if len(members) else 0.0
+    return out
 
 
 def _kmeans(x: np.ndarray, k: int, random_state: int) -> tuple[np.ndarray, np.ndarray]:
