@@ -22,7 +22,7 @@ mean over passes. A strategy with ``needs_passes`` True wants the passes (:func:
   tiles are served in the order of their earliest pick.
 - ``density``: greedy k-center where each cell's distance is multiplied by its feature-space density times
   (1 + its uncertainty) (:mod:`ml_backend.ordering.diverse`): coreset's spread without its outliers.
-- ``cluster``: k-means on the unlabelled cells, the most uncertain cell of each cluster, largest first.
+- ``cluster``: k-means on the unlabelled cells, the most uncertain cell of each cluster's inner half, largest first.
 - ``spread``: ``cluster``'s picks dealt round-robin over ``groups`` (source images, slides), the groups with
   the fewest labels first, so consecutive tasks come from different images. Without groups: ``cluster``.
 
