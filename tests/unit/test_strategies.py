@@ -201,3 +201,13 @@ def test_query_hands_groups_only_to_strategies_that_want_them():
     assert groups[picks[0]] == 1 and (weights == 0).all()
     picks, _ = query(get_strategy("coreset"), x, None, labeled, 4, 0, groups=groups)
     assert len(picks) == 4
+
+
+def test_cluster_takes_the_closest_call_from_the_inner_half_not_the_clusters_oddball():
+    rng = np.random.default_rng(3)
+    x = np.r_[rng.normal(scale=0.5, size=(40, 2)), [[4.0, 4.0]]].astype(np.float32)  # one cluster + its oddball
+    proba = np.tile([0.9, 0.1], (41, 1))
+    proba[40] = [0.5, 0.5]  # the oddball is the coin flip
+    proba[np.argsort(np.linalg.norm(x[:40], axis=1))[3]] = [0.6, 0.4]  # a central cell is the runner-up
+    pick = get_strategy("cluster")(x, proba, np.zeros(41, dtype=bool), 1, 0)
+    assert pick.tolist() != [40] and proba[pick[0]].tolist() == [0.6, 0.4]
