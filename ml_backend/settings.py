@@ -5,22 +5,32 @@ Built once per entry point (``create_app``, the worker, each job) and passed dow
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from adapters.settings import SharedSettings
 
 # Typed choices, so a typo fails when the settings are built at start-up, not inside the first job.
 # tests/unit/test_settings.py checks that they equal the registries (STRATEGIES, OPTIMIZER_PRESETS).
-StrategyName = Literal["coreset", "entropy", "margin", "random", "sequential", "relevance", "hybrid"]
+StrategyName = Literal[
+    "coreset", "entropy", "margin", "random", "sequential", "relevance", "hybrid", "density", "cluster", "spread"
+]
 OptimizerName = Literal["adam", "paper-sgd"]
+LearnerName = Literal["mlp", "logreg"]
+# tests/unit/test_settings.py checks these against needs_mc_passes and ml_backend.model.learners.MC_LEARNERS.
+MC_STRATEGIES = frozenset({"relevance", "hybrid"})  # strategies that need MC dropout passes
+MC_LEARNERS = frozenset({"mlp"})  # learners that give them
 
 
 class BackendSettings(SharedSettings):
     retrain_every: int = Field(5, ge=1, description="new cell labels that trigger a retrain")
     max_body_mb: float = Field(10.0, gt=0, description="larger request bodies are refused with 413")
-    strategy: StrategyName = Field("coreset", description="query strategy (ml_backend/ordering/strategies.py)")
+    strategy: StrategyName = Field("spread", description="query strategy (ml_backend/ordering/strategies.py)")
+    learner: LearnerName = Field(
+        "logreg", description="classifier on the cell features (ml_backend/model/learners.py): logreg or mlp (the "
+        "paper's 2x32 head); relevance/hybrid need mlp and get it when HALI_LEARNER is unset"
+    )
     # relevance / hybrid (Sadafi et al. 2019; ml_backend/ordering/relevance.py). Only these two use MC passes.
     mc_passes: int = Field(10, ge=1, description="stochastic (MC dropout) head passes for relevance/hybrid")
     mc_dropout: float = Field(
@@ -40,3 +50,19 @@ class BackendSettings(SharedSettings):
         1, ge=1, description="torch threads per process: the head is tiny, and more threads only add overhead"
     )
 
+    @field_validator("learner")
+    @classmethod
+    def _learner_fits_strategy(cls, learner: str, info: ValidationInfo) -> str:
+        strategy = info.data.get("strategy")
+        if strategy in MC_STRATEGIES and learner not in MC_LEARNERS:
+            raise ValueError(f"HALI_STRATEGY={strategy} needs MC dropout passes, which only "
+                             f"{'/'.join(sorted(MC_LEARNERS))} gives; unset HALI_LEARNER or set it to mlp")
+        return learner
+
+    @model_validator(mode="before")
+    @classmethod
+    def _mc_strategy_means_mlp(cls, data: Any) -> Any:
+        """relevance/hybrid with HALI_LEARNER unset: the mlp (the only learner with MC passes)."""
+        if isinstance(data, dict) and data.get("strategy") in MC_STRATEGIES and data.get("learner") is None:
+            return {**data, "learner": "mlp"}
+        return data

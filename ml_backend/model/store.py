@@ -2,7 +2,8 @@
 
 Layout of a project directory::
 
-    v0001.pt      torch.save of HeadClassifier.to_state() (tensors + JSON-able values only)
+    v0001.pt      torch.save of the learner's to_state() (tensors + JSON-able values only; any learner of
+                  ml_backend.model.learners, named by its state's ``learner`` key)
     v0001.json    sidecar: version, model_version name, head hyper-parameters, classes seen, created_at,
                   and whatever the caller's meta holds (metrics, label snapshot hash, backbone, ...)
     latest.json   {"version": 1}: the version to serve
@@ -33,7 +34,7 @@ import torch
 from adapters.atomic import write_atomic
 from label_config.serving import parse_version_name, version_name
 from ml_backend.errors import BackendError
-from ml_backend.model.head import HeadClassifier
+from ml_backend.model.learners import Learner, learner_from_state, learner_name
 
 __all__ = ["LATEST_FILE", "ModelStore", "ModelStoreError", "parse_version_name", "version_name"]
 
@@ -57,7 +58,7 @@ class ModelStore:
     def sidecar_path(self, version: int) -> Path:
         return self.root / f"v{version:04d}.json"
 
-    def save(self, version: int, head: HeadClassifier, meta: dict[str, Any]) -> Path:
+    def save(self, version: int, head: Learner, meta: dict[str, Any]) -> Path:
         """Write ``head`` as ``version`` and make it the latest; returns the weights path.
 
         ``meta`` must be JSON-serialisable; its keys may not be those the store writes (``version``,
@@ -95,7 +96,7 @@ class ModelStore:
         on_disk = [int(m.group(1)) for p in self._listing() if (m := _VERSION_FILE.match(p.name))]
         return max([self.latest_version(), *on_disk], default=0) + 1
 
-    def load(self, version: int | None = None) -> tuple[HeadClassifier, dict[str, Any]]:
+    def load(self, version: int | None = None) -> tuple[Learner, dict[str, Any]]:
         """The head and sidecar dict of ``version`` (default: the latest). ModelStoreError if absent or corrupt."""
         if version is None:
             version = self.latest_version()
@@ -108,11 +109,12 @@ class ModelStore:
         return list(self.root.iterdir()) if self.root.is_dir() else []
 
 
-def _sidecar(version: int, head: HeadClassifier, meta: dict[str, Any]) -> dict[str, Any]:
+def _sidecar(version: int, head: Learner, meta: dict[str, Any]) -> dict[str, Any]:
     return {
         **meta,
         "version": version,
         "model_version": version_name(version),
+        "learner": learner_name(head),
         "hyper_parameters": head.get_params(),
         "n_features": int(head.n_features_in_),
         "classes_seen": [int(c) for c in head.classes_seen_],
@@ -141,10 +143,10 @@ def _read_json(path: Path) -> dict[str, Any]:
     return payload
 
 
-def _read_head(path: Path) -> HeadClassifier:
+def _read_head(path: Path) -> Learner:
     if not path.exists():
         raise ModelStoreError(f"{path} is missing; the model version was never completely saved")
     try:
-        return HeadClassifier.from_state(torch.load(path, map_location="cpu", weights_only=True))
+        return learner_from_state(torch.load(path, map_location="cpu", weights_only=True))
     except (OSError, RuntimeError, EOFError, pickle.UnpicklingError, ValueError, KeyError, TypeError) as err:
-        raise ModelStoreError(f"{path} is not a readable HALI head ({err}); delete it or retrain") from err
+        raise ModelStoreError(f"{path} is not a readable HALI model ({err}); delete it or retrain") from err

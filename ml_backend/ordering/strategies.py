@@ -20,6 +20,14 @@ mean over passes. A strategy with ``needs_passes`` True wants the passes (:func:
 - ``hybrid``: greedy k-center on ``features`` where each cell's distance is multiplied by 1 + its
   relevance score (:func:`weighted_k_center`): spread like coreset, uncertain and rare cells first;
   tiles are served in the order of their earliest pick.
+- ``density``: greedy k-center where each cell's distance is multiplied by its feature-space density times
+  (1 + its uncertainty) (:mod:`ml_backend.ordering.diverse`): coreset's spread without its outliers.
+- ``cluster``: k-means on the unlabelled cells, the most uncertain cell of each cluster's inner half, largest first.
+- ``spread``: ``cluster``'s picks dealt round-robin over ``groups`` (source images, slides), the groups with
+  the fewest labels first, so consecutive tasks come from different images. Without groups: ``cluster``.
+
+``density``, ``cluster``, ``spread`` and ``hybrid`` serve tiles in the order of their earliest pick (their
+:func:`query` weights are 0); the others by how many picks a tile holds.
 
 The two relevance strategies are frozen dataclasses holding :class:`RelevanceParams`;
 ``get_strategy(name, params)`` returns one with other params. :func:`query` runs a strategy and says what
@@ -42,6 +50,7 @@ import numpy as np
 import torch
 
 from ml_backend.ordering.coreset import select_coreset
+from ml_backend.ordering.diverse import cluster_picks, feature_density, spread_over_groups, uncertainty
 from ml_backend.ordering.relevance import RelevanceParams, as_passes, cell_scores
 
 logger = logging.getLogger(__name__)
@@ -151,6 +160,35 @@ class HybridStrategy(RelevanceStrategy):
         return None if proba is None else np.zeros(len(picks))
 
 
+@dataclass(frozen=True)
+class DiverseStrategy:
+    """``density`` (``kind="density"``), ``cluster`` or ``spread``; see the module docstring.
+
+    Tiles are served by their earliest pick (weights 0): the first picks are the representative ones.
+    """
+
+    kind: str = "cluster"
+    needs_groups: ClassVar[bool] = True
+
+    def __call__(
+        self, features: np.ndarray, proba: np.ndarray | None, labeled: np.ndarray, budget: int, random_state: int,
+        groups: np.ndarray | None = None,
+    ) -> np.ndarray:
+        unlabeled = _unlabeled_indices(labeled, budget)
+        n_picks = min(budget, len(unlabeled))
+        p = None if proba is None else _mean_proba(proba, labeled)
+        if self.kind == "density":
+            weight = feature_density(features, random_state=random_state) * (1.0 + uncertainty(p, len(labeled)))
+            return weighted_k_center(features, labeled, weight, n_picks)
+        picks = cluster_picks(features, p, labeled, n_picks, random_state)
+        if self.kind == "spread" and groups is not None:
+            return spread_over_groups(picks, groups, labeled)
+        return picks
+
+    def weights(self, proba: np.ndarray | None, labeled: np.ndarray, picks: np.ndarray) -> np.ndarray:
+        return np.zeros(len(picks))
+
+
 def weighted_k_center(features: np.ndarray, labeled: np.ndarray, weight: np.ndarray, n_picks: int) -> np.ndarray:
     """``n_picks`` unlabelled row indices (int64, pick order) of greedy k-center with weighted distances.
 
@@ -193,6 +231,9 @@ STRATEGIES: dict[str, Strategy] = {
     "sequential": sequential_strategy,
     "relevance": RelevanceStrategy(),
     "hybrid": HybridStrategy(),
+    "density": DiverseStrategy("density"),
+    "cluster": DiverseStrategy("cluster"),
+    "spread": DiverseStrategy("spread"),
 }
 
 
@@ -218,9 +259,12 @@ def needs_mc_passes(strategy: Strategy) -> bool:
 
 def query(
     strategy: Strategy, features: np.ndarray, proba: np.ndarray | None, labeled: np.ndarray, budget: int,
-    random_state: int,
+    random_state: int, groups: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """``(picks, weights)`` for :func:`ml_backend.ordering.ranking.rank_tiles`, as the retrain job and the simulation use them.
+
+    ``groups`` (N,) labels each cell's source image or slide; strategies with ``needs_groups`` (``spread``)
+    get it, the others never see it.
 
     ``weights`` (P,) float is what each pick adds to its tile's score; None means 1 each (a count). A
     strategy whose tile score sums over every unlabelled cell (``relevance``: the paper's tile score)
@@ -228,7 +272,10 @@ def query(
     """
     if getattr(strategy, "scores_every_cell", False) and proba is not None:
         budget = int((~np.asarray(labeled, dtype=bool)).sum())
-    picks = strategy(features, proba, labeled, budget, random_state)
+    if getattr(strategy, "needs_groups", False):
+        picks = strategy(features, proba, labeled, budget, random_state, groups=groups)
+    else:
+        picks = strategy(features, proba, labeled, budget, random_state)
     weights = getattr(strategy, "weights", None)
     return picks, None if weights is None else weights(proba, labeled, picks)
 

@@ -25,7 +25,7 @@ from label_config import LabelSet, TileTask, nuclei_only, parse_label_set, rank_
 from ml_backend.errors import NotPreprocessedError
 from ml_backend.labels.records import merge_labels, records_from_tasks
 from ml_backend.labels.redis_store import RedisLabelStore
-from ml_backend.model.head import HeadClassifier
+from ml_backend.model.learners import Learner, make_learner
 from ml_backend.model.store import ModelStore
 from ml_backend.ordering.ranking import rank_tiles
 from ml_backend.ordering.relevance import RelevanceParams, rarest_class
@@ -103,7 +103,7 @@ def _retrain(project_id: int, settings: BackendSettings, gateway: LabelStudioGat
         return RetrainReport(project_id, current, version_name(current), 0, len(open_ids), [], {}, 0.0)
     proba = head.predict_proba(cells.features)
     excluded = not_nucleus_mask(proba, targets) & (cells.y < 0)
-    order = _rank_open_tasks(cells, head, proba, open_ids, settings, strategy, excluded)
+    order = _rank_open_tasks(cells, head, proba, open_ids, settings, strategy, excluded, _slide_of_cells(cells, tiles))
     version = models.next_version()
     gateway.import_predictions(project_id, _predictions(order, tiles, cells, proba, targets, version_name(version)))
     meta = _meta(label_set, labels, head, settings, n_drawn=int((cells.task_ids == -1).sum()))
@@ -182,19 +182,19 @@ def _relevance_params(settings: BackendSettings, classes: list[str], y: np.ndarr
         rare_min_proba=settings.relevance_rare_min_proba, rare_class=rare)
 
 
-def _fit_head(cells: _Cells, n_classes: int, settings: BackendSettings, mc: bool) -> HeadClassifier | None:
-    """The head fitted on the labelled cells (with dropout when ``mc``); None when no cell is labelled."""
+def _fit_head(cells: _Cells, n_classes: int, settings: BackendSettings, mc: bool) -> Learner | None:
+    """The ``HALI_LEARNER`` model fitted on the labelled cells (dropout when ``mc``); None without labels."""
     labelled = cells.y >= 0
     if not labelled.any():
         return None
-    head = HeadClassifier(n_classes=n_classes, optimizer=settings.optimizer, random_state=settings.seed,
-                          dropout=settings.mc_dropout if mc else 0.0)
+    head = make_learner(settings.learner, n_classes, optimizer=settings.optimizer, random_state=settings.seed,
+                        dropout=settings.mc_dropout if mc else 0.0)
     return head.fit(cells.features[labelled], cells.y[labelled])
 
 
 def _rank_open_tasks(
-    cells: _Cells, head: HeadClassifier, proba: np.ndarray, open_ids: list[int], settings: BackendSettings,
-    strategy: Strategy, excluded: np.ndarray,
+    cells: _Cells, head: Learner, proba: np.ndarray, open_ids: list[int], settings: BackendSettings,
+    strategy: Strategy, excluded: np.ndarray, slides: np.ndarray | None = None,
 ) -> list[int]:
     """Open task ids, most useful first. ``excluded`` (N,) bool: unlabelled cells predicted "Not a nucleus";
     the strategy never sees them, and a tile of nothing else is served last."""
@@ -207,9 +207,14 @@ def _rank_open_tasks(
     else:
         pool_proba = proba[pool]
     picks, weights = query(strategy, head.transform(features), pool_proba, cells.y[pool] >= 0,
-                           settings.query_budget, settings.seed)
+                           settings.query_budget, settings.seed, groups=None if slides is None else slides[pool])
     picks = np.flatnonzero(pool)[picks]
     return [int(t) for t in rank_tiles(cells.task_ids, picks, open_ids, weights, excluded)]
+
+
+def _slide_of_cells(cells: _Cells, tiles: dict[int, TileTask]) -> np.ndarray:
+    """Slide id (N,) str of each cell (``spread`` deals its picks over slides); "" for hand-drawn cells."""
+    return np.array([tiles[t].slide_id if t in tiles else "" for t in cells.task_ids.tolist()], dtype=str)
 
 
 def _predictions(
@@ -226,7 +231,7 @@ def _predictions(
 
 
 def _meta(
-    label_set: LabelSet, labels: dict[str, str], head: HeadClassifier, settings: BackendSettings, n_drawn: int
+    label_set: LabelSet, labels: dict[str, str], head: Learner, settings: BackendSettings, n_drawn: int
 ) -> dict[str, Any]:
     """The model's sidecar; its ``metrics`` also go to the status. ``n_labels`` counts every label
     ("Not a nucleus" included: it is an answer the model learns), ``n_nuclei`` only the nuclei."""
@@ -241,4 +246,4 @@ def _meta(
         "epochs": head.n_epochs_,
     }
     return {"classes": list(label_set.classes), "targets": list(label_set.targets), "label_snapshot": snapshot,
-            "strategy": settings.strategy, "metrics": metrics}
+            "strategy": settings.strategy, "learner": settings.learner, "metrics": metrics}

@@ -5,6 +5,7 @@
 - :mod:`.embedding` embeds each cell's patch with a named featurizer and caches the features;
 - :mod:`.efficiency` replays the annotator task by task (the faster-annotator claim, 5.15x in the paper);
 - :mod:`.effectiveness` trains on the first N labels collected (the better-dataset claim, +4.34%);
+- :mod:`.paper` replays the paper's own efficiency protocol: one balanced ~200-cell patch, two classes;
 - :mod:`.run` is the one orchestration function; :mod:`.plots` draws the figures when matplotlib exists.
 
 Exceptions::

@@ -51,6 +51,19 @@ def _add_simulate_parser(sub: argparse._SubParsersAction) -> None:
     m.add_argument("--patch-px", type=int, default=80, help="patch side around each centroid, image pixels")
     m.add_argument("--time-model", default="1,0.1,1,3",
                    help="unassisted per cell, review per cell, per wrong suggestion, per task")
+    m.add_argument("--learner", default="mlp",
+                   help="mlp (the paper's 2x32 head) or logreg (ml_backend/model/learners.py)")
+    m.add_argument("--context-neighbours", type=int, default=0,
+                   help="k > 0: append the mean features of each cell's k nearest cells and its local density")
+    m.add_argument("--density-radius-um", type=float, default=25.0, help="local density: cells within this radius")
+    m.add_argument("--mpp", type=float, default=0.25, help="micrometres per image pixel (CoNSeP: 0.25, 40x)")
+    m.add_argument("--smooth", type=float, default=1.0,
+                   help="alpha < 1: p' = alpha p + (1 - alpha) mean of the 8 nearest cells' p (issue: 0.5)")
+    m.add_argument("--protocol", default="campaign",
+                   help="campaign (tasks, strategies, learning curves), paper (one balanced ~200-cell patch, "
+                        "binary classes, suggestions after 20 labels), or campaign,paper")
+    m.add_argument("--paper-patch-cells", type=int, default=200)
+    m.add_argument("--paper-ready-after", type=int, default=20)
     m.add_argument("--seed", type=int, default=0)
     m.add_argument("--out", type=Path, required=True, help="folder for simulation.json and the plots")
     m.add_argument("--cache-dir", type=Path, help="feature cache (default OUT/cache)")
@@ -73,6 +86,9 @@ def _simulate(args: argparse.Namespace) -> int:
         auc_max_labels=args.auc_max_labels, featurizer=args.featurizer, checkpoint=args.checkpoint,
         patch_px=args.patch_px, retrain_every=args.retrain_every, ready_after=args.ready_after,
         optimizer=args.optimizer, seed=args.seed, time_model=time_model, cache_dir=args.cache_dir,
+        learner=args.learner, context_neighbours=args.context_neighbours, density_radius_um=args.density_radius_um,
+        mpp=args.mpp, smooth_alpha=args.smooth, protocols=tuple(args.protocol.split(",")),
+        paper_patch_cells=args.paper_patch_cells, paper_ready_after=args.paper_ready_after,
     )
     report = run_simulation(config)
     print(format_summary(report))

@@ -13,7 +13,8 @@ import warnings
 import numpy as np
 from sklearn.metrics import accuracy_score, balanced_accuracy_score
 
-from ml_backend.model.head import HeadClassifier
+from ml_backend.model.context import smooth_proba
+from ml_backend.model.learners import make_learner
 
 LABEL_GRID = (5, 10, 20, 30, 50, 75, 100, 150, 200, 300, 500, 750, 1000, 1500, 2000)
 
@@ -34,17 +35,24 @@ def learning_curve(
     optimizer: str = "adam",
     random_state: int = 0,
     max_epochs: int = 100,
+    learner: str = "mlp",
+    test_neighbours: np.ndarray | None = None,
+    smooth_alpha: float = 1.0,
 ) -> dict[str, list[float]]:
-    """Test accuracy and balanced accuracy (one per N in ``grid``) of heads trained on ``order[:N]``.
+    """Test accuracy and balanced accuracy (one per N in ``grid``) of ``learner`` models trained on ``order[:N]``.
 
     ``x_pool`` (P, d), ``y_pool`` (P,), ``order`` (L,) int indices into the pool; ``x_test`` (T, d),
-    ``y_test`` (T,). An N beyond ``len(order)`` uses every label collected.
+    ``y_test`` (T,). An N beyond ``len(order)`` uses every label collected. With ``test_neighbours`` (T, k)
+    the test probabilities are smoothed over them with ``smooth_alpha`` before the argmax.
     """
     acc, bacc = [], []
     for n in grid:
         idx = order[:n]
-        head = HeadClassifier(n_classes, optimizer=optimizer, max_epochs=max_epochs, random_state=random_state)
-        pred = head.fit(x_pool[idx], y_pool[idx]).predict(x_test)
+        head = make_learner(learner, n_classes, optimizer=optimizer, max_epochs=max_epochs, random_state=random_state)
+        proba = head.fit(x_pool[idx], y_pool[idx]).predict_proba(x_test)
+        if test_neighbours is not None:
+            proba = smooth_proba(proba, test_neighbours, smooth_alpha)
+        pred = proba.argmax(axis=1)
         acc.append(float(accuracy_score(y_test, pred)))
         with warnings.catch_warnings():  # a class never predicted is a score of 0 for it, as intended
             warnings.simplefilter("ignore")

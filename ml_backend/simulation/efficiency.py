@@ -7,6 +7,12 @@ label is the table's class. Once the head has been trained on ``ready_after`` la
 shown: a correct one is accepted without a class click, a wrong one costs a click. :class:`TimeModel`
 prices that; its constants are the assumptions every figure is reported with.
 
+The learner is ``config.learner`` (:mod:`ml_backend.model.learners`). With ``neighbours`` (each cell's
+spatial neighbours, :func:`ml_backend.model.context.spatial_neighbours`) and ``config.smooth_alpha`` < 1, the
+probabilities the annotator sees and the strategy ranks are smoothed over them
+(:func:`ml_backend.model.context.smooth_proba`). ``groups`` (each cell's source image) reaches the strategies
+that spread picks over images (``spread``).
+
 ``relevance`` and ``hybrid`` train the head with ``mc_dropout`` and get ``mc_passes`` stochastic passes, their
 rare class being the one with the fewest labels so far, as the retrain job does.
 
@@ -21,7 +27,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ml_backend.model.head import HeadClassifier
+from ml_backend.model.context import smooth_proba
+from ml_backend.model.learners import Learner, make_learner
 from ml_backend.ordering.ranking import rank_tiles
 from ml_backend.ordering.relevance import RelevanceParams, rarest_class
 from ml_backend.ordering.strategies import get_strategy, needs_mc_passes, query
@@ -59,6 +66,8 @@ class ReplayConfig:
     optimizer: str = "adam"
     max_epochs: int = 100
     random_state: int = 0
+    learner: str = "mlp"
+    smooth_alpha: float = 1.0  # 1: no smoothing over spatial neighbours
     # relevance / hybrid only, as the backend's HALI_MC_PASSES, HALI_MC_DROPOUT and HALI_RELEVANCE_*:
     mc_passes: int = 10
     mc_dropout: float = 0.25
@@ -92,11 +101,14 @@ def replay_annotator(
     n_classes: int,
     config: ReplayConfig = ReplayConfig(),
     time_model: TimeModel = TimeModel(),
+    groups: np.ndarray | None = None,
+    neighbours: np.ndarray | None = None,
 ) -> Replay:
     """Label the pool ``features`` (N, d) with oracle classes ``y`` (N,) until ``config.max_labels``.
 
     ``task_of_cell`` (N,) int gives each cell's task; cells are in walking order (index order is what
-    the ``sequential`` strategy follows). Stops after the task that reaches ``max_labels``.
+    the ``sequential`` strategy follows). Stops after the task that reaches ``max_labels``. ``groups`` (N,)
+    the cells' source images; ``neighbours`` (N, k) int their spatial neighbours (for smoothing).
     """
     labeled = np.zeros(len(y), dtype=bool)
     order: list[int] = []
@@ -104,9 +116,10 @@ def replay_annotator(
     head, fitted_on = None, 0
     while len(order) < config.max_labels and not labeled.all():
         params = _relevance_params(y, labeled, n_classes, config)
-        task, cells = _next_task(features, task_of_cell, labeled, params, head, config)
+        proba = None if head is None else _proba(head, features, neighbours, config.smooth_alpha)
+        task, cells = _next_task(features, task_of_cell, labeled, params, head, proba, groups, config)
         ready = head is not None and fitted_on >= config.ready_after
-        n_wrong = int((head.predict(features[cells]) != y[cells]).sum()) if ready else None
+        n_wrong = int((proba[cells].argmax(axis=1) != y[cells]).sum()) if ready else None
         records.append(TaskRecord(task, tuple(cells.tolist()), len(order), n_wrong,
                                   time_model.task_cost(len(cells), n_wrong), time_model.task_cost(len(cells), None)))
         labeled[cells] = True
@@ -117,11 +130,17 @@ def replay_annotator(
     return Replay(np.asarray(order, dtype=np.int64), tuple(records))
 
 
-def _fit(x: np.ndarray, y: np.ndarray, n_classes: int, config: ReplayConfig) -> HeadClassifier:
+def _fit(x: np.ndarray, y: np.ndarray, n_classes: int, config: ReplayConfig) -> Learner:
     mc = needs_mc_passes(get_strategy(config.strategy))
-    head = HeadClassifier(n_classes, optimizer=config.optimizer, max_epochs=config.max_epochs,
-                          dropout=config.mc_dropout if mc else 0.0, random_state=config.random_state)
+    head = make_learner(config.learner, n_classes, optimizer=config.optimizer, max_epochs=config.max_epochs,
+                        dropout=config.mc_dropout if mc else 0.0, random_state=config.random_state)
     return head.fit(x, y)
+
+
+def _proba(head: Learner, features: np.ndarray, neighbours: np.ndarray | None, alpha: float) -> np.ndarray:
+    """(N, K) probabilities of every cell, smoothed over ``neighbours`` when given and ``alpha`` < 1."""
+    proba = head.predict_proba(features)
+    return proba if neighbours is None else smooth_proba(proba, neighbours, alpha)
 
 
 def _relevance_params(y: np.ndarray, labeled: np.ndarray, n_classes: int, config: ReplayConfig) -> RelevanceParams:
@@ -133,21 +152,17 @@ def _relevance_params(y: np.ndarray, labeled: np.ndarray, n_classes: int, config
 
 def _next_task(
     features: np.ndarray, task_of_cell: np.ndarray, labeled: np.ndarray, params: RelevanceParams,
-    head: HeadClassifier | None, config: ReplayConfig,
+    head: Learner | None, proba: np.ndarray | None, groups: np.ndarray | None, config: ReplayConfig,
 ) -> tuple[int, np.ndarray]:
     """The task the ranking serves next and the cells the annotator labels in it, in order."""
     strategy = get_strategy(config.strategy, params)
-    if head is None:
-        proba = None
-    elif needs_mc_passes(strategy):
+    if head is not None and needs_mc_passes(strategy):
         proba = head.predict_proba_mc(features, config.mc_passes, config.random_state)
-    else:
-        proba = head.predict_proba(features)
     space = features if head is None else head.transform(features)  # as the retrain job does
     # The control walks in index order: one pick is its next cell. More picks would let rank_tiles serve a
     # later, fuller task before a short one at the end of a source image.
     budget = 1 if config.strategy == "sequential" else config.query_budget
-    picks, weights = query(strategy, space, proba, labeled, budget, config.random_state)
+    picks, weights = query(strategy, space, proba, labeled, budget, config.random_state, groups)
     open_tasks = np.unique(task_of_cell[~labeled]).tolist()
     task = int(rank_tiles(task_of_cell, picks, open_tasks, weights)[0])
     in_task = (task_of_cell == task) & ~labeled

@@ -12,6 +12,8 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from ml_backend.simulation.run import compare_with_control, write_report
 
 # Settings that may differ between merged reports: which strategies and task shapes ran, and where.
@@ -62,14 +64,59 @@ def format_summary(report: dict) -> str:
     wide = s["max_labels"] > s["auc_max_labels"]
     if wide:
         columns += [f"acc AUC N<={s['max_labels']}", "vs control", f"bal. acc AUC N<={s['max_labels']}", "vs control"]
-    lines = [head, "", "| " + " | ".join(columns) + " |", "|---" * len(columns) + "|"]
+    learner = (f"learner {s.get('learner', 'mlp')}"
+               + (f", context k={s['context_neighbours']} r={s['density_radius_um']} um" if s.get("context_neighbours")
+                  else "") + (f", smoothing alpha={s['smooth_alpha']}" if s.get("smooth_alpha", 1.0) < 1.0 else ""))
+    lines = [f"{head}; {learner}"]
+    if report["results"]:
+        lines += ["", "| " + " | ".join(columns) + " |", "|---" * len(columns) + "|"]
     for r in report["results"]:
         cells = [r["task_shape"], r["strategy"], _f(r["n_tasks"], 1), _pct(r["acceptance_share"]),
                  _x(r["speedup"]), _x(r["speedup_assisted"]), *_auc(r, "auc_small")]
         if wide:
             cells += _auc(r, "auc_all")
         lines.append("| " + " | ".join(cells) + " |")
+    if report["results"]:
+        lines += ["", *format_standard_errors(report), "", *format_acceptance(report)]
+    if "paper_protocol" in report:
+        lines += ["", format_paper(report["paper_protocol"])]
     return "\n".join(lines)
+
+
+def format_standard_errors(report: dict) -> list[str]:
+    """Balanced-accuracy AUC (N <= the small range) and speed-up, mean +- standard error over the runs."""
+    s = report["settings"]
+    lines = [f"| tasks | strategy | bal. acc AUC N<={s['auc_max_labels']} (+- se) | speed-up (+- se) |",
+             "|---|---|---|---|"]
+    for r in report["results"]:
+        aucs = np.asarray(r["balanced_accuracy"]["auc_small"], dtype=float)
+        se = aucs.std(ddof=1) / np.sqrt(len(aucs)) if len(aucs) > 1 else 0.0
+        speed = "-" if r["speedup"] is None else f"{r['speedup']:.2f}x +- {r.get('speedup_se') or 0:.2f}"
+        lines.append(f"| {r['task_shape']} | {r['strategy']} | {aucs.mean():.3f} +- {se:.3f} | {speed} |")
+    return lines
+
+
+def format_acceptance(report: dict) -> list[str]:
+    """Share of suggestions accepted by labels already given (mean over runs), one row per result."""
+    first = next((r for r in report["results"] if "acceptance_by_labels" in r), None)
+    if first is None:
+        return []
+    bins = [b["labels"] for b in first["acceptance_by_labels"]]
+    cols = [f"{lo}-{hi}" for lo, hi in bins]
+    lines = ["| tasks | strategy | accepted with " + " | ".join(cols) + " labels given |",
+             "|---" * (len(cols) + 2) + "|"]
+    for r in report["results"]:
+        shares = [_pct(b["mean"]) for b in r.get("acceptance_by_labels", [])]
+        lines.append(f"| {r['task_shape']} | {r['strategy']} | " + " | ".join(shares) + " |")
+    return lines
+
+
+def format_paper(paper: dict) -> str:
+    """One line: the paper protocol's speed-up and acceptance, mean +- standard error."""
+    p = paper["protocol"]
+    return (f"paper protocol ({p['patch_cells']}-cell balanced patch, suggestions after {p['ready_after']} labels, "
+            f"{len(paper['runs'])} runs): speed-up {paper['speedup']['mean']:.2f}x +- {paper['speedup']['se']:.2f}, "
+            f"accepted {100 * paper['acceptance_share']['mean']:.0f}% +- {100 * paper['acceptance_share']['se']:.0f}%")
 
 
 def _auc(result: dict, key: str) -> list[str]:

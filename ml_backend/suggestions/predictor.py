@@ -11,7 +11,7 @@ from typing import Any
 
 from adapters.storage import Storage
 from label_config import TileTask, parse_label_set, version_name
-from ml_backend.model.head import HeadClassifier
+from ml_backend.model.learners import Learner
 from ml_backend.model.store import ModelStore
 from ml_backend.suggestions.embeddings import EmbeddingIndex
 from ml_backend.suggestions.predictions import tile_prediction
@@ -26,7 +26,7 @@ class Predictor:
         """``layout``: where model versions are; ``tables``: where ``hali preprocess`` put the cell tables."""
         self._layout = layout
         self._index = EmbeddingIndex(tables)
-        self._heads: dict[int, tuple[int, HeadClassifier]] = {}
+        self._heads: dict[int, tuple[int, Learner]] = {}
 
     def current_version(self, project_id: int) -> str:
         return version_name(ModelStore(self._layout.models_dir(project_id)).latest_version())
@@ -44,7 +44,7 @@ class Predictor:
             results.append(tile_prediction(tile, proba, labels.targets, name, PREDICT_SCORE, labels.neutral))
         return results
 
-    def _latest_head(self, project_id: int) -> tuple[int, HeadClassifier | None]:
+    def _latest_head(self, project_id: int) -> tuple[int, Learner | None]:
         store = ModelStore(self._layout.models_dir(project_id))
         latest = store.latest_version()
         if latest == 0:

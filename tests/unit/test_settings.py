@@ -10,14 +10,38 @@ from pydantic import ValidationError
 from adapters.settings import SharedSettings, describe_validation_error
 from ml_backend.cli import main
 from ml_backend.model.head import OPTIMIZER_PRESETS
-from ml_backend.ordering.strategies import STRATEGIES
-from ml_backend.settings import BackendSettings, OptimizerName, StrategyName
+from ml_backend.model.learners import LEARNERS
+from ml_backend.model.learners import MC_LEARNERS as REGISTRY_MC_LEARNERS
+from ml_backend.ordering.strategies import STRATEGIES, needs_mc_passes
+from ml_backend.settings import (
+    MC_LEARNERS,
+    MC_STRATEGIES,
+    BackendSettings,
+    LearnerName,
+    OptimizerName,
+    StrategyName,
+)
 from preprocess.settings import PreprocessSettings
 
 
 def test_strategy_and_optimizer_choices_are_the_registries():
     assert set(typing.get_args(StrategyName)) == set(STRATEGIES)
     assert set(typing.get_args(OptimizerName)) == set(OPTIMIZER_PRESETS)
+    assert set(typing.get_args(LearnerName)) == set(LEARNERS)
+    assert MC_STRATEGIES == {name for name, s in STRATEGIES.items() if needs_mc_passes(s)}
+    assert MC_LEARNERS == REGISTRY_MC_LEARNERS
+
+
+def test_an_mc_strategy_gets_the_mlp_unless_another_learner_is_asked_for(monkeypatch):
+    assert BackendSettings().learner == "logreg"
+    assert BackendSettings(strategy="relevance").learner == "mlp"
+    monkeypatch.setenv("HALI_STRATEGY", "hybrid")
+    assert BackendSettings().learner == "mlp"
+    monkeypatch.setenv("HALI_LEARNER", "logreg")
+    with pytest.raises(ValidationError) as info:
+        BackendSettings()
+    line = describe_validation_error(info.value)
+    assert "HALI_LEARNER='logreg'" in line and "HALI_STRATEGY=hybrid needs MC dropout" in line
 
 
 def test_shared_fields_mean_the_same_in_both_settings(monkeypatch, tmp_path):

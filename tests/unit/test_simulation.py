@@ -213,3 +213,71 @@ def test_hybrid_meets_every_class_where_coreset_misses_one():
         seen[strategy] = np.bincount(y[walk][replay.order], minlength=3)
     assert (seen["coreset"] == 0).any()
     assert (seen["hybrid"] >= 5).all()
+
+
+def test_paper_patch_is_balanced_and_from_one_source():
+    from ml_backend.simulation.paper import balanced_patch
+
+    y = np.r_[np.zeros(150, int), np.ones(30, int), np.zeros(120, int), np.ones(120, int)]
+    source = np.r_[np.full(180, "poor"), np.full(240, "rich")]
+    patch = balanced_patch(y, source, 200, random_state=0)
+    assert set(source[patch]) == {"rich"} and np.bincount(y[patch]).tolist() == [100, 100]
+    assert (np.diff(patch) > 0).all()  # walking order
+
+
+def test_paper_protocol_on_separable_cells_nears_its_ceiling():
+    from ml_backend.simulation.paper import replay_paper_patch
+
+    x, y = _blobs(n_per_class=120, n_classes=2)
+    result = replay_paper_patch(x, y, np.zeros(len(y), int), learner="logreg")
+    assert result["n_cells"] == 200 and result["n_shown"] == 180
+    assert result["acceptance_share"] > 0.95
+    assert result["speedup"] == pytest.approx(203 / (3 + 20 + 18 + result["n_wrong"]))
+
+
+def test_replay_with_logreg_and_smoothing_is_deterministic_and_learns():
+    from ml_backend.model.context import spatial_neighbours
+
+    x, y = _blobs()
+    nbrs = spatial_neighbours(np.c_[np.arange(len(y)), np.zeros(len(y))], k=4)  # a line: same-class neighbours
+    tasks = group_tasks(np.zeros(len(y), int), 10)
+    config = ReplayConfig("spread", max_labels=60, ready_after=10, learner="logreg", smooth_alpha=0.5)
+    groups = np.arange(len(y)) // 30
+    a = replay_annotator(x, y, tasks, 3, config, groups=groups, neighbours=nbrs)
+    b = replay_annotator(x, y, tasks, 3, config, groups=groups, neighbours=nbrs)
+    np.testing.assert_array_equal(a.order, b.order)
+    seen: set[int] = set()
+    for task in a.tasks:  # a suggestion is wrong only where a class nobody has labelled yet first appears
+        classes = set(y[list(task.cells)].tolist())
+        assert not task.n_wrong or not classes <= seen
+        seen |= classes
+
+
+def test_cli_simulate_runs_the_paper_protocol_beside_the_campaign(tmp_path, capsys):
+    import json
+
+    from ml_backend.cli import main
+
+    code = main([*_tiny_table(tmp_path), "--strategies", "spread,sequential", "--learner", "logreg",
+                 "--context-neighbours", "3", "--smooth", "0.5", "--protocol", "campaign,paper",
+                 "--paper-patch-cells", "12", "--paper-ready-after", "4", "--out", str(tmp_path / "out")])
+    out = capsys.readouterr().out
+    report = json.loads((tmp_path / "out" / "simulation.json").read_text())
+    assert code == 0 and "paper protocol (12-cell balanced patch" in out and "accepted with 0-50" in out
+    assert report["paper_protocol"]["runs"][0]["n_cells"] == 12
+    assert report["results"][0]["acceptance_by_labels"][0]["labels"] == [0, 50]
+
+
+def test_cli_simulate_refuses_an_mc_strategy_with_a_learner_without_mc_passes(tmp_path, capsys):
+    from ml_backend.cli import main
+
+    code = main([*_tiny_table(tmp_path), "--strategies", "hybrid", "--learner", "logreg", "--out", str(tmp_path / "o")])
+    assert code == 2 and "MC dropout" in capsys.readouterr().err
+
+
+def test_cli_simulate_runs_the_paper_protocol_alone(tmp_path, capsys):
+    from ml_backend.cli import main
+
+    code = main([*_tiny_table(tmp_path), "--protocol", "paper", "--paper-patch-cells", "12",
+                 "--paper-ready-after", "4", "--out", str(tmp_path / "out")])
+    assert code == 0 and "paper protocol (12-cell" in capsys.readouterr().out

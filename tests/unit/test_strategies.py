@@ -155,3 +155,59 @@ def test_weighted_k_center_multiplies_distances_by_the_weight():
     assert weighted_k_center(x, labeled, np.ones(4), 3).tolist() == [3, 2, 1]
     # cell 1 is 1 away, cell 3 10 away: weight 11 on cell 1 puts it first
     assert weighted_k_center(x, labeled, np.array([1.0, 11.0, 1.0, 1.0]), 1).tolist() == [1]
+
+
+def clusters_with_an_outlier() -> tuple[np.ndarray, np.ndarray]:
+    """Three tight 2-d clusters of 30 cells (one labelled cell in the first) and one far outlier (index 90)."""
+    rng = np.random.default_rng(7)
+    centres = np.array([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]])
+    x = np.r_[np.repeat(centres, 30, axis=0) + rng.normal(scale=0.5, size=(90, 2)), [[60.0, 60.0]]]
+    labeled = np.zeros(91, dtype=bool)
+    labeled[0] = True
+    return x.astype(np.float32), labeled
+
+
+def test_coreset_chases_the_outlier_and_density_does_not():
+    x, labeled = clusters_with_an_outlier()
+    assert get_strategy("coreset")(x, None, labeled, 1, 0)[0] == 90
+    picks = get_strategy("density")(x, None, labeled, 2, 0)
+    assert 90 not in picks.tolist()
+    assert {int(p) // 30 for p in picks} == {1, 2}  # the two unlabelled clusters first
+
+
+def test_cluster_picks_one_cell_per_cluster_and_the_most_uncertain_one():
+    x, labeled = clusters_with_an_outlier()
+    proba = np.tile([0.95, 0.05], (91, 1))
+    proba[[40, 75]] = [0.55, 0.45]  # the closest calls of clusters 1 and 2
+    picks = get_strategy("cluster")(x, proba, labeled, 3, 0).tolist()
+    assert 40 in picks and 75 in picks
+    assert len({min(p // 30, 3) for p in picks}) == 3
+
+
+def test_spread_deals_picks_round_robin_over_groups_fewest_labels_first():
+    x, labeled = clusters_with_an_outlier()
+    groups = np.r_[np.zeros(45, int), np.ones(46, int)]  # group 0 holds the labelled cell
+    picks = get_strategy("spread")(x, None, labeled, 6, 0, groups=groups)
+    dealt = groups[picks].tolist()
+    n_alternating = 2 * min(dealt.count(0), dealt.count(1))
+    assert dealt[:n_alternating] == [1, 0] * (n_alternating // 2)  # group 1 (no labels yet) leads each round
+    assert set(picks.tolist()) == set(get_strategy("cluster")(x, None, labeled, 6, 0).tolist())
+
+
+def test_query_hands_groups_only_to_strategies_that_want_them():
+    x, labeled = clusters_with_an_outlier()
+    groups = np.r_[np.zeros(45, int), np.ones(46, int)]
+    picks, weights = query(get_strategy("spread"), x, None, labeled, 4, 0, groups=groups)
+    assert groups[picks[0]] == 1 and (weights == 0).all()
+    picks, _ = query(get_strategy("coreset"), x, None, labeled, 4, 0, groups=groups)
+    assert len(picks) == 4
+
+
+def test_cluster_takes_the_closest_call_from_the_inner_half_not_the_clusters_oddball():
+    rng = np.random.default_rng(3)
+    x = np.r_[rng.normal(scale=0.5, size=(40, 2)), [[4.0, 4.0]]].astype(np.float32)  # one cluster + its oddball
+    proba = np.tile([0.9, 0.1], (41, 1))
+    proba[40] = [0.5, 0.5]  # the oddball is the coin flip
+    proba[np.argsort(np.linalg.norm(x[:40], axis=1))[3]] = [0.6, 0.4]  # a central cell is the runner-up
+    pick = get_strategy("cluster")(x, proba, np.zeros(41, dtype=bool), 1, 0)
+    assert pick.tolist() != [40] and proba[pick[0]].tolist() == [0.6, 0.4]
