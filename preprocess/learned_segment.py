@@ -170,7 +170,7 @@ class LearnedSegmenter:
         except (OSError, RuntimeError) as err:
             raise SegmenterWeightsError(f"cannot load nucleus U-Net weights {self.weights}: {err}; "
                                         "retrain with python -m preprocess.learned_train") from err
-        self.model = self.model.eval().to(memory_format=torch.channels_last)
+        self.model = self.model.eval().fuse_batchnorm().to(memory_format=torch.channels_last)
         self.post = Postprocess(**self.sidecar["postprocess"])
 
     def label_nuclei(self, rgb: np.ndarray, mpp: float) -> np.ndarray:

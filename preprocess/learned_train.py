@@ -64,6 +64,9 @@ class TrainConfig:
     val_sources: int = 4
     seed: int = 0
     threads: int = 1
+    od_scale_max: float = 1.0  # darken/lighten the whole image's optical density by up to this (log-uniform)
+    eosin_drop: float = 0.0  # probability of an IHC-like crop: eosin scaled down to 10-50 %
+    init_weights: str = ""  # fine-tune from this state_dict (its sidecar gives the channels)
 
 
 @dataclass(frozen=True)
@@ -126,17 +129,26 @@ def working_samples(patches: list[Patch], scales: tuple[float, ...]) -> list[tup
     return samples
 
 
-def hed_jitter(rgb: np.ndarray, rng: np.random.Generator, strength: float = 0.25) -> np.ndarray:
+def hed_jitter(rgb: np.ndarray, rng: np.random.Generator, strength: float = 0.25, od_scale_max: float = 1.0,
+               eosin_drop: float = 0.0) -> np.ndarray:
     """float32 (rows, cols, 3) in 0..1: ``rgb`` uint8 with each HED stain's optical density scaled by
-    1 +- ``strength`` and shifted by +- 0.05 x ``strength`` (Tellez et al. 2018)."""
+    1 +- ``strength`` and shifted by +- 0.05 x ``strength`` (Tellez et al. 2018); then, when ``od_scale_max``
+    > 1, all stains scaled by a log-uniform factor in [1 / sqrt(od_scale_max), od_scale_max] (darker scans,
+    e.g. 20x Aperio nuclei are ~2.5x CoNSeP's optical density), and with probability ``eosin_drop`` eosin
+    cut to 10-50 % (IHC counterstain without eosin)."""
     od = -np.log(np.maximum(rgb.astype(np.float32) / 255.0, 1e-6))
     stains = od.reshape(-1, 3) @ hed_from_rgb.astype(np.float32)
-    stains = stains * rng.uniform(1 - strength, 1 + strength, 3) + rng.uniform(-0.05, 0.05, 3) * strength
+    factors = rng.uniform(1 - strength, 1 + strength, 3)
+    stains = stains * factors + rng.uniform(-0.05, 0.05, 3) * strength
+    if od_scale_max > 1:
+        stains = stains * np.exp(rng.uniform(-0.5 * np.log(od_scale_max), np.log(od_scale_max)))
+    if eosin_drop > 0 and rng.random() < eosin_drop:
+        stains[:, 1] *= rng.uniform(0.1, 0.5)
     rgb_out = np.exp(-(stains @ rgb_from_hed.astype(np.float32))).reshape(rgb.shape)
     return np.clip(rgb_out, 0.0, 1.0).astype(np.float32)
 
 
-def augment(rgb: np.ndarray, target: np.ndarray, crop_px: int, rng: np.random.Generator):
+def augment(rgb: np.ndarray, target: np.ndarray, crop_px: int, rng: np.random.Generator, **colour):
     """A random crop, symmetry, colour jitter, blur and noise of one sample: (float32 (3, c, c), (2, c, c))."""
     y0, x0 = (int(rng.integers(max(n - crop_px, 0) + 1)) for n in rgb.shape[:2])
     rgb, target = rgb[y0:y0 + crop_px, x0:x0 + crop_px], target[:, y0:y0 + crop_px, x0:x0 + crop_px]
@@ -144,7 +156,7 @@ def augment(rgb: np.ndarray, target: np.ndarray, crop_px: int, rng: np.random.Ge
     rgb, target = np.rot90(rgb, k, axes=(0, 1)), np.rot90(target, k, axes=(1, 2))
     if flip:
         rgb, target = rgb[:, ::-1], target[:, :, ::-1]
-    image = hed_jitter(np.ascontiguousarray(rgb), rng)
+    image = hed_jitter(np.ascontiguousarray(rgb), rng, **colour)
     image = (image - 0.5) * rng.uniform(0.85, 1.15) + 0.5 + rng.uniform(-0.06, 0.06)  # contrast, brightness
     if rng.random() < 0.2:
         image = ndi.gaussian_filter(image, sigma=(rng.uniform(0.3, 1.0),) * 2 + (0,))
@@ -152,11 +164,11 @@ def augment(rgb: np.ndarray, target: np.ndarray, crop_px: int, rng: np.random.Ge
     return np.clip(image, 0, 1).transpose(2, 0, 1).astype(np.float32), np.ascontiguousarray(target)
 
 
-def batches(samples, batch_size: int, crop_px: int, rng: np.random.Generator):
+def batches(samples, batch_size: int, crop_px: int, rng: np.random.Generator, **colour):
     """Endless (x float32 (B, 3, c, c), y float32 (B, 2, c, c)) tensors of augmented samples."""
     while True:
         picks = rng.integers(len(samples), size=batch_size)
-        pairs = [augment(*samples[i], crop_px, rng) for i in picks]
+        pairs = [augment(*samples[i], crop_px, rng, **colour) for i in picks]
         yield torch.from_numpy(np.stack([p[0] for p in pairs])), torch.from_numpy(np.stack([p[1] for p in pairs]))
 
 
@@ -206,11 +218,15 @@ def train(consep: Path, out: Path, config: TrainConfig, command: str = "") -> di
     samples = working_samples(train_patches, SCALES)
     logger.info("%d train patches (%d samples), %d validation patches from %s", len(train_patches),
                 len(samples), len(val_patches), sorted({p.source for p in val_patches}))
-    model = NucleusUNet(config.channels).to(memory_format=torch.channels_last)
+    model = NucleusUNet(config.channels)
+    if config.init_weights:
+        model.load_state_dict(torch.load(config.init_weights, map_location="cpu", weights_only=True))
+    model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     schedule = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config.lr, total_steps=config.steps, pct_start=0.1)
     start, history, running = time.time(), [], 0.0
-    for step, (x, y) in enumerate(batches(samples, config.batch_size, config.crop_px, rng), start=1):
+    colour = {"od_scale_max": config.od_scale_max, "eosin_drop": config.eosin_drop}
+    for step, (x, y) in enumerate(batches(samples, config.batch_size, config.crop_px, rng, **colour), start=1):
         loss = loss_fn(model(x.contiguous(memory_format=torch.channels_last)), y)
         opt.zero_grad()
         loss.backward()
@@ -253,12 +269,16 @@ def main(argv: list[str] | None = None) -> int:
     for field in ("steps", "batch_size", "crop_px", "val_sources", "seed", "threads"):
         parser.add_argument(f"--{field.replace('_', '-')}", type=int, default=getattr(defaults, field))
     parser.add_argument("--lr", type=float, default=defaults.lr)
+    parser.add_argument("--od-scale-max", type=float, default=defaults.od_scale_max)
+    parser.add_argument("--eosin-drop", type=float, default=defaults.eosin_drop)
+    parser.add_argument("--init-weights", default="", help="fine-tune from this .pt (same --channels)")
     parser.add_argument("--channels", type=int, nargs="+", default=list(defaults.channels))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     config = TrainConfig(channels=tuple(args.channels), steps=args.steps, batch_size=args.batch_size,
                          crop_px=args.crop_px, lr=args.lr, val_sources=args.val_sources, seed=args.seed,
-                         threads=args.threads)
+                         threads=args.threads, od_scale_max=args.od_scale_max, eosin_drop=args.eosin_drop,
+                         init_weights=args.init_weights)
     sidecar = train(args.consep, args.out, config, command="python -m preprocess.learned_train " + " ".join(
         sys.argv[1:] if argv is None else argv))
     print(json.dumps(sidecar["validation"], indent=1))

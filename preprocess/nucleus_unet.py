@@ -40,6 +40,19 @@ class NucleusUNet(nn.Module):
         """Rows and cols of the input must be multiples of this."""
         return 2 ** (len(self.channels) - 1)
 
+    def fuse_batchnorm(self) -> NucleusUNet:
+        """Fold each BatchNorm's running statistics into the conv before it (inference only); returns self."""
+        for block in [*self.down, *self.merge]:
+            for i in (0, 3):
+                conv, bn = block[i], block[i + 1]
+                scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+                fused = nn.Conv2d(conv.in_channels, conv.out_channels, 3, padding=1, bias=True)
+                with torch.no_grad():
+                    fused.weight.copy_(conv.weight * scale[:, None, None, None])
+                    fused.bias.copy_(bn.bias - bn.running_mean * scale)
+                block[i], block[i + 1] = fused, nn.Identity()
+        return self
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         skips = []
         for i, block in enumerate(self.down):

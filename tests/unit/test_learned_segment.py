@@ -141,3 +141,21 @@ def test_finds_most_nuclei_of_a_consep_test_patch() -> None:
     rgb = np.asarray(Image.open(CONSEP / "images" / f"{name}.jpg").convert("RGB"))
     score = score_instances(truth, label_nuclei_learned(rgb, 0.25))
     assert precision_recall_f1(score.tp, score.fp, score.fn)[2] > 0.6
+
+
+def test_fused_batchnorm_gives_the_same_outputs() -> None:
+    import torch
+
+    from preprocess.nucleus_unet import NucleusUNet
+
+    torch.manual_seed(0)
+    model = NucleusUNet((8, 16))
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-1, 1)
+            module.running_var.uniform_(0.5, 2)
+    x = torch.rand(1, 3, 32, 48)
+    with torch.no_grad():
+        before = model.eval()(x)
+        after = model.fuse_batchnorm()(x)
+    assert torch.allclose(before, after, atol=1e-5)
