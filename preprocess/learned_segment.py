@@ -48,7 +48,9 @@ DAB_TO_HAEMATOXYLIN = 1.0  # IHC: the share of DAB optical density shown to the 
 # always at least 10 below red or blue.
 BLACK_MAX_RGB = 70.0  # black pigment, black ink: every channel this dark ...
 BLACK_MAX_SATURATION = 0.45  # ... and grey, (max - min) / max, unlike dark-brown DAB
-INK_MIN_BLUE_OVER_RED = 3.0  # blue dye / blue ink: blue far stronger than red (haematoxylin is purple)
+INK_MIN_BLUE_OVER_RED = 3.0  # blue dye / blue ink: blue far stronger than red (haematoxylin is purple) ...
+# ... and bright: the darkest haematoxylin of the 20x Aperio demo slide is navy, (15, 12, 50), blue/red > 3
+INK_MIN_BLUE = 100.0
 INK_MIN_GREEN_LEAD = 10.0  # green ink / dye: green above both red and blue (never so in H&E)
 
 
@@ -152,7 +154,7 @@ def artefact_mask(mean_rgb: np.ndarray) -> np.ndarray:
     brightest = mean_rgb.max(axis=1)
     saturation = (brightest - mean_rgb.min(axis=1)) / np.maximum(brightest, 1.0)
     black = (brightest < BLACK_MAX_RGB) & (saturation < BLACK_MAX_SATURATION)
-    blue = b > INK_MIN_BLUE_OVER_RED * np.maximum(r, 1.0)
+    blue = (b > INK_MIN_BLUE_OVER_RED * np.maximum(r, 1.0)) & (b >= INK_MIN_BLUE)
     green = g > np.maximum(r, b) + INK_MIN_GREEN_LEAD
     return black | blue | green
 

@@ -111,9 +111,9 @@ def test_bad_input_raises_the_classical_segmenters_error(bad: np.ndarray) -> Non
 
 
 def test_artefact_colours_are_flagged_and_nuclear_ones_kept() -> None:
-    mean_rgb = np.array([PURPLE, (120, 80, 160), (95, 60, 40),  # haematoxylin, pale nucleus, dark DAB
+    mean_rgb = np.array([PURPLE, (120, 80, 160), (95, 60, 40), (15, 12, 50),  # H, pale H, dark DAB, navy H
                          BLACK, (40, 90, 170), (60, 140, 70)], float)  # pigment, blue dye, green ink
-    assert artefact_mask(mean_rgb).tolist() == [False, False, False, True, True, True]
+    assert artefact_mask(mean_rgb).tolist() == [False, False, False, False, True, True, True]
 
 
 def test_black_blob_found_by_the_maps_is_dropped() -> None:
