@@ -1,7 +1,9 @@
 """Train :class:`~preprocess.nucleus_unet.NucleusUNet` on CoNSeP-style patches (CPU, fixed seed).
 
+    python -m preprocess.learned_train --consep ../shared/data/consep_patches --out run1/nuclei_unet_consep.pt
     python -m preprocess.learned_train --consep ../shared/data/consep_patches \
-        --out preprocess/weights/nuclei_unet_consep.pt [--steps 3000] [--seed 0]
+        --out preprocess/weights/nuclei_unet_consep.pt --init-weights run1/nuclei_unet_consep.pt \
+        --steps 1500 --lr 1e-3 --od-scale-max 2.5 --eosin-drop 0.2     # how the packaged weights were made
 
 Data: ``inst_maps_train.npz`` (``names``, ``inst`` (N, rows, cols) instance ids) and ``images/<name>.jpg``
 at 40x (0.25 um/px). Patches are grouped by source image (``train_10_003`` -> ``train_10``) and
@@ -56,7 +58,7 @@ class TrainConfig:
     """Hyper-parameters of one run (all go into the sidecar)."""
 
     channels: tuple[int, ...] = (12, 24, 48, 64)
-    steps: int = 3000
+    steps: int = 4500
     batch_size: int = 16
     crop_px: int = 96
     lr: float = 3e-3

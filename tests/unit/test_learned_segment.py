@@ -159,3 +159,23 @@ def test_fused_batchnorm_gives_the_same_outputs() -> None:
         before = model.eval()(x)
         after = model.fuse_batchnorm()(x)
     assert torch.allclose(before, after, atol=1e-5)
+
+
+def test_distance_target_is_one_at_each_nucleus_centre_and_zero_outside() -> None:
+    from preprocess.learned_train import distance_target
+
+    rows, cols = np.indices((40, 60))
+    inst = np.zeros((40, 60), np.int32)
+    inst[np.hypot(cols - 15, rows - 20) <= 8] = 1
+    inst[np.hypot(cols - 40, rows - 20) <= 4] = 2  # a small nucleus peaks at 1 too
+    target = distance_target(inst)
+    assert target[20, 15] == pytest.approx(1.0) and target[20, 40] == pytest.approx(1.0)
+    assert target[inst == 0].max() == 0 and target[inst > 0].min() > 0
+
+
+def test_hed_jitter_without_strength_returns_the_image() -> None:
+    from preprocess.learned_train import hed_jitter
+
+    rgb = _purple_discs((32, 32))
+    same = hed_jitter(rgb, np.random.default_rng(0), strength=0.0)
+    assert np.abs(same * 255 - rgb).max() < 1.5
