@@ -56,8 +56,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--mpp", type=float, help="microns per pixel, for slides that do not record it")
     p.add_argument("--tile-mpp", type=float, help="microns per pixel of tile images; default 0.5 (20x)")
     p.add_argument("--checkpoint", type=Path, help="ResNet-18 backbone weights (a state_dict .pt file)")
+    p.add_argument("--segmenter", choices=("auto", "learned", "classical"),
+                   help="nucleus segmenter: auto (default: learned on H&E, classical on IHC), learned or classical")
     p.add_argument("--segmenter-weights", type=Path,
-                   help="HoVer-Net checkpoint (original repo or tiatoolbox); default: the classical segmenter")
+                   help="HoVer-Net checkpoint (original repo or tiatoolbox); overrides --segmenter")
     p.add_argument("--featurizer", choices=FEATURIZERS,
                    help="cell features: handcrafted (no weights needed), resnet18 (backbone, see --checkpoint) or "
                         "encoder (any torchvision/timm backbone: --encoder and --checkpoint)")
@@ -127,7 +129,7 @@ def _preprocess_settings(args: argparse.Namespace) -> PreprocessSettings:
         "mark": args.mark,
         "segmenter_weights": args.segmenter_weights,
         "checkpoint": args.checkpoint, "backend_url": args.backend_url, "featurizer": args.featurizer,
-        "redis_url": args.redis_url, "encoder": args.encoder,
+        "redis_url": args.redis_url, "encoder": args.encoder, "segmenter": args.segmenter,
     }.items() if v is not None}
     if args.no_progress:
         overrides["progress"] = False

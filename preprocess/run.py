@@ -182,8 +182,9 @@ def _process_regions(reader: OpenSlideReader, plan: SlidePlan, settings: Preproc
     if not missing:
         return
     featurizer = make_featurizer_from(settings)
-    segment = pick_segmenter(settings)
-    log.info("slide %s: %d of %d regions to process", plan.slide_id, len(missing), len(plan.regions))
+    segment = pick_segmenter(settings, plan.stain)
+    log.info("slide %s: %d of %d regions to process (%s stain, segmenter %s)", plan.slide_id, len(missing),
+             len(plan.regions), plan.stain, getattr(segment, "__qualname__", segment))
     todo = [r for r in plan.regions if r.region_id in missing]
     bar = tqdm(todo, desc="regions", unit="region", disable=not settings.progress, total=len(plan.regions),
                initial=len(plan.regions) - len(todo))

@@ -54,6 +54,10 @@ class PreprocessSettings(SharedSettings):
         2, ge=1, le=64, description="a region (the unit of resumable, queued work) is this many windows a side"
     )
     device: str = "cpu"
+    segmenter: Literal["auto", "learned", "classical"] = Field(
+        "auto", description="nucleus segmenter: learned (a compact U-Net trained on CoNSeP H&E), classical "
+                            "(colour deconvolution + watershed), or auto: learned on H&E, classical on IHC"
+    )
     segmenter_weights: Path | None = Field(
         None, description="HoVer-Net checkpoint (original repo or tiatoolbox layout); none: the classical segmenter"
     )

@@ -30,7 +30,9 @@ from adapters.slide_reader import OpenSlideReader
 from preprocess.errors import PreprocessError, SegmentationError
 from preprocess.features.featurize import Featurizer, cell_patch_px, extract_patches, make_featurizer
 from preprocess.layout import DataLayout
+from preprocess.nuclei.learned import segment_nuclei_learned
 from preprocess.nuclei.segment import Nuclei, segment_nuclei, segment_windows, tissue_windows
+from preprocess.nuclei.stain import Stain, detect_stain
 from preprocess.nuclei.tissue import detect_tissue
 from preprocess.settings import PreprocessSettings
 from preprocess.tiles.regions import Region, RegionCells, merge_region_cells, plan_regions
@@ -59,7 +61,8 @@ def part_recipe(settings: PreprocessSettings) -> dict:
     return {"featurizer": settings.featurizer, "checkpoint": str(settings.checkpoint or ""),
             **({"encoder": settings.encoder, "encoder_input_px": settings.encoder_input_px}
                if settings.featurizer == "encoder" else {}),
-            "segmenter_weights": str(settings.segmenter_weights or ""), "patch_um": settings.patch_um,
+            "segmenter_weights": str(settings.segmenter_weights or ""), "segmenter": settings.segmenter,
+            "patch_um": settings.patch_um,
             "mpp": settings.mpp, "window_px": settings.window_px, "region_windows": settings.region_windows}
 
 
@@ -74,6 +77,7 @@ class SlidePlan:
 
     ``tissue_mask``: bool (rows, cols) over the thumbnail, each pixel ``mask_downsample`` level-0 px a side.
     ``regions``: in reading order of the region grid. ``parts_dir``: where the region parts go.
+    ``stain``: ``"he"`` or ``"ihc"``, read off the thumbnail.
     """
 
     slide_id: str
@@ -81,6 +85,7 @@ class SlidePlan:
     mask_downsample: float
     regions: tuple[Region, ...]
     parts_dir: Path
+    stain: Stain = "he"  # from the thumbnail (preprocess.nuclei.stain): picks the segmenter under "auto"
 
     def region(self, region_id: str) -> Region:
         """The region named ``region_id``; :class:`PreprocessError` if the slide has none of that name."""
@@ -113,18 +118,19 @@ def plan_slide(reader: OpenSlideReader, settings: PreprocessSettings, layout: Da
     """The slide's regions, from the tissue mask saved beside its parts (made and saved when missing)."""
     parts_dir = layout.slide_dir(reader.slide_id) / "parts" / recipe_key(settings)
     plan_path = parts_dir / "plan.npz"
-    if _part_done(plan_path):
-        saved = _load_part(plan_path)
-        mask, downsample = saved["tissue_mask"], float(saved["mask_downsample"])
+    saved = _load_part(plan_path) if _part_done(plan_path) else {}
+    if "stain" in saved:
+        mask, downsample, stain = saved["tissue_mask"], float(saved["mask_downsample"]), str(saved["stain"])
     else:
         thumb, downsample = reader.thumbnail(THUMBNAIL_PX)
         mask = detect_tissue(thumb)
-        _save_part(plan_path, {"tissue_mask": mask, "mask_downsample": np.float64(downsample)})
+        stain = detect_stain(thumb, mask)
+        _save_part(plan_path, {"tissue_mask": mask, "mask_downsample": np.float64(downsample), "stain": np.str_(stain)})
     if not mask.any():
         raise SlideError(f"slide {reader.path} shows no tissue (blank or all background); check the file")
     windows = tissue_windows(mask, downsample, reader.dimensions, settings.window_px)
     regions = plan_regions(windows, settings.window_px, settings.region_windows)
-    return SlidePlan(reader.slide_id, mask, downsample, tuple(regions), parts_dir)
+    return SlidePlan(reader.slide_id, mask, downsample, tuple(regions), parts_dir, stain)
 
 
 def process_region(
@@ -140,7 +146,7 @@ def process_region(
         return RegionStats(region.region_id, 0, region.area_px, 0.0, 0.0, skipped=True)
     t0 = time.perf_counter()
     nuclei = segment_windows(reader, list(region.windows), plan.tissue_mask, plan.mask_downsample,
-                             segment=segment or pick_segmenter(settings))
+                             segment=segment or pick_segmenter(settings, plan.stain))
     t1 = time.perf_counter()
     featurizer = featurizer or make_featurizer_from(settings)
     features = embed_cells(reader, featurizer, nuclei.centroids_xy, cell_patch_px(reader.require_mpp(),
@@ -183,13 +189,16 @@ def merge_parts(reader: OpenSlideReader, plan: SlidePlan) -> RegionCells:
     return cells
 
 
-def pick_segmenter(settings: PreprocessSettings) -> Segmenter:
-    """The classical segmenter, or HoVer-Net when the settings name its weights."""
-    if settings.segmenter_weights is None:
-        return segment_nuclei
-    from preprocess.nuclei.hovernet import HoVerNetSegmenter  # torch and weights only when asked for
+def pick_segmenter(settings: PreprocessSettings, stain: Stain = "he") -> Segmenter:
+    """HoVer-Net when the settings name its weights; else ``HALI_SEGMENTER``: the learned segmenter (H&E),
+    the classical one, or under ``auto`` the learned one on H&E and the classical one on IHC (``stain``)."""
+    if settings.segmenter_weights is not None:
+        from preprocess.nuclei.hovernet import HoVerNetSegmenter  # torch and weights only when asked for
 
-    return HoVerNetSegmenter(settings.segmenter_weights, device=settings.segmenter_device).segment_nuclei
+        return HoVerNetSegmenter(settings.segmenter_weights, device=settings.segmenter_device).segment_nuclei
+    if settings.segmenter == "classical" or (settings.segmenter == "auto" and stain == "ihc"):
+        return segment_nuclei
+    return segment_nuclei_learned
 
 
 def _save_part(path: Path, arrays: dict[str, np.ndarray]) -> None:

@@ -37,8 +37,9 @@ log = logging.getLogger(__name__)
 _WAITING = (JobStatus.QUEUED, JobStatus.DEFERRED, JobStatus.SCHEDULED)
 # Settings a job takes from the enqueuer rather than its own environment: what decides the cells, and where
 # they go in Label Studio. Paths (data dir, files root) and credentials come from each worker's environment.
-_JOB_FIELDS = ("cells_per_task", "task_mode", "focus_cells", "tile_min_px", "mark", "classes", "backend_url", "featurizer",
-               "checkpoint", "segmenter_weights", "patch_um", "mpp", "window_px", "region_windows")
+_JOB_FIELDS = ("cells_per_task", "task_mode", "focus_cells", "tile_min_px", "mark", "classes", "backend_url",
+               "featurizer", "encoder", "encoder_input_px", "checkpoint", "segmenter", "segmenter_weights", "patch_um",
+               "mpp", "window_px", "region_windows")
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from PIL import Image
 from scipy.spatial.distance import cdist
 
 from preprocess.errors import SegmentationError
-from preprocess.learned_segment import (
+from preprocess.nuclei.learned import (
     DEFAULT_WEIGHTS,
     Postprocess,
     artefact_mask,
@@ -18,7 +18,7 @@ from preprocess.learned_segment import (
     labels_from_maps,
     segment_nuclei_learned,
 )
-from preprocess.segment import label_nuclei
+from preprocess.nuclei.segment import label_nuclei
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -48,7 +48,7 @@ def _purple_discs(shape: tuple[int, int] = (200, 200)) -> np.ndarray:
 
 
 def _centroids(labels: np.ndarray) -> np.ndarray:
-    from preprocess.seg_metrics import label_centroids
+    from preprocess.nuclei.metrics import label_centroids
 
     return label_centroids(labels)
 
@@ -134,7 +134,7 @@ def test_black_pigment_is_not_a_nucleus_end_to_end() -> None:
 
 @pytest.mark.skipif(not CONSEP.is_dir(), reason=f"no CoNSeP patches at {CONSEP}")
 def test_finds_most_nuclei_of_a_consep_test_patch() -> None:
-    from preprocess.seg_metrics import precision_recall_f1, score_instances
+    from preprocess.nuclei.metrics import precision_recall_f1, score_instances
 
     npz = np.load(CONSEP / "inst_maps_test.npz")
     name, truth = str(npz["names"][5]), npz["inst"][5].astype(np.int32)
@@ -146,7 +146,7 @@ def test_finds_most_nuclei_of_a_consep_test_patch() -> None:
 def test_fused_batchnorm_gives_the_same_outputs() -> None:
     import torch
 
-    from preprocess.nucleus_unet import NucleusUNet
+    from preprocess.nuclei.unet import NucleusUNet
 
     torch.manual_seed(0)
     model = NucleusUNet((8, 16))
@@ -162,7 +162,7 @@ def test_fused_batchnorm_gives_the_same_outputs() -> None:
 
 
 def test_distance_target_is_one_at_each_nucleus_centre_and_zero_outside() -> None:
-    from preprocess.learned_train import distance_target
+    from preprocess.nuclei.learned_train import distance_target
 
     rows, cols = np.indices((40, 60))
     inst = np.zeros((40, 60), np.int32)
@@ -174,7 +174,7 @@ def test_distance_target_is_one_at_each_nucleus_centre_and_zero_outside() -> Non
 
 
 def test_hed_jitter_without_strength_returns_the_image() -> None:
-    from preprocess.learned_train import hed_jitter
+    from preprocess.nuclei.learned_train import hed_jitter
 
     rgb = _purple_discs((32, 32))
     same = hed_jitter(rgb, np.random.default_rng(0), strength=0.0)

@@ -1,7 +1,7 @@
 """Learned nucleus segmentation: a small U-Net trained on CoNSeP, then a marker-controlled watershed.
 
 The image is resampled to :data:`WORKING_MPP` (0.5 um/px; a 20x slide is used as it is), run through
-:class:`~preprocess.nucleus_unet.NucleusUNet` in tiles, and its two maps are resampled back to the image's
+:class:`~preprocess.nuclei.unet.NucleusUNet` in tiles, and its two maps are resampled back to the image's
 pixels: the probability that a pixel is nuclear, and each nuclear pixel's distance to its nucleus' edge over
 that nucleus' largest distance. Nuclear pixels are those above ``foreground``; each connected set of pixels
 above ``core`` in the distance map is one nucleus' marker, and a watershed on the distance map grows the
@@ -10,8 +10,8 @@ peak, not several. Objects whose mean colour is not haematoxylin-like (black pig
 dye: :func:`artefact_mask`) are dropped.
 
 :func:`label_nuclei_learned` (instance map) and :func:`segment_nuclei_learned` (:class:`Nuclei`) have the
-contract of :func:`preprocess.segment.label_nuclei` and :func:`preprocess.segment.segment_nuclei`, so either
-is a ``Segmenter``. Weights: ``preprocess/weights/nuclei_unet_consep.pt`` (float16 ``state_dict``) and its
+contract of :func:`preprocess.nuclei.segment.label_nuclei` and :func:`preprocess.nuclei.segment.segment_nuclei`, so either
+is a ``Segmenter``. Weights: ``preprocess/nuclei/weights/nuclei_unet_consep.pt`` (float16 ``state_dict``) and its
 JSON sidecar (architecture, post-processing thresholds, metrics, provenance).
 """
 
@@ -31,8 +31,8 @@ from skimage.color import hed_from_rgb, rgb_from_hed
 from skimage.segmentation import watershed
 
 from preprocess.errors import SegmentationError, SegmenterWeightsError
-from preprocess.nucleus_unet import NucleusUNet
-from preprocess.segment import Nuclei, nuclei_from_labels
+from preprocess.nuclei.segment import Nuclei, nuclei_from_labels
+from preprocess.nuclei.unet import NucleusUNet
 
 logger = logging.getLogger(__name__)
 
@@ -171,7 +171,7 @@ class LearnedSegmenter:
             self.model.load_state_dict(torch.load(self.weights, map_location="cpu", weights_only=True))
         except (OSError, RuntimeError) as err:
             raise SegmenterWeightsError(f"cannot load nucleus U-Net weights {self.weights}: {err}; "
-                                        "retrain with python -m preprocess.learned_train") from err
+                                        "retrain with python -m preprocess.nuclei.learned_train") from err
         self.model = self.model.eval().fuse_batchnorm().to(memory_format=torch.channels_last)
         self.post = Postprocess(**self.sidecar["postprocess"])
 
@@ -191,7 +191,7 @@ def _read_sidecar(weights: Path) -> dict:
         return json.loads(sidecar.read_text())
     except (OSError, ValueError) as err:
         raise SegmenterWeightsError(f"cannot read {sidecar} (the sidecar of {weights}): {err}; "
-                                    "weights and sidecar are written together by python -m preprocess.learned_train"
+                                    "weights and sidecar are written together by python -m preprocess.nuclei.learned_train"
                                     ) from err
 
 

@@ -3,7 +3,7 @@
 Input: float32 (batch, 3, rows, cols), RGB scaled to 0..1, rows and cols multiples of ``2 ** depth``.
 Output: float32 (batch, 2, rows, cols): channel 0 the foreground logit, channel 1 the distance map logit
 (sigmoid gives each nuclear pixel's distance to its nucleus' edge divided by that nucleus' largest distance,
-so every nucleus, large or small, peaks at 1 in its centre; see :mod:`preprocess.learned_segment`).
+so every nucleus, large or small, peaks at 1 in its centre; see :mod:`preprocess.nuclei.learned`).
 """
 
 from __future__ import annotations

@@ -1,15 +1,15 @@
-"""Train :class:`~preprocess.nucleus_unet.NucleusUNet` on CoNSeP-style patches (CPU, fixed seed).
+"""Train :class:`~preprocess.nuclei.unet.NucleusUNet` on CoNSeP-style patches (CPU, fixed seed).
 
-    python -m preprocess.learned_train --consep ../shared/data/consep_patches --out run1/nuclei_unet_consep.pt
-    python -m preprocess.learned_train --consep ../shared/data/consep_patches \
-        --out preprocess/weights/nuclei_unet_consep.pt --init-weights run1/nuclei_unet_consep.pt \
+    python -m preprocess.nuclei.learned_train --consep ../shared/data/consep_patches --out run1/nuclei_unet_consep.pt
+    python -m preprocess.nuclei.learned_train --consep ../shared/data/consep_patches \
+        --out preprocess/nuclei/weights/nuclei_unet_consep.pt --init-weights run1/nuclei_unet_consep.pt \
         --steps 1500 --lr 1e-3 --od-scale-max 2.5 --eosin-drop 0.2     # how the packaged weights were made
 
 Data: ``inst_maps_train.npz`` (``names``, ``inst`` (N, rows, cols) instance ids) and ``images/<name>.jpg``
 at 40x (0.25 um/px). Patches are grouped by source image (``train_10_003`` -> ``train_10``) and
 ``--val-sources`` whole source images are held out for validation and for tuning the post-processing.
 
-Each patch is resampled to the working scale (:data:`~preprocess.learned_segment.WORKING_MPP`) times a
+Each patch is resampled to the working scale (:data:`~preprocess.nuclei.learned.WORKING_MPP`) times a
 scale jitter from :data:`SCALES`; the targets are made there: foreground (instance > 0) and each nucleus'
 distance to its own edge divided by its largest distance (:func:`distance_target`). Training crops are
 rotated by k x 90 degrees, mirrored, and colour-jittered in HED optical density (:func:`hed_jitter`),
@@ -34,8 +34,8 @@ from PIL import Image
 from scipy import ndimage as ndi
 from skimage.color import hed_from_rgb, rgb_from_hed
 
-from preprocess.atomic import write_atomic
-from preprocess.learned_segment import (
+from adapters.atomic import write_atomic
+from preprocess.nuclei.learned import (
     DEFAULT_POSTPROCESS,
     WORKING_MPP,
     Postprocess,
@@ -43,8 +43,8 @@ from preprocess.learned_segment import (
     predict_maps,
     resample_rgb,
 )
-from preprocess.nucleus_unet import NucleusUNet
-from preprocess.seg_metrics import panoptic_quality, pooled, precision_recall_f1, score_instances
+from preprocess.nuclei.metrics import panoptic_quality, pooled, precision_recall_f1, score_instances
+from preprocess.nuclei.unet import NucleusUNet
 
 logger = logging.getLogger(__name__)
 
@@ -281,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
                          crop_px=args.crop_px, lr=args.lr, val_sources=args.val_sources, seed=args.seed,
                          threads=args.threads, od_scale_max=args.od_scale_max, eosin_drop=args.eosin_drop,
                          init_weights=args.init_weights)
-    sidecar = train(args.consep, args.out, config, command="python -m preprocess.learned_train " + " ".join(
+    sidecar = train(args.consep, args.out, config, command="python -m preprocess.nuclei.learned_train " + " ".join(
         sys.argv[1:] if argv is None else argv))
     print(json.dumps(sidecar["validation"], indent=1))
     return 0
