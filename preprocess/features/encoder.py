@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -114,15 +114,7 @@ class EncoderFeaturizer:
 
     def embed(self, patches: np.ndarray) -> np.ndarray:
         """Features of uint8 (N, H, W, 3) RGB patches (any H, W: resized to ``input_px``): float32 (N, dim)."""
-        patches = np.asarray(patches)
-        if patches.ndim != 4 or patches.shape[3] != 3 or patches.dtype != np.uint8:
-            raise ValueError(f"patches must be uint8 (N, H, W, 3) RGB, got {patches.dtype} {patches.shape}")
-        out = np.empty((len(patches), self.dim), np.float32)
-        with torch.inference_mode():
-            for start in range(0, len(patches), self._batch_size):
-                batch = patches[start : start + self._batch_size]
-                out[start : start + len(batch)] = self._forward(batch)
-        return out
+        return embed_in_batches(patches, self.dim, self._batch_size, self._forward)
 
     def _forward(self, batch: np.ndarray) -> np.ndarray:
         x = torch.from_numpy(np.ascontiguousarray(batch)).to(self._device).permute(0, 3, 1, 2).float() / 255.0
@@ -130,6 +122,20 @@ class EncoderFeaturizer:
             x = F.interpolate(x, size=(self.patch_out_px, self.patch_out_px), mode="bilinear", align_corners=False)
         y = self._model((x - self._mean) / self._std)
         return y.flatten(1).float().cpu().numpy()
+
+
+def embed_in_batches(patches: np.ndarray, dim: int, batch_size: int,
+                     forward: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+    """float32 (N, dim): ``forward`` over uint8 (N, H, W, 3) RGB ``patches``, ``batch_size`` at a time, no grad."""
+    patches = np.asarray(patches)
+    if patches.ndim != 4 or patches.shape[3] != 3 or patches.dtype != np.uint8:
+        raise ValueError(f"patches must be uint8 (N, H, W, 3) RGB, got {patches.dtype} {patches.shape}")
+    out = np.empty((len(patches), dim), np.float32)
+    with torch.inference_mode():
+        for start in range(0, len(patches), batch_size):
+            batch = patches[start : start + batch_size]
+            out[start : start + len(batch)] = forward(batch)
+    return out
 
 
 def _normalisation(checkpoint: Path) -> tuple[tuple[float, ...], tuple[float, ...]]:

@@ -20,7 +20,7 @@ from torch import nn
 from torchvision.models import resnet18
 
 from preprocess.errors import FeaturizerError
-from preprocess.features.encoder import EncoderFeaturizer
+from preprocess.features.encoder import EncoderFeaturizer, embed_in_batches
 from preprocess.features.handcrafted import HandcraftedFeaturizer
 from preprocess.features.weights_file import load_weights_file, sidecar_normalisation
 
@@ -120,15 +120,7 @@ class ResNet18Featurizer:
 
     def embed(self, patches: np.ndarray) -> np.ndarray:
         """Embeddings of uint8 (N, H, W, 3) RGB patches: float32 (N, 512)."""
-        patches = np.asarray(patches)
-        if patches.ndim != 4 or patches.shape[3] != 3 or patches.dtype != np.uint8:
-            raise ValueError(f"patches must be uint8 (N, H, W, 3) RGB, got {patches.dtype} {patches.shape}")
-        out = np.empty((len(patches), self.dim), np.float32)
-        with torch.inference_mode():
-            for start in range(0, len(patches), self._batch_size):
-                batch = patches[start : start + self._batch_size]
-                out[start : start + len(batch)] = self._embed_batch(batch)
-        return out
+        return embed_in_batches(patches, self.dim, self._batch_size, self._embed_batch)
 
     def _embed_batch(self, batch: np.ndarray) -> np.ndarray:
         x = torch.from_numpy(np.ascontiguousarray(batch)).to(self._device)
