@@ -105,7 +105,6 @@ def pool_truth(tasks: list[dict[str, Any]], sources: dict[str, str], gt: GroundT
     counts: Counter = Counter()
     matched: dict[str, list[int]] = {}
     for task in tasks:
-        version = (prediction or {}).get("model_version", version)  # what the UI shows, not the poller's view
         tile = TileTask.from_task_data(task["data"])
         source = sources[tile.slide_id]
         centres = np.array([c.centroid_xy for c in tile.cells]).reshape(-1, 2)
@@ -144,6 +143,7 @@ def walk(annotator: Annotator, project_id: int, watch: VersionWatch, gt: GroundT
         serves.append(time.monotonic())
         version = watch.version
         prediction = _shown_prediction(annotator, task, project_id, version)
+        version = (prediction or {}).get("model_version", version)  # what the UI shows, not the poller's view
         tile = TileTask.from_task_data(task["data"])
         source = sources[tile.slide_id]
         regions = [r for r in (prediction or {}).get("result", []) if r.get("from_name") == FROM_NAME]
