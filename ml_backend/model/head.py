@@ -132,6 +132,10 @@ class HeadClassifier(ClassifierMixin, BaseEstimator):
         self._set_fitted(net, labels, result.n_epochs, result.best_val_loss, result.history)
         return self
 
+    def suggest_proba(self, X: np.ndarray) -> np.ndarray:
+        """Probabilities for the suggestions a pathologist sees: :meth:`predict_proba` (the head is unweighted)."""
+        return self.predict_proba(X)
+
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
         """Class probabilities (N, K) float32 for features ``X`` (N, d)."""
         return self._apply(X, lambda net, x: torch.softmax(net(x), dim=1))

@@ -41,7 +41,7 @@ class LogisticClassifier(ClassifierMixin, BaseEstimator):
     random_state: kept for the common learner interface; lbfgs is deterministic.
 
     Attributes after ``fit``: ``mean_``, ``scale_`` (d,) float32; ``coef_`` (K, d) float32; ``intercept_``
-    (K,) float32; ``n_features_in_``, ``classes_`` (``arange(n_classes)``), ``classes_seen_``, ``n_epochs_``
+    (K,) float32; ``label_prior_`` (K,) float32 (labelled class frequencies, for :meth:`suggest_proba`); ``n_features_in_``, ``classes_`` (``arange(n_classes)``), ``classes_seen_``, ``n_epochs_``
     (lbfgs iterations), ``best_val_loss_`` (always None: nothing is held out).
     """
 
@@ -79,6 +79,8 @@ class LogisticClassifier(ClassifierMixin, BaseEstimator):
             coef[seen], intercept[seen] = w, b
             n_iter = int(np.max(model.n_iter_))
         self.coef_, self.intercept_ = coef, intercept
+        counts = np.bincount(labels, minlength=self.n_classes).astype(np.float32)
+        self.label_prior_ = (counts + 1.0) / (counts.sum() + self.n_classes)  # add-one: no class at exactly 0
         self._set_fitted(x.shape[1], seen, n_iter)
         return self
 
@@ -92,6 +94,21 @@ class LogisticClassifier(ClassifierMixin, BaseEstimator):
         logits -= logits.max(axis=1, keepdims=True)
         e = np.exp(logits)
         return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
+
+    def suggest_proba(self, X: np.ndarray) -> np.ndarray:
+        """Probabilities (N, K) float32 for the suggestions a pathologist sees.
+
+        A class-balanced fit answers as if every class were equally common; a suggestion should be the class
+        most likely here. So the balanced posteriors are re-weighted by the labelled class frequencies
+        (``label_prior_``, add-one smoothed): on CoNSeP TILs at 200 random labels this lifts the share of
+        right suggestions from 0.806 to 0.836 (10 seeds, docs/simulation.md). Without class weights it is
+        :meth:`predict_proba`.
+        """
+        proba = self.predict_proba(X)
+        if self.class_weight != "balanced":
+            return proba
+        weighted = proba * self.label_prior_
+        return (weighted / weighted.sum(axis=1, keepdims=True)).astype(np.float32)
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         """Most probable class (N,) int64."""
@@ -111,7 +128,8 @@ class LogisticClassifier(ClassifierMixin, BaseEstimator):
     def to_state(self) -> dict[str, Any]:
         """Tensors and JSON-able values: ``torch.save`` writes it, ``torch.load(weights_only=True)`` reads it."""
         self._check_fitted()
-        arrays = {"mean": self.mean_, "scale": self.scale_, "coef": self.coef_, "intercept": self.intercept_}
+        arrays = {"mean": self.mean_, "scale": self.scale_, "coef": self.coef_, "intercept": self.intercept_,
+                  "label_prior": self.label_prior_}
         return {
             "learner": LEARNER_NAME,
             "format": STATE_FORMAT,
@@ -132,6 +150,8 @@ class LogisticClassifier(ClassifierMixin, BaseEstimator):
         arrays = {k: v.numpy().astype(np.float32) for k, v in state["state_dict"].items()}
         model.mean_, model.scale_ = arrays["mean"], arrays["scale"]
         model.coef_, model.intercept_ = arrays["coef"], arrays["intercept"]
+        uniform = np.full(model.n_classes, 1.0 / model.n_classes, np.float32)
+        model.label_prior_ = arrays.get("label_prior", uniform)  # models saved before it: no re-weighting
         if model.coef_.shape != (model.n_classes, state["n_features"]):
             raise ValueError(f"coef has shape {model.coef_.shape}, expected ({model.n_classes}, {state['n_features']})")
         model._set_fitted(state["n_features"], np.asarray(state["classes_seen"], np.int64), state["n_epochs"])

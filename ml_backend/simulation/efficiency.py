@@ -119,7 +119,8 @@ def replay_annotator(
         proba = None if head is None else _proba(head, features, neighbours, config.smooth_alpha)
         task, cells = _next_task(features, task_of_cell, labeled, params, head, proba, groups, config)
         ready = head is not None and fitted_on >= config.ready_after
-        n_wrong = int((proba[cells].argmax(axis=1) != y[cells]).sum()) if ready else None
+        shown = _proba(head, features, neighbours, config.smooth_alpha, suggest=True) if ready else None
+        n_wrong = int((shown[cells].argmax(axis=1) != y[cells]).sum()) if ready else None
         records.append(TaskRecord(task, tuple(cells.tolist()), len(order), n_wrong,
                                   time_model.task_cost(len(cells), n_wrong), time_model.task_cost(len(cells), None)))
         labeled[cells] = True
@@ -137,9 +138,11 @@ def _fit(x: np.ndarray, y: np.ndarray, n_classes: int, config: ReplayConfig) -> 
     return head.fit(x, y)
 
 
-def _proba(head: Learner, features: np.ndarray, neighbours: np.ndarray | None, alpha: float) -> np.ndarray:
-    """(N, K) probabilities of every cell, smoothed over ``neighbours`` when given and ``alpha`` < 1."""
-    proba = head.predict_proba(features)
+def _proba(head: Learner, features: np.ndarray, neighbours: np.ndarray | None, alpha: float,
+           suggest: bool = False) -> np.ndarray:
+    """(N, K) probabilities of every cell (``suggest``: those the suggestions come from, as the product shows
+    them), smoothed over ``neighbours`` when given and ``alpha`` < 1."""
+    proba = head.suggest_proba(features) if suggest else head.predict_proba(features)
     return proba if neighbours is None else smooth_proba(proba, neighbours, alpha)
 
 

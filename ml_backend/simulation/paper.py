@@ -85,6 +85,6 @@ def replay_paper_patch(
 def _suggest(model, features: np.ndarray, cell: int, neighbours: np.ndarray | None, alpha: float) -> int:
     """The suggested class of ``cell``: the model's argmax, after smoothing over its neighbours when asked."""
     if neighbours is None or alpha >= 1.0:
-        return int(model.predict(features[[cell]])[0])
-    proba = model.predict_proba(features[np.concatenate([[cell], neighbours[cell]])])
+        return int(model.suggest_proba(features[[cell]])[0].argmax())
+    proba = model.suggest_proba(features[np.concatenate([[cell], neighbours[cell]])])
     return int((alpha * proba[0] + (1.0 - alpha) * proba[1:].mean(axis=0)).argmax())  # smooth_proba, one cell

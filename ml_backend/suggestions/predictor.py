@@ -40,7 +40,7 @@ class Predictor:
         for task in tasks:
             tile = TileTask.from_task_data(task.get("data") or {})
             features = self._index.tile_features(tile)  # also checks that every cell is known
-            proba = head.predict_proba(features) if head is not None else None
+            proba = head.suggest_proba(features) if head is not None else None
             results.append(tile_prediction(tile, proba, labels.targets, name, PREDICT_SCORE, labels.neutral))
         return results
 

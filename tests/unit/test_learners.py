@@ -97,3 +97,19 @@ def test_the_store_saves_and_loads_a_logreg_model(tmp_path):
 
 def test_only_mlp_gives_mc_passes():
     assert MC_LEARNERS == {n for n in LEARNERS if hasattr(make_learner(n, 2), "predict_proba_mc")}
+
+
+def test_suggestions_of_a_balanced_logreg_follow_how_common_each_class_is():
+    """Overlapping classes, 9:1: the balanced fit calls many common cells rare; its suggestions do not."""
+    rng = np.random.default_rng(6)
+    x = np.r_[rng.normal(0, 1, (900, 2)), rng.normal(1.2, 1, (100, 2))].astype(np.float32)
+    y = np.r_[np.zeros(900, int), np.ones(100, int)]
+    model = LogisticClassifier(2).fit(x, y)
+    right_balanced = (model.predict_proba(x).argmax(1) == y).mean()
+    right_suggested = (model.suggest_proba(x).argmax(1) == y).mean()
+    assert right_suggested > right_balanced + 0.1
+    np.testing.assert_allclose(model.suggest_proba(x).sum(axis=1), 1.0, atol=1e-5)
+    again = learner_from_state(roundtrip(model.to_state()))
+    np.testing.assert_allclose(again.suggest_proba(x), model.suggest_proba(x), atol=1e-6)
+    plain = LogisticClassifier(2, class_weight=None).fit(x, y)
+    np.testing.assert_allclose(plain.suggest_proba(x), plain.predict_proba(x))
