@@ -44,6 +44,10 @@ class BackendSettings(SharedSettings):
     relevance_rare_min_proba: float = Field(0.2, ge=0.0, le=1.0, description="mean p(rare) above: rare flag")
     relevance_rare_class: str = Field("", description="the rare class's name; empty: the class with fewest labels")
     optimizer: OptimizerName = Field("adam", description="head optimiser preset: adam (default) or paper-sgd")
+    predictions_top_k: int = Field(
+        100, ge=1, description="open tasks that get each new version's prediction: the top of the queue, which "
+        "all annotators open before the next retrain (about one task per retrain each)"
+    )
     query_budget: int = Field(100, ge=1, description="cells the strategy picks before they roll up to tiles")
     seed: int = 0
     torch_threads: int = Field(

@@ -51,6 +51,19 @@ class RetrainReport:
     seconds: float
 
 
+class _Laps:
+    """Seconds spent in each phase of one retrain, for the log and the status."""
+
+    def __init__(self) -> None:
+        self._last = time.perf_counter()
+        self.seconds: dict[str, float] = {}
+
+    def lap(self, phase: str) -> None:
+        now = time.perf_counter()
+        self.seconds[phase] = round(now - self._last, 3)
+        self._last = now
+
+
 @dataclass(frozen=True)
 class _Cells:
     """Every cell of the project that matters for this round, in one array per field."""
@@ -72,14 +85,15 @@ def run_retrain(
         store.add_pending(project_id, pending)  # so the next webhook retries rather than waiting 5 labels
         raise
     store.set_status(project_id, asdict(report))
-    log.info("project %s: %s trained on %d labels, %d open tasks ranked in %.2f s", project_id,
-             report.model_version, report.n_labels, report.n_open_tasks, report.seconds)
+    log.info("project %s: %s trained on %d labels, %d open tasks ranked in %.2f s (%s)", project_id,
+             report.model_version, report.n_labels, report.n_open_tasks, report.seconds,
+             ", ".join(f"{k} {v:.2f}" for k, v in report.metrics.get("seconds_by_phase", {}).items()))
     return report
 
 
 def _retrain(project_id: int, settings: BackendSettings, gateway: LabelStudioGateway,
              store: RedisLabelStore) -> RetrainReport:
-    t0 = time.perf_counter()
+    t0, laps = time.perf_counter(), _Laps()
     label_set = parse_label_set(gateway.get_project(project_id).label_config)
     targets = list(label_set.targets)
     tasks = list(gateway.iter_tasks(project_id))
@@ -87,6 +101,7 @@ def _retrain(project_id: int, settings: BackendSettings, gateway: LabelStudioGat
     records = records_from_tasks(tasks, tiles, label_set)
     store.replace_all(project_id, records)  # the mirror now matches Label Studio, lost webhooks included
     labels = merge_labels(records)
+    laps.lap("read")
     open_ids = [t["id"] for t in tasks if not t["annotations"]]
     layout = DataLayout(settings.data_dir, settings.ls_files_root)
     models = ModelStore(layout.models_dir(project_id))
@@ -96,7 +111,9 @@ def _retrain(project_id: int, settings: BackendSettings, gateway: LabelStudioGat
     strategy = get_strategy(settings.strategy)
     if needs_mc_passes(strategy):
         strategy = get_strategy(settings.strategy, _relevance_params(settings, list(label_set.classes), cells.y))
+    laps.lap("cells")
     head = _fit_head(cells, len(targets), settings, needs_mc_passes(strategy))
+    laps.lap("fit")
     if head is None:
         log.info("project %s: no cell labels yet, nothing to retrain", project_id)
         current = models.latest_version()
@@ -104,13 +121,19 @@ def _retrain(project_id: int, settings: BackendSettings, gateway: LabelStudioGat
     proba, shown = head.predict_proba(cells.features), head.suggest_proba(cells.features)
     excluded = not_nucleus_mask(shown, targets) & (cells.y < 0)
     order = _rank_open_tasks(cells, head, proba, open_ids, settings, strategy, excluded, _slide_of_cells(cells, tiles))
+    laps.lap("rank")
     version = models.next_version()
-    gateway.import_predictions(project_id, _predictions(order, tiles, cells, shown, targets, version_name(version)))
+    # Only the top of the queue gets this version's prediction: Label Studio serves those tasks (static mode)
+    # until the next version, so pushing every open task only made the retrain grow with the project.
+    top = order[: settings.predictions_top_k]
+    gateway.import_predictions(project_id, _predictions(top, tiles, cells, shown, targets, version_name(version)))
+    laps.lap("push")
     meta = _meta(label_set, labels, head, settings, n_drawn=int((cells.task_ids == -1).sum()))
     models.save(version, head, meta)
     gateway.serve_version(project_id, version_name(version))  # last: the switch makes the new order live
+    laps.lap("switch")
     return RetrainReport(project_id, version, version_name(version), len(labels), len(open_ids), order[:5],
-                         meta["metrics"], time.perf_counter() - t0)
+                         {**meta["metrics"], "seconds_by_phase": laps.seconds}, time.perf_counter() - t0)
 
 
 def _gather_cells(
