@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any
 
@@ -27,6 +28,7 @@ from adapters.errors import LabelStudioError
 from adapters.retry import RetriesExhausted, RetryPolicy, call_with_retry
 
 log = logging.getLogger(__name__)
+_ANNOTATION_READERS = 4  # annotation reads in flight at once (the retrain reads one per labelled task)
 
 UNCERTAINTY_SAMPLING = "Uncertainty sampling"
 DEFAULT_BATCH_SIZE = 100
@@ -187,14 +189,17 @@ class LabelStudioGateway:
         """Every task of the project as ``{"id", "data", "annotations"}`` dicts (predictions left out).
 
         Tasks are listed lean (their predictions grow with every model version) and annotations are read
-        only for the tasks that have some.
+        only for the tasks that have some, :data:`_ANNOTATION_READERS` requests at a time.
         """
         fields = "id,data,total_annotations,cancelled_annotations"
         with self._calling(f"list tasks of project {project_id}"):
             tasks = list(self._client.tasks.list(project=project_id, fields="all", include=fields, page_size=1000))
+        labelled = [t.id for t in tasks if (t.total_annotations or 0) + (t.cancelled_annotations or 0) > 0]
+        # One request per labelled task (the list gives annotation ids only): a few at a time, in order.
+        with ThreadPoolExecutor(max_workers=_ANNOTATION_READERS) as pool:
+            annotations = dict(zip(labelled, pool.map(self.annotations, labelled)))
         for task in tasks:
-            has = (task.total_annotations or 0) + (task.cancelled_annotations or 0) > 0
-            yield {"id": task.id, "data": task.data, "annotations": self.annotations(task.id) if has else []}
+            yield {"id": task.id, "data": task.data, "annotations": annotations.get(task.id, [])}
 
     def export_tasks(self, project_id: int, timeout_s: float = 600.0) -> list[dict[str, Any]]:
         """Label Studio's JSON export of the project: every task with its annotations and predictions."""
