@@ -4,8 +4,9 @@
     .venv/bin/python bench/bench_segmentation.py --segmenter-weights CKPT [--device cuda] [--no-slide]
 
 Scores a label function ``f(rgb uint8 (rows, cols, 3), mpp) -> int (rows, cols) instance map``
-(default :func:`preprocess.nuclei.segment.label_nuclei`; with ``--segmenter-weights`` the HoVer-Net segmenter that
-``hali preprocess --segmenter-weights`` uses, e.g. one written by ``hali train-segmenter``) on
+(default :func:`preprocess.nuclei.learned.label_nuclei_learned`, the product's H&E default; with
+``--segmenter-weights`` the HoVer-Net segmenter that ``hali preprocess --segmenter-weights`` uses, e.g. one
+written by ``hali train-segmenter``) on
 
 - CoNSeP 256x256 patches at 40x (mpp 0.25) with instance maps: detection precision/recall/F1, each
   true and predicted centroid paired at most once (Hungarian) within ``--radius-px`` (6 px, HoVer-Net's
@@ -154,7 +155,8 @@ def main() -> int:
     parser.add_argument("--split", default="test", choices=("train", "test"))
     parser.add_argument("--limit", type=int, default=None, help="first N CoNSeP patches only")
     parser.add_argument("--radius-px", type=float, default=6.0, help="centroid match radius at 40x (px)")
-    parser.add_argument("--segmenter", default="preprocess.nuclei.segment:label_nuclei", help="module:function")
+    parser.add_argument("--segmenter", default="preprocess.nuclei.learned:label_nuclei_learned",
+                        help="module:function; the classical one: preprocess.nuclei.segment:label_nuclei")
     parser.add_argument("--segmenter-weights", type=Path,
                         help="score HoVer-Net with these weights (as hali preprocess --segmenter-weights)")
     parser.add_argument("--device", default="auto", help="HoVer-Net device: auto, cpu or cuda")
