@@ -44,6 +44,10 @@ class BackendSettings(SharedSettings):
     relevance_rare_min_proba: float = Field(0.2, ge=0.0, le=1.0, description="mean p(rare) above: rare flag")
     relevance_rare_class: str = Field("", description="the rare class's name; empty: the class with fewest labels")
     optimizer: OptimizerName = Field("adam", description="head optimiser preset: adam (default) or paper-sgd")
+    retrain_lease_s: float = Field(
+        30.0, gt=0, description="the training lock is a lease renewed while a retrain runs: a killed worker's "
+        "lock frees within this, and the next retrain can start"
+    )
     predictions_top_k: int = Field(
         100, ge=1, description="open tasks that get each new version's prediction: the top of the queue, which "
         "all annotators open before the next retrain (about one task per retrain each)"

@@ -172,8 +172,9 @@ def stop_process(proc: subprocess.Popen, timeout_s: float = 15.0) -> None:
 # --- services --------------------------------------------------------------------------------
 
 
-def start_redis(port: int, workdir: Path, timeout_s: float = 20.0) -> subprocess.Popen:
-    """A real ``redis-server`` on loopback ``port``, no persistence, logging to ``workdir``."""
+def start_redis(port: int, workdir: Path, timeout_s: float = 20.0, persist: bool = False) -> subprocess.Popen:
+    """A real ``redis-server`` on loopback ``port``, logging to ``workdir``; with ``persist`` an append-only
+    file in ``workdir`` keeps the label mirror, statuses and queued jobs over a restart (``make up``)."""
     binary = shutil.which("redis-server")
     if binary is None:
         raise ServiceUnavailable("redis-server is not on PATH: run scripts/install.sh "
@@ -183,7 +184,7 @@ def start_redis(port: int, workdir: Path, timeout_s: float = 20.0) -> subprocess
                          "or choose another port (HALI_REDIS_PORT)")
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    argv = [binary, "--port", str(port), "--save", "", "--appendonly", "no",
+    argv = [binary, "--port", str(port), "--save", "", "--appendonly", "yes" if persist else "no",
             "--dir", str(workdir), "--bind", LOOPBACK]
     proc = spawn(argv, workdir / "redis.log")
     try:

@@ -262,7 +262,7 @@ def up(cfg: StackConfig) -> int:
     env = hali_env(cfg, creds)
     code = 0
     try:
-        ensure_service(cfg, "redis", lambda: start_redis(cfg.redis_port, cfg.state_dir / "redis"))
+        ensure_service(cfg, "redis", lambda: start_redis(cfg.redis_port, cfg.state_dir / "redis", persist=True))
         ensure_service(cfg, "label-studio", lambda: start_label_studio(
             cfg.ls_port, cfg.ls_data_dir, cfg.files_root, creds["username"], creds["password"],
             creds["token"]))

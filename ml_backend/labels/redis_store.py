@@ -8,20 +8,28 @@ Keys, per project ``p``::
 
     hali:p:<p>:annotations  hash  annotation id -> {"task", "labels": {cell id: class}, "drawn", "updated_at"}
     hali:p:<p>:pending      int   cell labels new or changed since the last retrain started
-    hali:p:<p>:queued       flag  a retrain is queued and has not started yet
+    hali:p:<p>:queued       str   the id of the retrain job queued and not started yet (a flag)
+    hali:p:<p>:train-lock   lock  held by the worker training the project, a lease renewed while it runs
     hali:p:<p>:status       hash  what the last retrain did (version, labels, seconds, ...)
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+import logging
+import threading
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import asdict
 from typing import Any
 
 from redis import Redis
+from redis.exceptions import LockError, WatchError
+from redis.lock import Lock
 
 from ml_backend.labels.records import AnnotationRecord, count_changed
+
+log = logging.getLogger(__name__)
 
 
 class RedisLabelStore:
@@ -56,9 +64,28 @@ class RedisLabelStore:
         raw = self._r.hgetall(_key(project_id, "annotations"))
         return {int(k): _decode(v) for k, v in raw.items()}
 
-    def claim_retrain(self, project_id: int, ttl_s: int) -> bool:
-        """True for the one caller that should enqueue a retrain now (no other retrain is queued)."""
-        return bool(self._r.set(_key(project_id, "queued"), "1", nx=True, ex=ttl_s))
+    def claim_retrain(self, project_id: int, ttl_s: int, job_id: str = "1") -> bool:
+        """True for the one caller that should enqueue a retrain now (no other retrain is queued); the flag
+        holds ``job_id``, the job that will clear it when it starts."""
+        return bool(self._r.set(_key(project_id, "queued"), job_id, nx=True, ex=ttl_s))
+
+    def queued_job(self, project_id: int) -> str | None:
+        """The job id the queued flag names, or None when no retrain is queued."""
+        raw = self._r.get(_key(project_id, "queued"))
+        return None if raw is None else raw.decode() if isinstance(raw, bytes) else str(raw)
+
+    def release_claim(self, project_id: int, job_id: str) -> None:
+        """Clear the queued flag if it still names ``job_id`` (a job that will never start: lost or failed)."""
+        key = _key(project_id, "queued")
+        with self._r.pipeline() as pipe:
+            try:
+                pipe.watch(key)
+                if self.queued_job(project_id) == job_id:
+                    pipe.multi()
+                    pipe.delete(key)
+                    pipe.execute()
+            except WatchError:  # someone else changed it meanwhile: theirs stands
+                pass
 
     def start_retrain(self, project_id: int) -> int:
         """Called when a retrain starts: clears the queued flag and returns (and resets) the pending count."""
@@ -81,9 +108,37 @@ class RedisLabelStore:
         return {k.decode() if isinstance(k, bytes) else k: json.loads(v)
                 for k, v in self._r.hgetall(_key(project_id, "status")).items()}
 
-    def lock(self, project_id: int, timeout_s: int):
-        """A lock that keeps two workers from training one project at once."""
-        return self._r.lock(_key(project_id, "train-lock"), timeout=timeout_s, blocking_timeout=timeout_s)
+    @contextmanager
+    def training_lease(self, project_id: int, lease_s: float, wait_s: float) -> Iterator[None]:
+        """Hold the project's training lock while the block runs, as a lease of ``lease_s`` seconds that a
+        thread renews every third of it: a worker killed mid-retrain (an out-of-memory kill) frees it within
+        ``lease_s``, not after the whole job timeout. Waits up to ``wait_s`` for another holder."""
+        lock = self._r.lock(_key(project_id, "train-lock"), timeout=lease_s, blocking_timeout=wait_s,
+                            thread_local=False)  # the renewing thread must see the token
+        if not lock.acquire():
+            raise LockError(f"project {project_id}: another worker held the training lock for {wait_s} s")
+        done = threading.Event()
+        renewer = threading.Thread(target=_renew, args=(lock, lease_s / 3.0, done), daemon=True,
+                                   name=f"hali-lease-{project_id}")
+        renewer.start()
+        try:
+            yield
+        finally:
+            done.set()
+            renewer.join()
+            try:
+                lock.release()
+            except LockError:  # it expired (the process stalled past the lease): nothing to release
+                log.warning("project %s: the training lease had expired before release", project_id)
+
+
+def _renew(lock: Lock, every_s: float, done: threading.Event) -> None:
+    while not done.wait(every_s):
+        try:
+            lock.reacquire()
+        except LockError:
+            log.warning("training lease lost: another worker may start the same retrain")
+            return
 
 
 def _key(project_id: int, name: str) -> str:

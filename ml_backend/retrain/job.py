@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
@@ -16,6 +17,7 @@ from typing import Any
 import torch
 from redis import Redis
 from rq import Queue
+from rq.job import JobStatus
 
 from adapters.label_studio import LabelStudioGateway
 from ml_backend.labels.redis_store import RedisLabelStore
@@ -53,12 +55,24 @@ def frozen_gc() -> Iterator[None]:
 
 
 def enqueue_retrain(queue: Queue, store: RedisLabelStore, project_id: int, settings: BackendSettings) -> str | None:
-    """Enqueue a retrain unless one is already waiting; returns the job id, or None when one waits."""
-    if not store.claim_retrain(project_id, ttl_s=settings.job_timeout_s):
-        return None
+    """Enqueue a retrain unless one is already waiting; returns the job id, or None when one waits.
+
+    The queued flag names its job: a flag whose job is gone (Redis lost it), failed or was stopped before it
+    started is cleared, so a crash never blocks retraining until the flag expires.
+    """
+    job_id = f"hali-retrain-{project_id}-{uuid.uuid4().hex[:12]}"
+    if not store.claim_retrain(project_id, ttl_s=settings.job_timeout_s, job_id=job_id):
+        waiting = store.queued_job(project_id)
+        if waiting is None or _will_run(queue, waiting):
+            return None
+        log.warning("project %s: queued retrain %s will never run; enqueueing another", project_id, waiting)
+        store.release_claim(project_id, waiting)
+        if not store.claim_retrain(project_id, ttl_s=settings.job_timeout_s, job_id=job_id):
+            return None
     job = queue.enqueue(
         retrain_job,
         project_id,
+        job_id=job_id,
         job_timeout=settings.job_timeout_s,
         result_ttl=86400,
         failure_ttl=7 * 86400,
@@ -66,3 +80,11 @@ def enqueue_retrain(queue: Queue, store: RedisLabelStore, project_id: int, setti
     )
     log.info("project %s: retrain queued as job %s", project_id, job.id)
     return job.id
+
+
+def _will_run(queue: Queue, job_id: str) -> bool:
+    """Whether the job ``job_id`` still waits to run (queued, deferred or scheduled) or runs now."""
+    job = queue.fetch_job(job_id)
+    if job is None:
+        return False
+    return job.get_status() in (JobStatus.QUEUED, JobStatus.DEFERRED, JobStatus.SCHEDULED, JobStatus.STARTED)

@@ -79,7 +79,7 @@ def run_retrain(
     """Retrain ``project_id`` and re-rank its queue; on failure the pending label count is put back."""
     pending = store.start_retrain(project_id)
     try:
-        with store.lock(project_id, settings.job_timeout_s):
+        with store.training_lease(project_id, settings.retrain_lease_s, wait_s=settings.job_timeout_s):
             report = _retrain(project_id, settings, gateway, store)
     except Exception:
         store.add_pending(project_id, pending)  # so the next webhook retries rather than waiting 5 labels
