@@ -201,6 +201,12 @@ class LabelStudioGateway:
         for task in tasks:
             yield {"id": task.id, "data": task.data, "annotations": annotations.get(task.id, [])}
 
+    def slide_ids(self, project_id: int) -> list[str]:
+        """The slide ids the project's tasks come from (task data ``slide_id``), sorted."""
+        with self._calling(f"list tasks of project {project_id}"):
+            tasks = self._client.tasks.list(project=project_id, fields="all", include="id,data", page_size=1000)
+            return sorted({str(t.data.get("slide_id")) for t in tasks if (t.data or {}).get("slide_id")})
+
     def export_tasks(self, project_id: int, timeout_s: float = 600.0) -> list[dict[str, Any]]:
         """Label Studio's JSON export of the project: every task with its annotations and predictions."""
         with self._calling(f"export project {project_id}"):

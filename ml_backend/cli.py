@@ -17,6 +17,7 @@ from pydantic import ValidationError
 from adapters.errors import AdapterError
 from adapters.settings import describe_validation_error
 from label_config import LabelConfigError
+from ml_backend.classify import cli as classify_cli
 from ml_backend.errors import BackendError
 from ml_backend.export import cli as export_cli
 from ml_backend.http.app import create_app
@@ -73,6 +74,7 @@ def _parser() -> argparse.ArgumentParser:
     r.set_defaults(func=_retrain)
     simulation_cli.add_commands(sub)
     export_cli.add_commands(sub)
+    classify_cli.add_commands(sub)
     return parser
 
 

@@ -23,13 +23,14 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 def _export(args: argparse.Namespace) -> int:
     settings = SharedSettings()
     gateway = LabelStudioGateway.connect(settings.ls_url, settings.ls_api_key.get_secret_value())
-    report = export_project(gateway, _project_id(gateway, args.project), args.format, args.out)
+    report = export_project(gateway, project_id_of(gateway, args.project), args.format, args.out)
     print(f"project {report.project_id}: {report.n_cells} labelled cells from {report.n_tasks} tasks -> "
           + ", ".join(str(f) for f in report.files[:3]) + (" ..." if len(report.files) > 3 else ""))
     return 0
 
 
-def _project_id(gateway: LabelStudioGateway, project: str) -> int:
+def project_id_of(gateway: LabelStudioGateway, project: str) -> int:
+    """The id of the project named by ``project`` (an id, or an exact title)."""
     if project.isdigit():
         return int(project)
     found = gateway.find_project(project)
