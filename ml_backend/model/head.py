@@ -25,6 +25,7 @@ from sklearn.exceptions import NotFittedError
 
 from ml_backend.model.net import HeadNet
 from ml_backend.model.training import TrainingData, split_train_val, train_head
+from ml_backend.model.validation import check_labels
 
 STATE_FORMAT = 1
 _PREDICT_CHUNK_ROWS = 4_096  # 8 MiB of 512-d rows: 2-3x faster than 65,536 (temporaries stay in cache)
@@ -266,11 +267,4 @@ def _check_xy(X: np.ndarray, y: np.ndarray, n_classes: int) -> tuple[torch.Tenso
     x = _as_features(X)
     if not torch.isfinite(x).all():
         raise ValueError("features contain NaN or infinite values; check the embeddings")
-    labels = np.asarray(y)
-    if labels.shape != (len(x),) or not np.issubdtype(labels.dtype, np.integer):
-        raise ValueError(f"labels must be (N,) = ({len(x)},) integers, got shape {labels.shape} {labels.dtype}")
-    if len(labels) == 0:
-        raise ValueError("cannot fit on zero labels")
-    if labels.min() < 0 or labels.max() >= n_classes:
-        raise ValueError(f"labels must lie in [0, {n_classes}), got range [{labels.min()}, {labels.max()}]")
-    return x, labels.astype(np.int64)
+    return x, check_labels(y, len(x), n_classes)

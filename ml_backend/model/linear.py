@@ -24,6 +24,8 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.exceptions import ConvergenceWarning, NotFittedError
 from sklearn.linear_model import LogisticRegression
 
+from ml_backend.model.validation import check_labels
+
 STATE_FORMAT = 1
 LEARNER_NAME = "logreg"
 _ABSENT_LOGIT = -30.0  # a class with no label: exp(-30) ~ 1e-13 of the probability mass
@@ -175,11 +177,4 @@ def _check_xy(X: np.ndarray, y: np.ndarray, n_classes: int) -> tuple[np.ndarray,
         raise ValueError(f"features have shape {x.shape}, expected (N, d)")
     if not np.isfinite(x).all():
         raise ValueError("features contain NaN or infinite values; check the embeddings")
-    labels = np.asarray(y)
-    if labels.shape != (len(x),) or not np.issubdtype(labels.dtype, np.integer):
-        raise ValueError(f"labels must be (N,) = ({len(x)},) integers, got shape {labels.shape} {labels.dtype}")
-    if len(labels) == 0:
-        raise ValueError("cannot fit on zero labels")
-    if labels.min() < 0 or labels.max() >= n_classes:
-        raise ValueError(f"labels must lie in [0, {n_classes}), got range [{labels.min()}, {labels.max()}]")
-    return x, labels.astype(np.int64)
+    return x, check_labels(y, len(x), n_classes)

@@ -30,8 +30,8 @@ from scipy import ndimage as ndi
 from skimage.color import hed_from_rgb, rgb_from_hed
 from skimage.segmentation import watershed
 
-from preprocess.errors import SegmentationError, SegmenterWeightsError
-from preprocess.nuclei.segment import Nuclei, nuclei_from_labels
+from preprocess.errors import SegmenterWeightsError
+from preprocess.nuclei.segment import Nuclei, check_input, nuclei_from_labels
 from preprocess.nuclei.unet import NucleusUNet
 
 logger = logging.getLogger(__name__)
@@ -177,7 +177,7 @@ class LearnedSegmenter:
 
     def label_nuclei(self, rgb: np.ndarray, mpp: float) -> np.ndarray:
         """int32 (rows, cols) instance map of ``rgb`` (uint8 (rows, cols, 3) at ``mpp`` um/px): 0 background, 1..N."""
-        _check_input(rgb, mpp)
+        check_input(rgb, mpp)
         return labels_from_maps(*predict_maps(self.model, rgb, mpp), rgb, mpp, self.post)
 
     def segment_nuclei(self, rgb: np.ndarray, mpp: float) -> Nuclei:
@@ -193,16 +193,6 @@ def _read_sidecar(weights: Path) -> dict:
         raise SegmenterWeightsError(f"cannot read {sidecar} (the sidecar of {weights}): {err}; "
                                     "weights and sidecar are written together by python -m preprocess.nuclei.learned_train"
                                     ) from err
-
-
-def _check_input(rgb: np.ndarray, mpp: float) -> None:
-    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
-        raise SegmentationError(
-            f"segment_nuclei needs a uint8 (rows, cols, 3) RGB image, got {rgb.dtype} {rgb.shape}; "
-            "read it with OpenSlideReader.read_region"
-        )
-    if not mpp > 0:
-        raise SegmentationError(f"mpp {mpp!r} must be > 0; pass the slide's microns per pixel, e.g. 0.5 for 20x")
 
 
 @functools.lru_cache(maxsize=1)
@@ -229,7 +219,7 @@ def dab_as_haematoxylin(rgb: np.ndarray, dab_weight: float = DAB_TO_HAEMATOXYLIN
 def label_nuclei_learned_ihc(rgb: np.ndarray, mpp: float) -> np.ndarray:
     """:func:`label_nuclei_learned` for DAB IHC (e.g. Ki-67): run on :func:`dab_as_haematoxylin` of ``rgb``;
     the artefact filter sees the original colours."""
-    _check_input(rgb, mpp)
+    check_input(rgb, mpp)
     model = load_default_model()
     return labels_from_maps(*predict_maps(model.model, dab_as_haematoxylin(rgb), mpp), rgb, mpp, model.post)
 

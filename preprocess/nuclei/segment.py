@@ -108,7 +108,7 @@ def label_nuclei(rgb: np.ndarray, mpp: float) -> np.ndarray:
     ``rgb``: uint8 (rows, cols, 3). ``mpp``: microns per pixel of that image. Objects smaller than
     :data:`MIN_AREA_UM2` or larger than :data:`MAX_AREA_UM2` are dropped, and the rest numbered 1..N.
     """
-    _check_input(rgb, mpp)
+    check_input(rgb, mpp)
     density = _nuclear_density(rgb, sigma_px=SMOOTH_SIGMA_UM / mpp)
     min_area_px = MIN_AREA_UM2 / mpp**2
     block_px = 2 * round(LOCAL_BLOCK_UM / mpp / 2) + 1
@@ -133,7 +133,8 @@ def _keep_sizes(labels: np.ndarray, min_area_px: float, max_area_px: float) -> n
     return lookup[labels]
 
 
-def _check_input(rgb: np.ndarray, mpp: float) -> None:
+def check_input(rgb: np.ndarray, mpp: float) -> None:
+    """:class:`SegmentationError` unless ``rgb`` is uint8 (rows, cols, 3) and ``mpp`` > 0 (every segmenter's input)."""
     if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
         raise SegmentationError(
             f"segment_nuclei needs a uint8 (rows, cols, 3) RGB image, got {rgb.dtype} {rgb.shape}; "
