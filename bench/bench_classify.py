@@ -10,9 +10,7 @@ Reading the cell table and the slide's thumbnail come on top. Target (issue): 1M
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +18,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench.benchutil import median_seconds  # noqa: E402
 from ml_backend.classify.cells import cells_csv, classify_cells, summary_rows  # noqa: E402
 from ml_backend.model.linear import LogisticClassifier  # noqa: E402
 from preprocess.tiles.cells import CellTable  # noqa: E402
@@ -43,12 +42,8 @@ def main() -> None:
     steps.update({"csv": lambda: cells_csv(result), "summary": lambda: summary_rows(result)})
     print(f"{args.cells:,} cells x {args.dim} features, {len(TARGETS)} targets; median of {args.repeats} runs")
     for name, step in steps.items():
-        times = []
-        for _ in range(args.repeats):
-            t0 = time.perf_counter()
-            step()
-            times.append(time.perf_counter() - t0)
-        print(f"  {name:9s} {statistics.median(times):6.2f} s  (min {min(times):.2f}, max {max(times):.2f})")
+        median, times, _ = median_seconds(step, args.repeats, warmup=0)
+        print(f"  {name:9s} {median:6.2f} s  (min {min(times):.2f}, max {max(times):.2f})")
 
 
 if __name__ == "__main__":

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench.benchutil import median_seconds  # noqa: E402
 from label_config import CellBox, TileTask, build_label_config, cell_to_region  # noqa: E402
 from ml_backend.export.formats import label_colours, to_coco, to_csv, to_geojson  # noqa: E402
 from ml_backend.export.rows import cell_rows  # noqa: E402
@@ -54,12 +53,8 @@ def main() -> None:
                   "coco": lambda: json.dumps(to_coco(rows, tasks, CLASSES))})
     print(f"{len(rows):,} labelled cells in {len(tasks):,} tasks; median of {args.repeats} runs")
     for name, step in steps.items():
-        times = []
-        for _ in range(args.repeats):
-            t0 = time.perf_counter()
-            step()
-            times.append(time.perf_counter() - t0)
-        print(f"  {name:8s} {statistics.median(times):6.2f} s  (min {min(times):.2f}, max {max(times):.2f})")
+        median, times, _ = median_seconds(step, args.repeats, warmup=0)
+        print(f"  {name:8s} {median:6.2f} s  (min {min(times):.2f}, max {max(times):.2f})")
 
 
 if __name__ == "__main__":

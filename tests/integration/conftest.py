@@ -37,6 +37,7 @@ from pathlib import Path
 
 import pytest
 from annotator import Annotator, make_annotator
+from hali_backend import hali_env
 
 from scripts import services
 
@@ -172,6 +173,16 @@ def fresh_project(ls_client, request: pytest.FixtureRequest) -> Iterator[Callabl
     yield create
     for project_id in created:
         ls_client.projects.delete(id=project_id)
+
+
+@pytest.fixture
+def hali_environ(label_studio: LabelStudioServer, redis_url: str, redis_conn, tmp_path: Path,
+                 monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The HALI_* variables of this test's Label Studio, Redis (flushed) and a fresh data dir, set for the test
+    (as `hali preprocess`, `hali serve` and the jobs read them); returns the data dir."""
+    for key, value in hali_env(label_studio, redis_url, tmp_path / "data").items():
+        monkeypatch.setenv(key, value)
+    return tmp_path / "data"
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import requests
-from hali_backend import hali_env, preprocess_settings, serve_backend
+from hali_backend import preprocess_settings, serve_backend
 from redis import Redis
 
 from adapters.label_studio import LabelStudioGateway
@@ -16,10 +16,8 @@ from preprocess.run import run_preprocess
 pytestmark = pytest.mark.integration
 
 
-def test_label_studio_reaches_a_locked_backend_and_strangers_do_not(label_studio, ls_client, redis_url, redis_conn,
-                                                                    ihc_slide, new_annotator, tmp_path, monkeypatch):
-    for key, value in hali_env(label_studio, redis_url, tmp_path / "data").items():
-        monkeypatch.setenv(key, value)
+def test_label_studio_reaches_a_locked_backend_and_strangers_do_not(hali_environ, label_studio, ls_client, redis_url,
+                                                                    ihc_slide, new_annotator, monkeypatch):
     monkeypatch.setenv("HALI_BACKEND_PASSWORD", "pw-4-ls")
     monkeypatch.setenv("HALI_WEBHOOK_SECRET", "hook-secret")
     with serve_backend(BackendSettings()) as url:

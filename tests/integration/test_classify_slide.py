@@ -6,7 +6,7 @@ from __future__ import annotations
 import csv
 
 import pytest
-from hali_backend import hali_env, preprocess_settings
+from hali_backend import preprocess_settings
 from PIL import Image
 
 from adapters.label_studio import LabelStudioGateway
@@ -19,10 +19,8 @@ from preprocess.run import run_preprocess
 pytestmark = pytest.mark.integration
 
 
-def test_classify_writes_every_cell_densities_and_an_overlay(label_studio, redis_url, redis_conn, ihc_slide,
-                                                             new_annotator, tmp_path, monkeypatch):
-    for key, value in hali_env(label_studio, redis_url, tmp_path / "data").items():
-        monkeypatch.setenv(key, value)
+def test_classify_writes_every_cell_densities_and_an_overlay(hali_environ, label_studio, redis_conn, ihc_slide,
+                                                             new_annotator, tmp_path):
     gateway = LabelStudioGateway.connect(label_studio.url, label_studio.api_key)
     result = run_preprocess(ihc_slide, "HALI classify", preprocess_settings(classes="Positive,Negative", mpp=0.25,
                                                                               cells_per_task=10), gateway)

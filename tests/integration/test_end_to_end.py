@@ -9,7 +9,7 @@ another task, and the export gives every label back in slide coordinates.
 from __future__ import annotations
 
 import pytest
-from hali_backend import hali_env, preprocess_settings, serve_backend
+from hali_backend import preprocess_settings, serve_backend
 from redis import Redis
 from rq import Queue, SimpleWorker
 
@@ -24,9 +24,7 @@ CLASSES = "Positive,Negative"
 
 
 @pytest.fixture
-def hali(label_studio, redis_url, redis_conn, tmp_path, monkeypatch):
-    for key, value in hali_env(label_studio, redis_url, tmp_path / "data").items():
-        monkeypatch.setenv(key, value)
+def hali(hali_environ, label_studio, redis_url, redis_conn, tmp_path, monkeypatch):
     settings = BackendSettings()
     with serve_backend(settings) as url:
         yield settings, url

@@ -7,7 +7,7 @@ import csv
 import json
 
 import pytest
-from hali_backend import hali_env, preprocess_settings
+from hali_backend import preprocess_settings
 
 from adapters.label_studio import LabelStudioGateway
 from label_config import TileTask
@@ -18,10 +18,8 @@ pytestmark = pytest.mark.integration
 CLASSES = ("Positive", "Negative")
 
 
-def test_labels_come_back_in_slide_coordinates_in_every_format(label_studio, redis_url, ihc_slide, new_annotator,
-                                                               tmp_path, monkeypatch):
-    for key, value in hali_env(label_studio, redis_url, tmp_path / "data").items():
-        monkeypatch.setenv(key, value)
+def test_labels_come_back_in_slide_coordinates_in_every_format(hali_environ, label_studio, ihc_slide, new_annotator,
+                                                               tmp_path):
     gateway = LabelStudioGateway.connect(label_studio.url, label_studio.api_key)
     result = run_preprocess(ihc_slide, "HALI export", preprocess_settings(classes=",".join(CLASSES), cells_per_task=8,
                                                                            mpp=0.25), gateway)
@@ -59,8 +57,6 @@ def test_labels_come_back_in_slide_coordinates_in_every_format(label_studio, red
     assert len(coco["annotations"]) == len(truth) and len(coco["images"]) == result.n_tiles
 
 
-def test_an_unknown_project_is_one_line_naming_it(label_studio, redis_url, tmp_path, monkeypatch, capsys):
-    for key, value in hali_env(label_studio, redis_url, tmp_path / "data").items():
-        monkeypatch.setenv(key, value)
+def test_an_unknown_project_is_one_line_naming_it(hali_environ, tmp_path, capsys):
     assert main(["export", "--project", "No such project", "--out", str(tmp_path / "x.csv")]) == 2
     assert "no Label Studio project titled 'No such project'" in capsys.readouterr().err

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import pytest
 import requests
-from hali_backend import hali_env, preprocess_settings, serve_backend
+from hali_backend import preprocess_settings, serve_backend
 from redis import Redis
 from rq import Queue, SimpleWorker
 
@@ -36,9 +36,7 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def hali(label_studio, redis_url, redis_conn, tmp_path, monkeypatch):
-    for key, value in hali_env(label_studio, redis_url, tmp_path / "data").items():
-        monkeypatch.setenv(key, value)
+def hali(hali_environ, label_studio, redis_url, redis_conn, tmp_path, monkeypatch):
     settings = BackendSettings()
     with serve_backend(settings) as url:
         yield settings, url

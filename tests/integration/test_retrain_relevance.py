@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hali_backend import hali_env, preprocess_settings
+from hali_backend import preprocess_settings
 from redis import Redis
 
 from adapters.label_studio import LabelStudioGateway
@@ -27,10 +27,8 @@ pytestmark = pytest.mark.integration
 
 
 def test_relevance_serves_the_tile_with_the_highest_tile_score(
-    label_studio, redis_url, redis_conn, ihc_slide, new_annotator, tmp_path, monkeypatch
+    hali_environ, label_studio, redis_url, redis_conn, ihc_slide, new_annotator, tmp_path, monkeypatch
 ):
-    for key, value in hali_env(label_studio, redis_url, tmp_path / "data").items():
-        monkeypatch.setenv(key, value)
     # No dropout: every pass is the same, U_c = 1 and only the rare term scores, so the tile scores can be
     # recomputed here exactly (MC masks depend on the row order of the job's cell table).
     settings = BackendSettings(strategy="relevance", mc_dropout=0.0, mc_passes=4)

@@ -4,7 +4,7 @@ and Label Studio still serves the top-ranked task."""
 from __future__ import annotations
 
 import pytest
-from hali_backend import hali_env, preprocess_settings
+from hali_backend import preprocess_settings
 
 from adapters.label_studio import LabelStudioGateway
 from label_config import version_name
@@ -16,10 +16,8 @@ from preprocess.run import run_preprocess
 pytestmark = pytest.mark.integration
 
 
-def test_only_the_top_k_open_tasks_get_the_new_version(label_studio, ls_client, redis_url, redis_conn, ihc_slide,
-                                                       new_annotator, tmp_path, monkeypatch):
-    for key, value in hali_env(label_studio, redis_url, tmp_path / "data").items():
-        monkeypatch.setenv(key, value)
+def test_only_the_top_k_open_tasks_get_the_new_version(hali_environ, label_studio, ls_client, redis_conn, ihc_slide,
+                                                       new_annotator):
     gateway = LabelStudioGateway.connect(label_studio.url, label_studio.api_key)
     result = run_preprocess(ihc_slide, "HALI top k", preprocess_settings(classes="Positive,Negative", mpp=0.25,
                                                                            cells_per_task=8), gateway)
