@@ -156,12 +156,16 @@ def _enqueue_merge(queue: Queue, progress: PreprocessProgress, slide_path: str, 
 
 
 def _needs_enqueue(queue: Queue, progress: PreprocessProgress, job_id: str, lease_name: str | None = None) -> bool:
-    """True when ``job_id`` is not waiting in the queue nor running under a live lease (a stale job is deleted)."""
+    """True when ``job_id`` is not waiting in the queue nor running under a live lease (a stale or lost job is
+    deleted)."""
     job = queue.fetch_job(job_id)
     if job is None:
         return True
     status = job.get_status()
-    if status in _WAITING:
+    # A worker killed between taking the job off the queue and marking it started leaves it "queued" but in
+    # no queue: it would never run, so it counts as lost.
+    lost = status == JobStatus.QUEUED and queue.get_job_position(job) is None
+    if status in _WAITING and not lost:
         return False
     lease = lease_name or job_id.removeprefix("hali-pp-")
     if status == JobStatus.STARTED and progress.lease_alive(lease):

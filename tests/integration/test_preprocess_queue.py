@@ -179,3 +179,16 @@ def test_a_lease_is_exclusive_while_renewed_and_runs_out_when_its_holder_stops(r
     redis_conn.set(f"{PREFIX}:lease:job-b", "a killed worker's token", px=200)  # no one renews it
     time.sleep(0.4)
     assert not progress.lease_alive("job-b")
+
+
+def test_a_job_taken_off_the_queue_by_a_worker_that_died_is_enqueued_again(redis_conn):
+    from preprocess.queue.jobs import _needs_enqueue
+
+    queue, progress = Queue("hali-lost", connection=redis_conn), PreprocessProgress(redis_conn)
+    waiting = queue.enqueue(print, job_id="hali-pp-s-k-waiting")
+    taken = queue.enqueue(print, job_id="hali-pp-s-k-taken")
+    redis_conn.lrem(queue.key, 0, taken.id)  # popped by a worker killed before it marked the job started
+    assert taken.get_status(refresh=True) == "queued"
+    assert not _needs_enqueue(queue, progress, waiting.id), "a job in the queue waits its turn"
+    assert _needs_enqueue(queue, progress, taken.id), "a 'queued' job in no queue would never run"
+    assert queue.fetch_job(taken.id) is None
