@@ -286,7 +286,7 @@ def label_studio_gunicorn_argv(binary: Path, env: dict[str, str], log_path: Path
     # gthread workers: Label Studio's requests block on the database; a long import or export may take minutes.
     return [str(python), "-m", "gunicorn", "--chdir", package_dir, "--bind", f"{LOOPBACK}:{port}",
             "--workers", str(workers), "--threads", "4", "--worker-class", "gthread", "--timeout", "300",
-            "--graceful-timeout", "10", "--access-logfile", "-", "core.wsgi:application"]
+            "--graceful-timeout", "10", "--access-logfile", "-", "--no-control-socket", "core.wsgi:application"]
 
 
 def reset_label_studio_password(data_dir: Path, files_root: Path, username: str, password: str,
