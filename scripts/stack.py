@@ -2,20 +2,27 @@
 
 Stdlib only, so it runs before any venv exists and the integration-test fixtures can import it::
 
-    python scripts/stack.py up       # start what is not running, then preprocess the demo slide
+    python scripts/stack.py up         # start what is not running, then preprocess the demo slide
     python scripts/stack.py status
     python scripts/stack.py down
+    python scripts/stack.py supervise  # (run by `up`) restart the backend or the worker when one dies
+
+Label Studio runs on a PostgreSQL cluster of our own under gunicorn (``HALI_LS_DB=postgres``; the default
+``auto`` does so when PostgreSQL is installed and says so when it falls back), or on its embedded SQLite with
+Django's development server (``HALI_LS_DB=sqlite``: quicker to start, but it serves one task to several
+annotators at once). The backend runs under gunicorn (``HALI_BACKEND_WORKERS``, ``HALI_LS_WORKERS``).
 
 ``up`` keeps its state under ``.state/`` (``HALI_STATE_DIR``): pid files, logs, the Label Studio
 data dir, the files root that Label Studio serves, the embeddings store and ``credentials.json``.
-Ports come from ``HALI_REDIS_PORT`` (16379), ``HALI_LS_PORT`` (8080) and ``HALI_BACKEND_PORT``
-(9090); ``up`` saves them in ``ports.json`` for ``status`` and the next ``up``.
+Ports come from ``HALI_REDIS_PORT`` (16379), ``HALI_LS_PORT`` (8080), ``HALI_BACKEND_PORT``
+(9090) and ``HALI_PG_PORT`` (15432); ``up`` saves them in ``ports.json`` for ``status`` and the next ``up``.
 
 Starting and stopping each service is ``scripts/services.py``, which the integration tests share.
 """
 
 from __future__ import annotations
 
+import functools
 import http.client
 import json
 import os
@@ -32,6 +39,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as `python scripts/stack.py`: make `scripts` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from scripts.postgres import find_postgres, label_studio_db_env, start_postgres, stop_postgres  # noqa: E402
 from scripts.services import (  # noqa: E402
     LOOPBACK,
     REPO_ROOT,
@@ -48,6 +56,7 @@ from scripts.services import (  # noqa: E402
     stop_process,
     wait_http,
 )
+from scripts.supervisor import Supervisor, log_line, read_record  # noqa: E402
 
 ADMIN_EMAIL = "admin@hali.local"
 DEMO_CLASSES = "Positive,Negative"
@@ -64,6 +73,10 @@ class StackConfig:
     redis_port: int
     ls_port: int
     backend_port: int
+    pg_port: int = 15432
+    ls_db: str = "auto"  # postgres | sqlite | auto (postgres when installed)
+    ls_workers: int = 2  # gunicorn workers of Label Studio (PostgreSQL only), 4 threads each
+    backend_workers: int = 2  # gunicorn workers of `hali serve`, 4 threads each
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> StackConfig:
@@ -75,15 +88,21 @@ class StackConfig:
         def port(var: str, key: str, default: int) -> int:
             return int(env.get(var) or saved.get(key) or default)
 
+        ls_db = env.get("HALI_LS_DB", "auto").strip().lower() or "auto"
+        if ls_db not in ("auto", "postgres", "sqlite"):
+            raise StackError(f"HALI_LS_DB={ls_db!r}: choose postgres, sqlite or auto (PostgreSQL when installed)")
         return cls(state_dir=state_dir, redis_port=port("HALI_REDIS_PORT", "redis", 16379),
                    ls_port=port("HALI_LS_PORT", "label-studio", 8080),
-                   backend_port=port("HALI_BACKEND_PORT", "backend", 9090))
+                   backend_port=port("HALI_BACKEND_PORT", "backend", 9090),
+                   pg_port=port("HALI_PG_PORT", "postgres", 15432), ls_db=ls_db,
+                   ls_workers=_positive(env, "HALI_LS_WORKERS", 2),
+                   backend_workers=_positive(env, "HALI_BACKEND_WORKERS", 2))
 
     def save_ports(self) -> None:
         """Remember the ports, so ``status`` and the next ``up`` find the services again."""
         self.state_dir.mkdir(parents=True, exist_ok=True)
         ports = {"redis": self.redis_port, "label-studio": self.ls_port,
-                 "backend": self.backend_port}
+                 "backend": self.backend_port, "postgres": self.pg_port}
         (self.state_dir / "ports.json").write_text(json.dumps(ports, indent=2) + "\n")
 
     @property
@@ -103,6 +122,10 @@ class StackConfig:
         return self.state_dir / "label-studio"
 
     @property
+    def pg_data_dir(self) -> Path:
+        return self.state_dir / "postgres" / "data"
+
+    @property
     def files_root(self) -> Path:
         return self.state_dir / "files"
 
@@ -113,11 +136,22 @@ class StackConfig:
         return self.state_dir / "logs" / f"{name}.log"
 
 
-SERVICES = ("redis", "label-studio", "backend", "worker")  # start order; down stops in reverse
-# What each service's command line contains: a pid file whose pid now names another program
+def _positive(env: Mapping[str, str], var: str, default: int) -> int:
+    value = env.get(var) or str(default)
+    if not value.isdigit() or int(value) < 1:
+        raise StackError(f"{var}={value!r}: give a whole number of at least 1")
+    return int(value)
+
+
+# start order; down stops in reverse (the supervisor first, so nothing is restarted while stopping)
+SERVICES = ("redis", "postgres", "label-studio", "backend", "worker", "supervisor")
+SUPERVISED = ("backend", "worker")
+# What each service's command line contains (any of): a pid file whose pid now names another program
 # (the pid was reused after a reboot) is stale, and that program is never signalled.
-_CMDLINE_MARKERS = {"redis": "redis-server", "label-studio": "label-studio",
-                    "backend": "ml_backend.cli", "worker": "ml_backend.cli"}
+_CMDLINE_MARKERS = {"redis": ("redis-server",), "postgres": ("bin/postgres",),
+                    "label-studio": ("label-studio", "core.wsgi:application"),
+                    "backend": ("ml_backend.cli",), "worker": ("ml_backend.cli",),
+                    "supervisor": ("stack.py supervise",)}
 
 
 @contextmanager
@@ -134,7 +168,8 @@ def load_credentials(path: Path) -> dict[str, str]:
     made once and reused by every ``up`` (a file from an older ``up`` gains the keys it lacks)."""
     creds = json.loads(path.read_text()) if path.exists() else {}
     made = {"username": ADMIN_EMAIL, "password": secrets.token_urlsafe(12), "token": secrets.token_hex(20),
-            "backend_password": secrets.token_urlsafe(16), "webhook_secret": secrets.token_urlsafe(16)}
+            "backend_password": secrets.token_urlsafe(16), "webhook_secret": secrets.token_urlsafe(16),
+            "postgres_password": secrets.token_urlsafe(16)}
     if set(made) - set(creds):
         creds = {**made, **creds}
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -155,11 +190,12 @@ def read_pid(cfg: StackConfig, name: str) -> int | None:
     return None
 
 
-def _cmdline_has(pid: int, marker: str) -> bool:
+def _cmdline_has(pid: int, markers: tuple[str, ...]) -> bool:
     cmdline = Path(f"/proc/{pid}/cmdline")
     if not cmdline.exists():  # no /proc (macOS): trust the pid file
         return True
-    return marker in cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    text = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    return any(marker in text for marker in markers)
 
 
 def write_pid(cfg: StackConfig, name: str, pid: int) -> None:
@@ -194,14 +230,19 @@ def hali_argv(*args: str) -> list[str]:
     Raises ServiceUnavailable if ``ml_backend.cli`` does not import there.
     """
     python = venv_python()
+    _check_cli_imports(python)
+    run_main = "import sys; from ml_backend.cli import main; sys.exit(main())"
+    return [str(python), "-c", run_main, *args]
+
+
+@functools.cache  # once per process: the import takes seconds, and the supervisor restarts often
+def _check_cli_imports(python: Path) -> None:
     probe = subprocess.run([str(python), "-c", "import ml_backend.cli"], cwd=REPO_ROOT,
                            capture_output=True, text=True)
     if probe.returncode != 0:
         raise ServiceUnavailable(f"the hali CLI does not import with {python} "
                                  f"(`import ml_backend.cli` failed): run `make install`.\n"
                                  f"{probe.stderr.strip()[-1500:]}")
-    run_main = "import sys; from ml_backend.cli import main; sys.exit(main())"
-    return [str(python), "-c", run_main, *args]
 
 
 def ensure_service(cfg: StackConfig, name: str, start) -> None:
@@ -220,7 +261,8 @@ def start_backend(cfg: StackConfig, env: Mapping[str, str]) -> subprocess.Popen:
     if port_in_use(cfg.backend_port):
         raise StackError(f"port {cfg.backend_port} is taken, so the backend cannot listen there: "
                          "stop what uses it or set HALI_BACKEND_PORT")
-    argv = hali_argv("serve", "--host", LOOPBACK, "--port", str(cfg.backend_port))
+    argv = hali_argv("serve", "--host", LOOPBACK, "--port", str(cfg.backend_port),
+                     "--workers", str(cfg.backend_workers))
     proc = spawn(argv, cfg.log_file("backend"), env=env, cwd=REPO_ROOT, name="hali serve")
     try:
         wait_http(f"{cfg.backend_url}/health", 60, proc)
@@ -237,6 +279,45 @@ def start_worker(cfg: StackConfig, env: Mapping[str, str]) -> subprocess.Popen:
     if proc.poll() is not None:
         raise StackError(died_message(proc, "it began to work"))
     return proc
+
+
+def ensure_database(cfg: StackConfig, creds: Mapping[str, str]) -> dict[str, str] | None:
+    """Start our PostgreSQL unless ``HALI_LS_DB=sqlite``; its variables for Label Studio, or None for SQLite.
+
+    With ``auto`` (the default) and no PostgreSQL installed, say so and fall back to SQLite."""
+    if cfg.ls_db == "sqlite":
+        return None
+    try:
+        binaries = find_postgres()
+    except ServiceUnavailable as exc:
+        if cfg.ls_db == "postgres":
+            raise
+        print(f"    NOTE: {exc}. Label Studio runs on SQLite with its development server: fine for one "
+              "annotator; with several, some tasks are served to two people at once (README).")
+        return None
+    ensure_service(cfg, "postgres", lambda: start_postgres(binaries, cfg.pg_port, cfg.pg_data_dir,
+                                                           creds["postgres_password"]))
+    return label_studio_db_env(cfg.pg_port, creds["postgres_password"])
+
+
+def start_supervisor(cfg: StackConfig) -> subprocess.Popen:
+    """``stack.py supervise`` in a process of its own, logging to ``logs/supervisor.log``."""
+    argv = [sys.executable, str(REPO_ROOT / "scripts/stack.py"), "supervise"]
+    proc = spawn(argv, cfg.log_file("supervisor"), env=os.environ, cwd=REPO_ROOT, name="supervisor")
+    time.sleep(0.5)
+    if proc.poll() is not None:
+        raise StackError(died_message(proc, "it began to watch"))
+    return proc
+
+
+def supervise(cfg: StackConfig) -> int:
+    """Restart the backend or the worker whenever one dies (``up`` runs this in the background)."""
+    env = hali_env(cfg, load_credentials(cfg.state_dir / "credentials.json"))
+    starters = {"worker": lambda: start_worker(cfg, env), "backend": lambda: start_backend(cfg, env)}
+    supervisor = Supervisor(starters, read_pid=lambda name: read_pid(cfg, name),
+                            write_pid=lambda name, pid: write_pid(cfg, name, pid),
+                            record_path=cfg.state_dir / "supervisor.json", log=log_line)
+    return supervisor.run()
 
 
 def demo_slide(cfg: StackConfig) -> tuple[Path, list[str]]:
@@ -263,11 +344,13 @@ def up(cfg: StackConfig) -> int:
     code = 0
     try:
         ensure_service(cfg, "redis", lambda: start_redis(cfg.redis_port, cfg.state_dir / "redis", persist=True))
+        database = ensure_database(cfg, creds)
         ensure_service(cfg, "label-studio", lambda: start_label_studio(
             cfg.ls_port, cfg.ls_data_dir, cfg.files_root, creds["username"], creds["password"],
-            creds["token"]))
+            creds["token"], database=database, gunicorn_workers=cfg.ls_workers if database else 0))
         ensure_service(cfg, "backend", lambda: start_backend(cfg, env))
         ensure_service(cfg, "worker", lambda: start_worker(cfg, env))
+        ensure_service(cfg, "supervisor", lambda: start_supervisor(cfg))
         slide, options = demo_slide(cfg)
         with step(f"hali preprocess {slide.name}"):
             subprocess.run(hali_argv("preprocess", str(slide), "--project", "HALI demo", *options),
@@ -295,26 +378,43 @@ def down(cfg: StackConfig) -> int:
         if pid is None:
             continue
         with step(f"stop {name} (pid {pid})"):
-            stop_pid(pid)
+            if name == "postgres":
+                stop_postgres(pid)
+            else:  # the supervisor may be starting a service: let it finish and record the pid
+                stop_pid(pid, timeout_s=90 if name == "supervisor" else 15)
         cfg.pid_file(name).unlink(missing_ok=True)
     return 0
 
 
 def status(cfg: StackConfig) -> int:
     """Print each service's pid and whether it answers; 0 if all run, 3 otherwise."""
-    checks = {"redis": lambda: redis_ping(cfg.redis_port),
+    on_postgres = read_pid(cfg, "postgres") is not None
+    checks = {"redis": lambda: redis_ping(cfg.redis_port), "postgres": lambda: port_in_use(cfg.pg_port),
               "label-studio": lambda: _answers(f"{cfg.ls_url}/health"),
               "backend": lambda: _answers(f"{cfg.backend_url}/health"),
-              "worker": lambda: True}
-    where = {"redis": cfg.redis_url, "label-studio": cfg.ls_url, "backend": cfg.backend_url,
-             "worker": str(cfg.log_file("worker"))}
+              "worker": lambda: True, "supervisor": lambda: True}
+    where = {"redis": cfg.redis_url, "postgres": f"{LOOPBACK}:{cfg.pg_port} (Label Studio's database)",
+             "label-studio": f"{cfg.ls_url} ({'PostgreSQL, gunicorn' if on_postgres else 'SQLite, dev server'})",
+             "backend": cfg.backend_url, "worker": str(cfg.log_file("worker")),
+             "supervisor": str(cfg.log_file("supervisor"))}
+    restarts = read_record(cfg.state_dir / "supervisor.json")
     all_up = True
     for name in SERVICES:
         pid = read_pid(cfg, name)
+        if name == "postgres" and pid is None and not on_postgres:
+            continue  # Label Studio on SQLite: no PostgreSQL to report
         state = "stopped" if pid is None else ("up" if checks[name]() else "not answering")
         all_up &= state == "up"
-        print(f"    {name:<13} {state:<14} pid {pid or '-':<8} {where[name]}")
+        note = _restart_note(restarts.get(name)) if name in SUPERVISED else ""
+        print(f"    {name:<13} {state:<14} pid {pid or '-':<8} {where[name]}{note}")
     return 0 if all_up else 3
+
+
+def _restart_note(record: Mapping | None) -> str:
+    if not record or not record.get("restarts"):
+        return ""
+    note = f"  (restarted {record['restarts']}x, last {record['last_restart']}"
+    return note + (f"; last error: {record['last_error'][:120]})" if record.get("last_error") else ")")
 
 
 def _answers(url: str) -> bool:
@@ -327,7 +427,7 @@ def _answers(url: str) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    commands = {"up": up, "down": down, "status": status}
+    commands = {"up": up, "down": down, "status": status, "supervise": supervise}
     if len(argv) != 1 or argv[0] not in commands:
         print(f"usage: python scripts/stack.py {'|'.join(commands)}", file=sys.stderr)
         return 2
