@@ -36,6 +36,7 @@ IO_HOMES = {
     "botocore": ("adapters/storage.py",),
     "openslide": ("adapters/slide_reader.py",),
     "flask": ("ml_backend/http/",),
+    "gunicorn": ("ml_backend/http/server.py",),
     "werkzeug": ("ml_backend/http/",),
     "redis": ("ml_backend/http/app.py", "ml_backend/labels/redis_store.py", "ml_backend/retrain/job.py",
               "ml_backend/worker.py", "preprocess/queue/", "preprocess/cli.py"),
