@@ -116,20 +116,32 @@ def make_annotators(server: Server, n: int) -> list[Annotator]:
 
 
 def work(annotator: Annotator, pid: int, submits: int, think_s: float, served: dict, latencies: list,
-         lock: threading.Lock, rng: random.Random) -> None:
-    """Take, think, submit, ``submits`` times (or until Label Studio has no task left for this user)."""
-    for _ in range(submits):
+         errors: list, lock: threading.Lock, rng: random.Random) -> None:
+    """Take, think, submit, ``submits`` times (or until Label Studio has no task left for this user). A
+    failed call (SQLite's "database is locked" is a 500) is counted in ``errors`` and the annotator goes on."""
+    done = tries = 0
+    while done < submits and tries < 3 * submits:
+        tries += 1
         t0 = time.perf_counter()
         try:
             task = annotator.next_task(pid)
         except LookupError:
             return
+        except requests.RequestException as exc:
+            with lock:
+                errors.append(f"next: {exc}"[:200])
+            continue
         with lock:
             latencies.append(time.perf_counter() - t0)
             served[task["id"]].add(annotator.user_id)
         time.sleep(rng.uniform(0.5, 1.5) * think_s)
         result = [{"from_name": "choice", "to_name": "image", "type": "choices", "value": {"choices": ["A"]}}]
-        annotator.submit(task["id"], result, lead_time=think_s, project_id=pid)
+        try:
+            annotator.submit(task["id"], result, lead_time=think_s, project_id=pid)
+            done += 1
+        except (RuntimeError, requests.RequestException) as exc:
+            with lock:
+                errors.append(f"submit: {exc}"[:200])
 
 
 def measure(server: Server, n_annotators: int, submits: int, think_s: float, seed: int) -> dict:
@@ -137,8 +149,9 @@ def measure(server: Server, n_annotators: int, submits: int, think_s: float, see
     annotators = make_annotators(server, n_annotators)
     served: dict[int, set[int]] = defaultdict(set)
     latencies: list[float] = []
+    errors: list[str] = []
     lock = threading.Lock()
-    threads = [threading.Thread(target=work, args=(a, pid, submits, think_s, served, latencies, lock,
+    threads = [threading.Thread(target=work, args=(a, pid, submits, think_s, served, latencies, errors, lock,
                                                    random.Random(seed + i)))
                for i, a in enumerate(annotators)]
     t0 = time.perf_counter()
@@ -151,8 +164,8 @@ def measure(server: Server, n_annotators: int, submits: int, think_s: float, see
                                headers={"Authorization": f"Token {server.token}"}).json()["total_annotations_number"]
     twice = sum(len(users) > 1 for users in served.values())
     return {"serves": len(latencies), "tasks": len(served), "twice": twice, "annotations": annotations,
-            "extra": annotations - len(served), "wall": wall, "p50": statistics.median(latencies),
-            "p95": percentile(latencies, 95)}
+            "extra": annotations - len(served), "errors": len(errors), "first_error": errors[:1], "wall": wall,
+            "p50": statistics.median(latencies), "p95": percentile(latencies, 95)}
 
 
 def main() -> None:
@@ -181,10 +194,10 @@ def main() -> None:
         finally:
             shutil.rmtree(root, ignore_errors=True)
     print("\n| configuration | annotators | serves | tasks served | served to >1 | extra annotations | "
-          "next p50 / p95 (s) | wall (s) |\n|---|---|---|---|---|---|---|---|")
+          "HTTP errors | next p50 / p95 (s) | wall (s) |\n|---|---|---|---|---|---|---|---|---|")
     for config, n, r in rows:
         print(f"| {config} | {n} | {r['serves']} | {r['tasks']} | {r['twice']} ({100 * r['twice'] / r['tasks']:.1f} %) "
-              f"| {r['extra']} | {r['p50']:.2f} / {r['p95']:.2f} | {r['wall']:.0f} |")
+              f"| {r['extra']} | {r['errors']} | {r['p50']:.2f} / {r['p95']:.2f} | {r['wall']:.0f} |")
     print(footer())
 
 

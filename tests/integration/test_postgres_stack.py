@@ -78,9 +78,9 @@ def test_label_studio_runs_under_gunicorn_on_postgresql(pg_label_studio):
     cmdline = Path(f"/proc/{pg_label_studio.pg_pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
     assert "postgres" in cmdline
     api = _api(pg_label_studio)
-    project = api.post(f"{pg_label_studio.url}/api/projects/", json={"title": "pg", "label_config": RECT_CONFIG})
+    project = api.post(f"{pg_label_studio.url}/api/projects/", json={"title": "on pg", "label_config": RECT_CONFIG})
     assert project.status_code == 201, project.text
-    assert api.get(f"{pg_label_studio.url}/api/projects/{project.json()['id']}/").json()["title"] == "pg"
+    assert api.get(f"{pg_label_studio.url}/api/projects/{project.json()['id']}/").json()["title"] == "on pg"
 
 
 def test_the_ui_pages_and_their_assets_load_under_gunicorn(pg_label_studio):
