@@ -276,9 +276,13 @@ def label_studio_gunicorn_argv(binary: Path, env: dict[str, str], log_path: Path
         raise ServiceUnavailable(f"gunicorn is not installed next to Label Studio ({python}): run scripts/install.sh, "
                                  f"or `{python} -m pip install gunicorn`.\n{probe.stderr.strip()[-500:]}")
     package_dir = probe.stdout.strip()
-    with open(log_path, "ab") as log:  # a cold database: every migration, 1-2 min on 2 cores
-        init = subprocess.run([str(binary), "init", "--no-browser", "--quiet"], env=env, stdout=log,
-                              stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, timeout=LS_STARTUP_TIMEOUT_S)
+    try:
+        with open(log_path, "ab") as log:  # a cold database: every migration, 1-4 min on 2 busy cores
+            init = subprocess.run([str(binary), "init", "--no-browser", "--quiet"], env=env, stdout=log,
+                                  stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, timeout=2 * LS_STARTUP_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        raise StackError(f"`label-studio init` (migrations) did not finish within {2 * LS_STARTUP_TIMEOUT_S:.0f} s; "
+                         f"last lines of {log_path}:\n{log_tail(log_path)}") from None
     if init.returncode != 0:
         raise StackError(f"`label-studio init` (migrations) failed with exit code {init.returncode}; "
                          f"last lines of {log_path}:\n{log_tail(log_path)}")
