@@ -235,7 +235,8 @@ class LabelStudioGateway:
         elif extra:  # a project connected before the backend had a password: give Label Studio the new one
             for backend in known:
                 with self._calling(f"set the credentials of ML backend {backend.id}"):
-                    self._client.ml.update(id=backend.id, url=backend.url, **extra)
+                    # project too: Label Studio validates an update by calling the backend's /setup for it (500 without)
+                    self._client.ml.update(id=backend.id, url=backend.url, project=project_id, **extra)
         if webhook_headers:
             self._set_webhook_headers(project_id, backend_url.rstrip("/") + "/webhook", webhook_headers)
 
