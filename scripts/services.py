@@ -288,9 +288,11 @@ def label_studio_gunicorn_argv(binary: Path, env: dict[str, str], log_path: Path
                          f"last lines of {log_path}:\n{log_tail(log_path)}")
     env["DJANGO_SETTINGS_MODULE"] = "core.settings.label_studio"
     # gthread workers: Label Studio's requests block on the database; a long import or export may take minutes.
+    # Keep-alive 20 s, not gunicorn's 2 s: a client reusing a connection the server just closed gets a reset.
     return [str(python), "-m", "gunicorn", "--chdir", package_dir, "--bind", f"{LOOPBACK}:{port}",
             "--workers", str(workers), "--threads", "4", "--worker-class", "gthread", "--timeout", "300",
-            "--graceful-timeout", "10", "--access-logfile", "-", "--no-control-socket", "core.wsgi:application"]
+            "--graceful-timeout", "10", "--keep-alive", "20", "--access-logfile", "-", "--no-control-socket",
+            "core.wsgi:application"]
 
 
 def reset_label_studio_password(data_dir: Path, files_root: Path, username: str, password: str,
