@@ -25,7 +25,6 @@ from __future__ import annotations
 import functools
 import http.client
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -255,8 +254,6 @@ def down(cfg: StackConfig) -> int:
         with step(f"stop {name} (pid {pid})"):
             if name == "postgres":
                 stop_postgres(pid)
-            elif name in ("backend", "label-studio"):  # gunicorn's quick shutdown: its graceful one waits 10 s
-                stop_pid(pid, first_signal=signal.SIGINT)
             else:  # the supervisor may be starting a service: let it finish and record the pid
                 stop_pid(pid, timeout_s=90 if name == "supervisor" else 15)
         cfg.pid_file(name).unlink(missing_ok=True)
