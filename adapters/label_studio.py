@@ -254,6 +254,35 @@ class LabelStudioGateway:
     def project_url(self, project_id: int) -> str:
         return f"{self.url}/projects/{project_id}/data"
 
+    # --- for the dashboard (ml_backend/dashboard/publish.py) ---
+
+    def user_names(self) -> dict[int, str]:
+        """User id -> e-mail of every user of the server (annotators are named so on the dashboard)."""
+        with self._calling("list users"):
+            return {int(u.id): str(u.email or u.username or u.id) for u in self._client.users.list()}
+
+    def prediction_versions(self, prediction_ids: Sequence[int]) -> dict[int, str]:
+        """Prediction id -> its ``model_version``, read a few at a time; deleted predictions are left out."""
+        def version(pid: int) -> str | None:
+            try:
+                with self._calling(f"read prediction {pid}"):
+                    return self._client.predictions.get(id=pid).model_version
+            except LabelStudioError:
+                return None  # deleted meanwhile (404): the caller dates the annotation instead
+
+        with ThreadPoolExecutor(max_workers=_ANNOTATION_READERS) as pool:
+            found = dict(zip(prediction_ids, pool.map(version, prediction_ids)))
+        return {int(k): str(v) for k, v in found.items() if v is not None}
+
+    def backend_urls(self, project_id: int) -> list[str]:
+        """URLs of the ML backends connected to the project."""
+        with self._calling(f"list ML backends of project {project_id}"):
+            return [b.url.rstrip("/") for b in self._client.ml.list(project=project_id)]
+
+    def set_description(self, project_id: int, description: str) -> None:
+        with self._calling(f"update the description of project {project_id}"):
+            self._client.projects.update(id=project_id, description=description)
+
     @contextmanager
     def _calling(self, what: str) -> Iterator[None]:
         try:

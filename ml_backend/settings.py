@@ -53,6 +53,14 @@ class BackendSettings(SharedSettings):
         "all annotators open before the next retrain (about one task per retrain each)"
     )
     query_budget: int = Field(100, ge=1, description="cells the strategy picks before they roll up to tiles")
+    gold_share: float = Field(
+        0.1, ge=0.0, lt=1.0, description="share of labelled cells held out of training (chosen by a hash of the "
+        "cell id, so fixed) to score each model version on: the dashboard's learning curve; 0 turns it off"
+    )
+    public_url: str = Field(
+        "", description="the backend's URL as browsers reach it, for the dashboard link in the project's "
+        "description; empty: the URL Label Studio connects to"
+    )
     seed: int = 0
     torch_threads: int = Field(
         1, ge=1, description="torch threads per process: the head is tiny, and more threads only add overhead"

@@ -7,6 +7,7 @@ POST /predict  class suggestions for the given tasks, from cached embeddings
 POST /webhook  records new cell labels, enqueues a retrain every ``retrain_every`` labels; never trains
 GET /versions  the project's model versions
 GET /status/<project>  labels pending and what the last retrain did
+GET /dashboard/<p>, /metrics  the project manager's page and figures (ml_backend/http/dashboard.py)
 =========== =================================================================================
 
 Errors are JSON ``{"error": "..."}`` with a 4xx/5xx status, never a traceback.
@@ -28,6 +29,7 @@ from adapters.errors import StorageError, StorageKeyError
 from adapters.settings import redacted_url
 from label_config import LabelConfigError, TileTask, parse_label_set, version_name
 from ml_backend.errors import NotPreprocessedError, UnknownCellError, WebhookError
+from ml_backend.http.dashboard import dashboard_blueprint
 from ml_backend.http.webhook import AnnotationsDeleted, Ignored, LabelsWritten, TrainingRequested, parse_webhook
 from ml_backend.labels.records import annotation_record
 from ml_backend.labels.redis_store import RedisLabelStore
@@ -51,6 +53,7 @@ def create_app(settings: BackendSettings | None = None, redis: Redis | None = No
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_mb * 1024 * 1024  # larger bodies: 413
     _register_errors(app, settings)
     app.before_request(lambda: _check_basic_auth(settings))
+    app.register_blueprint(dashboard_blueprint(settings, store))  # /dashboard/<p>, /metrics
 
     @app.get("/health")
     @app.get("/")

@@ -22,9 +22,11 @@ import numpy as np
 
 from adapters.label_studio import LabelStudioGateway
 from label_config import LabelSet, TileTask, nuclei_only, parse_label_set, rank_to_score, version_name
+from ml_backend.dashboard.publish import publish_dashboard
 from ml_backend.errors import NotPreprocessedError
 from ml_backend.labels.records import merge_labels, records_from_tasks
 from ml_backend.labels.redis_store import RedisLabelStore
+from ml_backend.model.gold import gold_cells, gold_scores, training_labels
 from ml_backend.model.learners import Learner, make_learner
 from ml_backend.model.store import ModelStore
 from ml_backend.ordering.ranking import rank_tiles
@@ -106,7 +108,9 @@ def _retrain(project_id: int, settings: BackendSettings, gateway: LabelStudioGat
     layout = DataLayout(settings.data_dir, settings.ls_files_root)
     models = ModelStore(layout.models_dir(project_id))
     tables = tables_storage(settings)
-    cells = _gather_cells(tiles, open_ids, labels, targets, EmbeddingIndex(tables))
+    # the gold set (HALI_GOLD_SHARE, fixed by cell id) is never trained on: each version is scored on it
+    index = EmbeddingIndex(tables)
+    cells = _gather_cells(tiles, open_ids, training_labels(labels, settings.gold_share), targets, index)
     cells = _add_drawn_cells(cells, records, tiles, targets, DrawnCellEmbedder(tables))
     strategy = get_strategy(settings.strategy)
     if needs_mc_passes(strategy):
@@ -129,9 +133,12 @@ def _retrain(project_id: int, settings: BackendSettings, gateway: LabelStudioGat
     gateway.import_predictions(project_id, _predictions(top, tiles, cells, shown, targets, version_name(version)))
     laps.lap("push")
     meta = _meta(label_set, labels, head, settings, n_drawn=int((cells.task_ids == -1).sum()))
+    gold = _gold_metrics(tiles, labels, targets, head, settings, index)
+    meta["metrics"].update(gold, n_train=int((cells.y >= 0).sum()))
     models.save(version, head, meta)
     gateway.serve_version(project_id, version_name(version))  # last: the switch makes the new order live
     laps.lap("switch")
+    publish_dashboard(project_id, settings, gateway, tasks, tiles, records, labels, label_set, models.root)
     return RetrainReport(project_id, version, version_name(version), len(labels), len(open_ids), order[:5],
                          {**meta["metrics"], "seconds_by_phase": laps.seconds}, time.perf_counter() - t0)
 
@@ -213,6 +220,14 @@ def _fit_head(cells: _Cells, n_classes: int, settings: BackendSettings, mc: bool
     head = make_learner(settings.learner, n_classes, optimizer=settings.optimizer, random_state=settings.seed,
                         dropout=settings.mc_dropout if mc else 0.0)
     return head.fit(cells.features[labelled], cells.y[labelled])
+
+
+def _gold_metrics(tiles: dict[int, TileTask], labels: dict[str, str], targets: list[str], head: Learner,
+                  settings: BackendSettings, index: EmbeddingIndex) -> dict[str, Any]:
+    """``{"gold": {n, accuracy, balanced_accuracy}}`` of ``head``'s suggestions on the held-out gold cells."""
+    features, y = gold_cells(tiles, labels, settings.gold_share, targets, index)
+    predicted = head.suggest_proba(features).argmax(axis=1) if len(y) else y
+    return {"gold": gold_scores(y, predicted)}
 
 
 def _rank_open_tasks(
