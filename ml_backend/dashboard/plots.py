@@ -14,6 +14,7 @@ from matplotlib.figure import Figure
 
 _SIZE_IN = (6.4, 3.2)
 _DPI = 90
+_MAX_BARS = 40
 
 
 def _png(fig: Figure) -> bytes:
@@ -31,7 +32,7 @@ def _empty(ax, text: str) -> None:
 def progress_png(snapshot: Mapping[str, Any]) -> bytes:
     """Labelled cells per slide, stacked by class, with the share of the slide's tasks done."""
     slides = snapshot["progress"]["slides"]
-    fig = Figure(figsize=(_SIZE_IN[0], max(2.0, 0.45 * len(slides) + 1.0)))
+    fig = Figure(figsize=(_SIZE_IN[0], max(_SIZE_IN[1], 0.35 * len(slides) + 1.2)))
     ax = fig.add_subplot()
     if not slides:
         _empty(ax, "no tasks yet")
@@ -48,8 +49,8 @@ def progress_png(snapshot: Mapping[str, Any]) -> bytes:
         ax.text(left[i], i, f"  {row['tasks_done']}/{row['tasks']} tasks", va="center", fontsize=7)
     ax.set_xlabel("labelled cells")
     ax.invert_yaxis()
-    ax.legend(fontsize=7, loc="lower right")
-    ax.margins(x=0.2)
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=len(snapshot["targets"]))
+    ax.margins(x=0.25)
     return _png(fig)
 
 
@@ -82,16 +83,19 @@ def acceptance_png(snapshot: Mapping[str, Any]) -> bytes:
     if not rows:
         _empty(ax, "no suggestion judged yet")
         return _png(fig)
-    names = [v.replace("hali-", "") for v in rows]
+    numbers = [int(v.rsplit("v", 1)[-1]) if v.rsplit("v", 1)[-1].isdigit() else i for i, v in enumerate(rows)]
     shares = [r["kept_share"] for r in rows.values()]
-    bars = ax.bar(names, shares, color="#2ca02c")
-    for bar, r in zip(bars, rows.values()):
-        ax.text(bar.get_x() + bar.get_width() / 2, bar.get_height(), str(r["kept"] + r["changed"]),
-                ha="center", va="bottom", fontsize=7)
+    judged = [r["kept"] + r["changed"] for r in rows.values()]
+    if len(rows) <= _MAX_BARS:
+        ax.bar(numbers, shares, color="#2ca02c")
+        for x, share, n in zip(numbers, shares, judged):
+            ax.text(x, share, str(n), ha="center", va="bottom", fontsize=7)
+        ax.set_xlabel("model version (numbers: suggestions judged)")
+    else:  # hundreds of bars and labels take seconds to draw and cannot be read
+        ax.plot(numbers, shares, ".", color="#2ca02c", ms=4)
+        ax.set_xlabel(f"model version ({sum(judged):,} suggestions judged)")
     ax.set_ylim(0, 1.1)
     ax.set_ylabel("share kept")
-    ax.set_xlabel("model version (numbers: suggestions judged)")
-    ax.tick_params(axis="x", labelrotation=90 if len(names) > 12 else 0, labelsize=7)
     return _png(fig)
 
 

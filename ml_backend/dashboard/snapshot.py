@@ -93,9 +93,6 @@ def status_line(snapshot: Mapping[str, Any], dashboard_url: str) -> str:
     share = snapshot.get("kept_share")
     kept = "no suggestion judged yet" if share is None else f"{share:.0%} of suggestions kept"
     parts = [f"{snapshot.get('n_labels', 0):,} labels", f"model {snapshot.get('model_version') or 'none yet'}", kept]
-    curve = snapshot.get("learning_curve") or []
-    if curve and curve[-1].get("balanced_accuracy") is not None:
-        parts.append(f"gold balanced accuracy {curve[-1]['balanced_accuracy']:.0%}")
     return f"{STATUS_MARK} " + " · ".join(parts) + (f" · dashboard {dashboard_url}" if dashboard_url else "")
 
 
