@@ -19,7 +19,7 @@ import threading
 from pathlib import Path
 
 from flask import Blueprint, Response, jsonify, request, send_file
-from werkzeug.exceptions import BadRequest, NotFound, Unauthorized
+from werkzeug.exceptions import BadRequest, NotFound, ServiceUnavailable, Unauthorized
 
 from ml_backend.dashboard.page import render_empty, render_page
 from ml_backend.dashboard.store import DashboardFiles
@@ -109,8 +109,11 @@ def _all_snapshots(data_dir: Path) -> list[dict]:
 
 
 def _draw(name: str, snapshot: dict) -> bytes:
-    from ml_backend.dashboard.plots import PLOTS  # matplotlib loads here, on the first plot asked for
-
+    try:
+        from ml_backend.dashboard.plots import PLOTS  # matplotlib loads here, on the first plot asked for
+    except ImportError as exc:
+        raise ServiceUnavailable(f"the dashboard's plots need matplotlib ({exc}); pip install 'matplotlib>=3.8' "
+                                 "into the backend's environment") from None
     return PLOTS[name](snapshot)
 
 
