@@ -184,3 +184,33 @@ def test_the_page_renders_every_section_and_escapes_names():
                     "Coverage"):
         assert heading in html
     assert 'ann &#34;quoted&#34;' in html and 'ann "quoted"' not in html
+
+
+def test_the_coverage_map_tints_done_tasks_and_dots_labelled_cells_on_a_white_canvas():
+    import io
+
+    from PIL import Image
+
+    from ml_backend.dashboard.coverage import coverage_png
+
+    done = _tile(4, "t1")
+    open_ = TileTask("t2", "s1", "/img.png", 90, 400, 200, 30, 1.0, 0.5,
+                     tuple(CellBox(f"o{i}", 100 + 20 * i, 400, 10, 10) for i in range(4)))
+    labels = {done.cells[0].cell_id: "Tumor"}
+    image = np.asarray(Image.open(io.BytesIO(coverage_png([done, open_], {"t1"}, labels, {"Tumor": (255, 0, 0)}))))
+    assert image.shape[2] == 3 and image.shape[0] > 400
+    x, y = 105, 105  # the labelled cell's centre (downsample 1: canvas pixels are level-0 px)
+    assert tuple(image[y, x]) == (255, 0, 0)
+    assert tuple(image[102, 150]) != (255, 255, 255)  # the done task is tinted
+    assert tuple(image[405, 130]) == (255, 255, 255) and tuple(image[400, 130]) == (150, 150, 150)  # open: outlined
+
+
+@pytest.mark.parametrize("name", ["progress", "annotators", "acceptance", "learning"])
+def test_every_plot_draws_a_png_with_data_and_without(name):
+    from ml_backend.dashboard.plots import PLOTS
+
+    full = _snapshot()
+    empty = {**full, "progress": {"slides": {}, "total": full["progress"]["total"]}, "labels_over_time": {},
+             "acceptance": {}, "learning_curve": []}
+    for snapshot in (full, empty):
+        assert PLOTS[name](snapshot)[:4] == b"\x89PNG"
