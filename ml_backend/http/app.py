@@ -109,7 +109,7 @@ def _on_labels(event: LabelsWritten, store: RedisLabelStore, queue: Queue, setti
     labels = parse_label_set(event.label_config)
     tile = TileTask.from_task_data(event.task_data)
     rec, problems = annotation_record(event.task_id, tile, event.result, labels, event.cancelled, event.updated_at,
-                                      event.from_prediction)
+                                      event.from_prediction, **(event.lineage or {}))
     pending = store.record(event.project_id, event.annotation_id, rec)
     job = enqueue_retrain(queue, store, event.project_id, settings) if pending >= settings.retrain_every else None
     body = {"recorded": len(rec.labels), "drawn": len(rec.drawn), "pending": pending, "job": job}

@@ -1,7 +1,8 @@
 """``run_retrain``: the job that turns new labels into a new model version and a new queue order.
 
-Reads every task and annotation from Label Studio (the source of truth, so a lost webhook loses no
-label), fits the classifier head on the labelled cells' frozen embeddings, predicts every open task,
+Reads the labels from the backend's Redis mirror, first reconciled with Label Studio for the tasks updated
+since the last sync (so a lost webhook loses no label, at a cost bounded by what changed; see
+:mod:`ml_backend.labels.reconcile`), and the tiles from the task maps preprocessing wrote; fits the classifier head on the labelled cells' frozen embeddings, predicts every open task,
 lets the query strategy pick the most useful cells (among those not predicted "Not a nucleus": the model
 learns that answer like a class, and active learning does not chase debris), ranks open tasks by how many
 picked cells they hold,
@@ -23,7 +24,7 @@ import numpy as np
 from adapters.label_studio import LabelStudioGateway
 from label_config import LabelSet, TileTask, nuclei_only, parse_label_set, rank_to_score, version_name
 from ml_backend.errors import NotPreprocessedError
-from ml_backend.labels.records import merge_labels, records_from_tasks
+from ml_backend.labels.mirror import read_labels
 from ml_backend.labels.redis_store import RedisLabelStore
 from ml_backend.model.learners import Learner, make_learner
 from ml_backend.model.store import ModelStore
@@ -96,13 +97,9 @@ def _retrain(project_id: int, settings: BackendSettings, gateway: LabelStudioGat
     t0, laps = time.perf_counter(), _Laps()
     label_set = parse_label_set(gateway.get_project(project_id).label_config)
     targets = list(label_set.targets)
-    tasks = list(gateway.iter_tasks(project_id))
-    tiles = {t["id"]: TileTask.from_task_data(t["data"]) for t in tasks}
-    records = records_from_tasks(tasks, tiles, label_set)
-    store.replace_all(project_id, records)  # the mirror now matches Label Studio, lost webhooks included
-    labels = merge_labels(records)
+    view = read_labels(project_id, gateway, store, label_set, tables_storage(settings))  # mirror, reconciled
+    tiles, records, labels, open_ids = view.tiles, view.records, view.labels, view.open_ids
     laps.lap("read")
-    open_ids = [t["id"] for t in tasks if not t["annotations"]]
     layout = DataLayout(settings.data_dir, settings.ls_files_root)
     models = ModelStore(layout.models_dir(project_id))
     tables = tables_storage(settings)
@@ -125,7 +122,7 @@ def _retrain(project_id: int, settings: BackendSettings, gateway: LabelStudioGat
     version = models.next_version()
     # Only the top of the queue gets this version's prediction: Label Studio serves those tasks (static mode)
     # until the next version, so pushing every open task only made the retrain grow with the project.
-    top = order[: settings.predictions_top_k]
+    top = view.first(order)[: settings.predictions_top_k]  # a task's further reader (overlap) sees boxes
     gateway.import_predictions(project_id, _predictions(top, tiles, cells, shown, targets, version_name(version)))
     laps.lap("push")
     meta = _meta(label_set, labels, head, settings, n_drawn=int((cells.task_ids == -1).sum()))
