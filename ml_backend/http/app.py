@@ -6,7 +6,7 @@ POST /setup  the model version the project should show
 POST /predict  class suggestions for the given tasks, from cached embeddings
 POST /webhook  records new cell labels, enqueues a retrain every ``retrain_every`` labels; never trains
 GET /versions  the project's model versions
-GET /status/<project>  labels pending and what the last retrain did
+GET /status/<project>  labels pending, what the last retrain did, and a warning when labels wait too long
 =========== =================================================================================
 
 Errors are JSON ``{"error": "..."}`` with a 4xx/5xx status, never a traceback.
@@ -32,6 +32,7 @@ from ml_backend.http.webhook import AnnotationsDeleted, Ignored, LabelsWritten, 
 from ml_backend.labels.records import annotation_record
 from ml_backend.labels.redis_store import RedisLabelStore
 from ml_backend.model.store import ModelStore, ModelStoreError
+from ml_backend.retrain.catchup import stale_warning
 from ml_backend.retrain.job import enqueue_retrain
 from ml_backend.settings import BackendSettings
 from ml_backend.suggestions.embeddings import tables_storage
@@ -98,7 +99,8 @@ def create_app(settings: BackendSettings | None = None, redis: Redis | None = No
     @app.get("/status/<int:project_id>")
     def status(project_id: int):
         return jsonify(pending=store.pending(project_id), retrain_every=settings.retrain_every,
-                       last_retrain=store.status(project_id) or None)
+                       last_retrain=store.status(project_id) or None,
+                       stale=stale_warning(store, project_id, settings.stale_retrain_s))
 
     return app
 
