@@ -84,6 +84,12 @@ class LabelStudioGateway:
                 description="Cells segmented and ranked by HALI; press Submit to accept the suggestions.",
             )
 
+    def set_overlap(self, project_id: int, readers: int, share: float) -> None:
+        """Have ``share`` (0..1) of the tasks read by ``readers`` annotators each (Label Studio's overlap)."""
+        with self._calling(f"set the overlap of project {project_id}"):
+            self._client.projects.update(id=project_id, maximum_annotations=readers,
+                                         overlap_cohort_percentage=round(100 * share))
+
     def get_project(self, project_id: int) -> Any:
         with self._calling(f"read project {project_id}"):
             return self._client.projects.get(id=project_id)

@@ -92,6 +92,8 @@ def run_preprocess(
     timer = _Timer()
     project = ensure_project(gateway, project_title, settings.class_list(), settings.mark)  # fail fast: LS down
     _attach_tile_storage(gateway, project.id, layout, storage, settings.s3_presign)  # and if LS cannot read S3
+    if settings.overlap_share > 0:
+        gateway.set_overlap(project.id, settings.overlap_readers, settings.overlap_share)
     with OpenSlideReader(slide_path, mpp=settings.mpp) as reader:
         tiles, n_cells = _load_or_make_tiles(reader, settings, layout, timer, storage)
         with timer("tile images"):

@@ -52,6 +52,7 @@ PURE_CORE = [
     "ml_backend/model/head.py", "ml_backend/model/training.py", "ml_backend/ordering/coreset.py",
     "ml_backend/ordering/strategies.py", "ml_backend/ordering/ranking.py", "ml_backend/ordering/relevance.py",
     "ml_backend/suggestions/predictions.py", "ml_backend/labels/records.py", "ml_backend/http/webhook.py",
+    "ml_backend/labels/lineage.py", "ml_backend/labels/agreement.py",
 ]
 PURE_PARSERS = ("label_studio_sdk.label_interface",)  # what the pure core may take from an I/O library
 
