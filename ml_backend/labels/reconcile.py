@@ -11,10 +11,13 @@ with a 1 s timeout, and a backend or Redis that is down loses them. Two reconcil
   annotations differ from the mirror, and also drops the annotations of deleted tasks. It runs when a worker
   starts, when a project has no sync mark, and every ``HALI_FULL_RECONCILE_S``.
 
-The mark is Label Studio's own newest ``updated_at`` seen (no clock skew between machines); each incremental
-read starts :data:`MARK_MARGIN_S` before it, so a save whose transaction committed late is still read (reading
-a task twice changes nothing). Both return a :class:`ReconcileReport`; ``changed`` counts cell labels new,
-changed or removed, which the scheduled reconcile adds to the pending count (a retrain does not: its changes
+The sync mark is a time such that every save Label Studio stamped no later than it has been read: the wall time
+when a reconcile started minus :data:`MARK_MARGIN_S`, which covers a save whose transaction committed a little
+after it was stamped and a clock difference between this machine and Label Studio's of up to about that much
+(a larger one is caught by the next full reconcile). So a read lists the tasks saved in the last
+:data:`MARK_MARGIN_S` seconds again (reading a task twice changes nothing), and a big import leaves the window
+that long after it. Both return a :class:`ReconcileReport`; ``changed`` counts cell labels new, changed or
+removed, which the scheduled reconcile adds to the pending count (a retrain does not: its changes
 are trained on at once).
 """
 
@@ -33,7 +36,7 @@ from ml_backend.labels.redis_store import RedisLabelStore
 
 log = logging.getLogger(__name__)
 
-MARK_MARGIN_S = 5.0
+MARK_MARGIN_S = 30.0
 _ANNOTATION_FIELDS = "annotations,result,was_cancelled,completed_by,lead_time,parent_prediction,created_at,updated_at"
 _LEAN_FIELDS = f"id,overlap,{_ANNOTATION_FIELDS}"
 _FULL_FIELDS = f"id,data,overlap,{_ANNOTATION_FIELDS},predictions,model_version,score"
@@ -54,17 +57,18 @@ class ReconcileReport:
 
 
 def reconcile_incremental(project_id: int, gateway: LabelStudioGateway, store: RedisLabelStore,
-                          labels: LabelSet, count_pending: bool = False) -> ReconcileReport:
+                          labels: LabelSet, count_pending: bool = False,
+                          margin_s: float = MARK_MARGIN_S) -> ReconcileReport:
     """Read the tasks updated since the sync mark into the mirror (a full reconcile when there is no mark)."""
-    mark = store.sync_mark(project_id)
+    mark, started = store.sync_mark(project_id), datetime.now(timezone.utc)
     if mark is None:
-        return reconcile_full(project_id, gateway, store, labels, count_pending)
-    tasks = list(gateway.list_tasks(project_id, _FULL_FIELDS, updated_after=_minus(mark, MARK_MARGIN_S)))
+        return reconcile_full(project_id, gateway, store, labels, count_pending, margin_s)
+    tasks = list(gateway.list_tasks(project_id, _FULL_FIELDS, updated_after=mark))
     mirror = store.records(project_id)
     upserts, removed = _task_changes(tasks, mirror, labels)
     changed = store.apply(project_id, upserts, removed)
     store.set_overlaps(project_id, {int(t["id"]): int(t.get("overlap") or 1) for t in tasks})
-    new_mark = max([mark, *(str(t.get("updated_at") or "") for t in tasks)])
+    new_mark = max(_parse(mark), started - timedelta(seconds=margin_s)).isoformat()
     store.set_sync_mark(project_id, new_mark)
     if count_pending:
         store.add_pending(project_id, changed)
@@ -72,8 +76,9 @@ def reconcile_incremental(project_id: int, gateway: LabelStudioGateway, store: R
 
 
 def reconcile_full(project_id: int, gateway: LabelStudioGateway, store: RedisLabelStore, labels: LabelSet,
-                   count_pending: bool = False) -> ReconcileReport:
+                   count_pending: bool = False, margin_s: float = MARK_MARGIN_S) -> ReconcileReport:
     """Make the mirror equal to Label Studio: every task listed lean, the ones that differ read in full."""
+    started = datetime.now(timezone.utc)
     lean = list(gateway.list_tasks(project_id, _LEAN_FIELDS + ",updated_at"))
     mirror = store.records(project_id)
     stale = [int(t["id"]) for t in lean if _differs(t, mirror)]
@@ -83,7 +88,7 @@ def reconcile_full(project_id: int, gateway: LabelStudioGateway, store: RedisLab
     removed = sorted(set(mirror) - listed)
     changed = store.apply(project_id, upserts, removed)
     store.set_overlaps(project_id, {int(t["id"]): int(t.get("overlap") or 1) for t in lean}, replace=True)
-    mark = max((str(t.get("updated_at") or "") for t in lean), default="") or _now_iso()
+    mark = (started - timedelta(seconds=margin_s)).isoformat()
     store.set_sync_mark(project_id, mark, full=True)
     if count_pending:
         store.add_pending(project_id, changed)
@@ -131,10 +136,6 @@ def _differs(task: Mapping[str, Any], mirror: Mapping[int, AnnotationRecord]) ->
     return False
 
 
-def _minus(iso: str, seconds: float) -> str:
-    when = datetime.fromisoformat(iso.replace("Z", "+00:00")) - timedelta(seconds=seconds)
-    return when.isoformat()
-
-
-def _now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat()
+def _parse(iso: str) -> datetime:
+    when = datetime.fromisoformat(iso.replace("Z", "+00:00"))
+    return when if when.tzinfo else when.replace(tzinfo=timezone.utc)

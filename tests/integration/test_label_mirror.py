@@ -19,7 +19,7 @@ from label_config import NOT_NUCLEUS_LABEL, parse_label_set, version_name
 from ml_backend.labels.agreement import agreement_report
 from ml_backend.labels.lineage import cell_labels
 from ml_backend.labels.mirror import read_labels
-from ml_backend.labels.reconcile import MARK_MARGIN_S, reconcile_incremental
+from ml_backend.labels.reconcile import reconcile_incremental
 from ml_backend.labels.redis_store import RedisLabelStore
 from ml_backend.retrain.run import run_retrain
 from ml_backend.settings import BackendSettings
@@ -53,15 +53,16 @@ def test_incremental_reconcile_reads_only_tasks_updated_since_the_sync(hali_envi
     maps = read_task_maps(LocalStorage(hali_environ), pid)
     assert sorted(maps[result.slide_id].values()) == sorted(t.id for t in ls_client.tasks.list(project=pid))
     store, labels = RedisLabelStore(redis_conn), parse_label_set(ls_client.projects.get(id=pid).label_config)
-    assert reconcile_incremental(pid, gateway, store, labels).kind == "full"  # no sync mark yet
-    time.sleep(MARK_MARGIN_S)  # each read starts this long before the newest update seen: the import
+    margin = 2.0  # each read lists again the tasks saved in the last `margin` s (MARK_MARGIN_S, 30 s, by default)
+    assert reconcile_incremental(pid, gateway, store, labels, margin_s=margin).kind == "full"  # no sync mark yet
+    time.sleep(margin)  # the import leaves the window
 
     annotator = new_annotator()
     task = annotator.next_task(pid)
     regions, parent = _labelled(task, ["Positive", "Negative", "Positive"])
     ann = annotator.submit(task["id"], regions, lead_time=6.0, parent_prediction=parent, project_id=pid)
 
-    report = reconcile_incremental(pid, gateway, store, labels)  # no webhook: the backend never heard of it
+    report = reconcile_incremental(pid, gateway, store, labels, margin_s=margin)  # no webhook: the backend never heard of it
     assert (report.kind, report.written, report.changed) == ("incremental", 1, 3)
     rec = store.records(pid)[ann["id"]]
     assert (rec.task_id, rec.completed_by, rec.lead_time, rec.parent_prediction) == (task["id"], annotator.user_id,
@@ -69,10 +70,10 @@ def test_incremental_reconcile_reads_only_tasks_updated_since_the_sync(hali_envi
     assert rec.model_version == version_name(0) and len(rec.suggested) == len(regions)
     assert {r.action for r in cell_labels(store.records(pid))} == {"labelled"}  # the first boxes suggest no class
 
-    again = reconcile_incremental(pid, gateway, store, labels)
+    again = reconcile_incremental(pid, gateway, store, labels, margin_s=margin)
     assert (again.tasks_read, again.written, again.changed) == (1, 0, 0)  # of 38 tasks, the one updated
     ls_client.annotations.delete(id=ann["id"])
-    gone = reconcile_incremental(pid, gateway, store, labels)
+    gone = reconcile_incremental(pid, gateway, store, labels, margin_s=margin)
     assert (gone.removed, gone.changed) == (1, 3) and store.records(pid) == {}
 
 
