@@ -44,6 +44,10 @@ class RedisLabelStore:
     def __init__(self, redis: Redis) -> None:
         self._r = redis
 
+    @classmethod
+    def from_url(cls, url: str) -> RedisLabelStore:
+        return cls(Redis.from_url(url))
+
     def record(self, project_id: int, annotation_id: int, rec: AnnotationRecord) -> int:
         """Store one annotation; returns the project's pending count after adding its new or changed labels."""
         key = _key(project_id, "annotations")

@@ -16,6 +16,7 @@ from hali_backend import preprocess_settings
 from adapters.label_studio import LabelStudioGateway
 from adapters.storage import LocalStorage
 from label_config import NOT_NUCLEUS_LABEL, parse_label_set, version_name
+from ml_backend.cli import main
 from ml_backend.labels.agreement import agreement_report
 from ml_backend.labels.lineage import cell_labels
 from ml_backend.labels.mirror import read_labels
@@ -78,7 +79,7 @@ def test_incremental_reconcile_reads_only_tasks_updated_since_the_sync(hali_envi
 
 
 def test_three_readers_keep_their_labels_and_the_consensus_trains(hali_environ, label_studio, ls_client, redis_conn,
-                                                                  ihc_slide, new_annotator):
+                                                                  ihc_slide, new_annotator, tmp_path, capsys):
     gateway = LabelStudioGateway.connect(label_studio.url, label_studio.api_key)
     pid = _project(gateway, ihc_slide, "HALI mirror overlap", overlap_share=1.0, overlap_readers=3).project_id
     store, settings = RedisLabelStore(redis_conn), BackendSettings(predictions_top_k=2)
@@ -111,6 +112,11 @@ def test_three_readers_keep_their_labels_and_the_consensus_trains(hali_environ, 
 
     trained = run_retrain(pid, settings, gateway, store)
     assert trained.metrics["per_class"]["Positive"] == sum(v == "Positive" for v in view.labels.values())
+
+    assert main(["labels", "--project", str(pid), "--out", str(tmp_path / "lineage.csv")]) == 0
+    printed = capsys.readouterr().out
+    assert "by 3 annotators" in printed and "Cohen's kappa" in printed
+    assert len((tmp_path / "lineage.csv").read_text().splitlines()) == 1 + len(cell_labels(store.records(pid)))
 
 
 def test_labels_submitted_while_the_backend_is_down_reach_a_retrain_without_another_submit(

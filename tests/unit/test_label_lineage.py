@@ -75,3 +75,17 @@ def test_pairwise_cohen_matches_sklearn_on_the_cells_both_labelled():
     report = agreement_report(records, ["A", "B"])
     assert report["cells"] == 5 and set(report["fleiss_kappa_per_class"]) == {"A", "B"}
     assert report["fleiss_kappa"] is not None
+
+
+def test_label_summary_and_lineage_csv(tmp_path):
+    from ml_backend.labels.cli import format_summary, label_summary, write_lineage_csv
+
+    records = {1: _rec(9, {"c1": "A", "c2": "B"}, 1, "t1", suggested={"c1": ["A", 0.8]}),
+               2: _rec(9, {"c1": "B", "c2": "B"}, 2, "t2")}
+    rows = cell_labels(records)
+    summary = label_summary(3, records, rows, ["A", "B"])
+    assert (summary["annotations"], summary["annotators"], summary["labelled_cells"], summary["conflicts"]) == (2, 2, 2, 1)
+    assert summary["actions"]["kept"] == 1 and "Fleiss' kappa" in format_summary(summary)
+    write_lineage_csv(tmp_path / "l.csv", rows, records)
+    lines = (tmp_path / "l.csv").read_text().splitlines()
+    assert lines[0].endswith("consensus,agreement,conflict") and len(lines) == 5
