@@ -135,7 +135,7 @@ def _register_errors(app: Flask, settings: BackendSettings) -> None:
     app.register_error_handler(
         RedisError,
         lambda e: answer(503, f"Redis at {redacted_url(settings.redis_url)} is unreachable ({e.__class__.__name__}); start it. "
-                              "No label is lost: the next retrain re-reads every annotation from Label Studio"),
+                              "No label is lost: the worker's reconcile reads it from Label Studio"),
     )
     app.register_error_handler(HTTPException, lambda e: answer(e.code or 500, e.description or e.name))
     app.register_error_handler(
