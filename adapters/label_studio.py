@@ -19,7 +19,7 @@ import logging
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -344,8 +344,8 @@ class LabelStudioGateway:
 
 def _ls_time(iso: str) -> str:
     """``iso`` as Label Studio's Datetime filter parses it: ``%Y-%m-%dT%H:%M:%S.%fZ`` (UTC)."""
-    when = datetime.fromisoformat(iso.replace("Z", "+00:00"))
-    when = when.astimezone(timezone.utc) if when.tzinfo else when
+    when = datetime.fromisoformat(iso)
+    when = when.astimezone(UTC) if when.tzinfo else when
     return when.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 

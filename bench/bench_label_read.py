@@ -35,21 +35,21 @@ from redis import Redis
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from adapters.label_studio import LabelStudioGateway  # noqa: E402
-from adapters.storage import LocalStorage  # noqa: E402
-from bench import benchutil  # noqa: E402
-from bench.live_retrain import _start_label_studio  # noqa: E402
-from bench.synthetic import CLASSES, make_slide  # noqa: E402
-from label_config import TileTask, build_label_config, cell_to_region, parse_label_set  # noqa: E402
-from ml_backend.labels.mirror import project_tiles, read_labels  # noqa: E402
-from ml_backend.labels.reconcile import MARK_MARGIN_S, reconcile_full, reconcile_incremental  # noqa: E402
-from ml_backend.labels.records import records_from_tasks  # noqa: E402
-from ml_backend.labels.redis_store import RedisLabelStore  # noqa: E402
-from ml_backend.retrain.job import frozen_gc  # noqa: E402
-from ml_backend.retrain.run import run_retrain  # noqa: E402
-from ml_backend.settings import BackendSettings  # noqa: E402
-from preprocess.layout import DataLayout, write_slide_meta, write_task_map  # noqa: E402
-from scripts import services  # noqa: E402
+from adapters.label_studio import LabelStudioGateway
+from adapters.storage import LocalStorage
+from bench import benchutil
+from bench.live_retrain import _start_label_studio
+from bench.synthetic import CLASSES, make_slide
+from label_config import TileTask, build_label_config, cell_to_region, parse_label_set
+from ml_backend.labels.mirror import project_tiles, read_labels
+from ml_backend.labels.reconcile import MARK_MARGIN_S, reconcile_full, reconcile_incremental
+from ml_backend.labels.records import records_from_tasks
+from ml_backend.labels.redis_store import RedisLabelStore
+from ml_backend.retrain.job import frozen_gc
+from ml_backend.retrain.run import run_retrain
+from ml_backend.settings import BackendSettings
+from preprocess.layout import DataLayout, write_slide_meta, write_task_map
+from scripts import services
 
 CELLS_PER_TASK = 20
 
@@ -95,7 +95,7 @@ def _run(settings: BackendSettings, args: argparse.Namespace) -> None:
     rows.append(("full reconcile (worker start, every HALI_FULL_RECONCILE_S)",
                  _median(lambda: reconcile_full(pid, gateway, store, labels), args.repeats)))
     time.sleep(MARK_MARGIN_S)  # past the import, as a project in use is
-    read = lambda: read_labels(pid, gateway, store, labels, tables)  # noqa: E731
+    read = lambda: read_labels(pid, gateway, store, labels, tables)
     rows.append(("after: read_labels, nothing new since the last sync", _median(read, args.repeats)))
     rows.append(("  of which the incremental reconcile (one request)",
                  _median(lambda: reconcile_incremental(pid, gateway, store, labels), args.repeats)))

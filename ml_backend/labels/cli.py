@@ -64,8 +64,8 @@ def format_summary(s: dict[str, Any]) -> str:
         return "n/a" if v is None else f"{v:.3f}"
 
     a = s["agreement"]
-    lines = [f"project {s['project_id']}: {s['annotations']} annotations by {s['annotators']} annotators, "
-             f"{s['labelled_cells']} labelled cells, {s['conflicts']} in conflict",
+    lines = [(f"project {s['project_id']}: {s['annotations']} annotations by {s['annotators']} annotators, "
+              f"{s['labelled_cells']} labelled cells, {s['conflicts']} in conflict"),
              "actions: " + ", ".join(f"{name} {n}" for name, n in s["actions"].items()),
              f"cells read by 2+ annotators: {a['cells']}; Fleiss' kappa {k(a['fleiss_kappa'])}",
              "per class: " + ", ".join(f"{c} {k(v)}" for c, v in a["fleiss_kappa_per_class"].items())]

@@ -26,7 +26,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from adapters.label_studio import LabelStudioGateway
@@ -60,7 +60,7 @@ def reconcile_incremental(project_id: int, gateway: LabelStudioGateway, store: R
                           labels: LabelSet, count_pending: bool = False,
                           margin_s: float = MARK_MARGIN_S) -> ReconcileReport:
     """Read the tasks updated since the sync mark into the mirror (a full reconcile when there is no mark)."""
-    mark, started = store.sync_mark(project_id), datetime.now(timezone.utc)
+    mark, started = store.sync_mark(project_id), datetime.now(UTC)
     if mark is None:
         return reconcile_full(project_id, gateway, store, labels, count_pending, margin_s)
     tasks = list(gateway.list_tasks(project_id, _FULL_FIELDS, updated_after=mark))
@@ -78,7 +78,7 @@ def reconcile_incremental(project_id: int, gateway: LabelStudioGateway, store: R
 def reconcile_full(project_id: int, gateway: LabelStudioGateway, store: RedisLabelStore, labels: LabelSet,
                    count_pending: bool = False, margin_s: float = MARK_MARGIN_S) -> ReconcileReport:
     """Make the mirror equal to Label Studio: every task listed lean, the ones that differ read in full."""
-    started = datetime.now(timezone.utc)
+    started = datetime.now(UTC)
     lean = list(gateway.list_tasks(project_id, _LEAN_FIELDS + ",updated_at"))
     mirror = store.records(project_id)
     stale = [int(t["id"]) for t in lean if _differs(t, mirror)]
@@ -137,5 +137,5 @@ def _differs(task: Mapping[str, Any], mirror: Mapping[int, AnnotationRecord]) ->
 
 
 def _parse(iso: str) -> datetime:
-    when = datetime.fromisoformat(iso.replace("Z", "+00:00"))
-    return when if when.tzinfo else when.replace(tzinfo=timezone.utc)
+    when = datetime.fromisoformat(iso)
+    return when if when.tzinfo else when.replace(tzinfo=UTC)

@@ -112,12 +112,12 @@ def record_from_annotation(
     model version and suggestions (a parent already deleted leaves them unknown)."""
     parent = ann.get("parent_prediction")
     shown = next((p for p in predictions if parent is not None and p.get("id") == parent), None)
-    lineage = dict(
-        completed_by=_user_id(ann.get("completed_by")), created_at=str(ann.get("created_at") or ""),
-        lead_time=None if ann.get("lead_time") is None else float(ann["lead_time"]),
-        parent_prediction=None if parent is None else int(parent),
-        model_version=str((shown or {}).get("model_version") or ""), suggested=suggestions_of(shown or {}),
-    )
+    lineage = {
+        "completed_by": _user_id(ann.get("completed_by")), "created_at": str(ann.get("created_at") or ""),
+        "lead_time": None if ann.get("lead_time") is None else float(ann["lead_time"]),
+        "parent_prediction": None if parent is None else int(parent),
+        "model_version": str((shown or {}).get("model_version") or ""), "suggested": suggestions_of(shown or {}),
+    }
     return annotation_record(task_id, tile, ann.get("result") or [], labels, bool(ann.get("was_cancelled")),
                              str(ann.get("updated_at") or ""), parent is not None, **lineage)
 

@@ -25,9 +25,9 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
-import time
 from dataclasses import asdict, fields
 from typing import Any
 

@@ -78,7 +78,7 @@ def catch_up_forever(settings: BackendSettings, store: RedisLabelStore, queue: Q
             gateway = gateway or LabelStudioGateway.connect(settings.ls_url, settings.ls_api_key.get_secret_value())
             for project_id in known_projects(store, layout):
                 _tick(project_id, settings, gateway, store, queue, started)
-        except Exception as exc:  # the thread's edge: Label Studio or Redis down must not end the loop
+        except Exception as exc:  # noqa: BLE001  (the thread's edge: LS or Redis down must not end the loop)
             log.warning("reconcile paused (%s: %s); trying again in %g s", exc.__class__.__name__, exc, delay)
 
 
