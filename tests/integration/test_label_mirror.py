@@ -157,3 +157,19 @@ def _wait(condition, timeout_s: float, what: str, tmp_path) -> None:
 
 def _version(prediction) -> str | None:
     return prediction.get("model_version") if isinstance(prediction, dict) else prediction.model_version
+
+
+def test_status_warns_when_labels_wait_too_long_for_a_retrain(redis_url, redis_conn, tmp_path):
+    from ml_backend.http.app import create_app
+
+    settings = BackendSettings(redis_url=redis_url, data_dir=tmp_path / "data", stale_retrain_s=60)
+    client = create_app(settings).test_client()
+    store = RedisLabelStore(redis_conn)
+    assert client.get("/status/5").get_json()["stale"] is None
+    store.add_pending(5, 3)
+    assert client.get("/status/5").get_json()["stale"] is None  # 3 labels, just now
+    redis_conn.set("hali:p:5:pending-since", time.time() - 120)
+    stale = client.get("/status/5").get_json()["stale"]
+    assert "3 labels have waited 120 s" in stale and "HALI_STALE_RETRAIN_S" in stale
+    store.start_retrain(5)
+    assert client.get("/status/5").get_json()["stale"] is None
