@@ -28,15 +28,16 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.benchutil import footer, header, median_seconds, timed  # noqa: E402
-from label_config import NOT_NUCLEUS_LABEL, CellBox, LabelSet, TileTask, cells_to_regions  # noqa: E402
-from ml_backend.dashboard.coverage import coverage_png  # noqa: E402
-from ml_backend.dashboard.metrics import annotation_facts  # noqa: E402
-from ml_backend.dashboard.snapshot import build_snapshot  # noqa: E402
-from ml_backend.dashboard.store import DashboardFiles  # noqa: E402
-from ml_backend.http.dashboard import dashboard_blueprint  # noqa: E402
-from ml_backend.settings import BackendSettings  # noqa: E402
-from preprocess.layout import DataLayout  # noqa: E402
+from bench.benchutil import footer, header, median_seconds, timed
+from label_config import NOT_NUCLEUS_LABEL, CellBox, LabelSet, TileTask, cells_to_regions
+from ml_backend.dashboard.coverage import coverage_png
+from ml_backend.dashboard.metrics import facts_from_records
+from ml_backend.dashboard.snapshot import build_snapshot
+from ml_backend.dashboard.store import DashboardFiles
+from ml_backend.http.dashboard import dashboard_blueprint
+from ml_backend.labels.records import record_from_annotation
+from ml_backend.settings import BackendSettings
+from preprocess.layout import DataLayout
 
 LABELS = LabelSet(("Tumor", "Lymphocyte", "Stroma", "Other"))
 COLOURS = {"Tumor": (214, 39, 40), "Lymphocyte": (31, 119, 180), "Stroma": (44, 160, 44), "Other": (255, 127, 14),
@@ -106,8 +107,11 @@ def main() -> None:
           f"{len(by_annotation):,} annotations, {len(merged):,} labelled cells; {args.versions} versions "
           f"(synthetic project built in {build_s:.1f} s)")
 
+    records = {int(ann["id"]): record_from_annotation(ann, task["id"], tiles[task["id"]], LABELS)[0]
+               for task in tasks for ann in task["annotations"]}  # the label mirror's records
+
     def snapshot():
-        facts = annotation_facts(tasks, tiles, by_annotation, LABELS, names)
+        facts = facts_from_records(records, tiles, names)
         return build_snapshot(1, facts, tiles, merged, LABELS.targets, sidecars(args.versions), versions, COLOURS, 0.1)
 
     rows = []

@@ -21,6 +21,7 @@ from ml_backend.classify import cli as classify_cli
 from ml_backend.errors import BackendError
 from ml_backend.export import cli as export_cli
 from ml_backend.http.app import create_app
+from ml_backend.labels import cli as labels_cli
 from ml_backend.retrain.job import retrain_job
 from ml_backend.settings import BackendSettings
 from ml_backend.simulation import cli as simulation_cli
@@ -75,6 +76,7 @@ def _parser() -> argparse.ArgumentParser:
     simulation_cli.add_commands(sub)
     export_cli.add_commands(sub)
     classify_cli.add_commands(sub)
+    labels_cli.add_commands(sub)
     return parser
 
 

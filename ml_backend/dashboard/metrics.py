@@ -1,4 +1,4 @@
-"""What a project manager wants to know, from Label Studio's annotations (pure).
+"""What a project manager wants to know, from the label mirror's annotation records (pure).
 
 One :class:`AnnotationFact` per submitted annotation (who, when, how long, which prediction it started from,
 its cell labels, and how many of the model's suggestions it kept or changed); the figures of the dashboard
@@ -23,7 +23,7 @@ from datetime import datetime
 from itertools import combinations
 from typing import Any
 
-from label_config import FROM_NAME, NOT_NUCLEUS_LABEL, LabelSet, TileTask
+from label_config import NOT_NUCLEUS_LABEL, TileTask
 
 
 @dataclass(frozen=True)
@@ -42,54 +42,29 @@ class AnnotationFact:
     changed: int  # suggestions relabelled, moved or deleted
 
 
-def annotation_facts(tasks: Iterable[Mapping[str, Any]], tiles: Mapping[int, TileTask],
-                     labels_by_annotation: Mapping[int, Mapping[str, str]], label_set: LabelSet,
-                     names: Mapping[int, str] | None = None) -> list[AnnotationFact]:
-    """Facts of every submitted annotation of ``tasks`` (``{"id", "annotations"}`` as the gateway lists them).
+def facts_from_records(records: Mapping[int, Any], tiles: Mapping[int, TileTask],
+                       names: Mapping[int, str] | None = None) -> list[AnnotationFact]:
+    """Facts of every submitted annotation in the label mirror (annotation id -> ``AnnotationRecord``).
 
-    ``labels_by_annotation``: annotation id -> its cell labels (``records_from_tasks``); ``names``: user id ->
-    what the dashboard calls them (their e-mail); unknown users are named by id.
+    Kept and changed come from the regions' ``origin`` the record kept; a box deleted from a task that showed
+    a prediction (its cell labelled "Not a nucleus" with no region left) counts as changed.
     """
     names = names or {}
     facts = []
-    for task in tasks:
-        tile = tiles[task["id"]]
-        for ann in task.get("annotations") or []:
-            if ann.get("was_cancelled"):
-                continue
-            aid = int(ann["id"])
-            labels = dict(labels_by_annotation.get(aid, {}))
-            kept, changed = _suggestion_outcome(ann.get("result") or [], tile, labels, label_set,
-                                                ann.get("parent_prediction") is not None)
-            user = _user_id(ann.get("completed_by"))
-            facts.append(AnnotationFact(
-                aid, int(task["id"]), tile.slide_id, names.get(user, f"user {user}") if user is not None else "?",
-                iso_seconds(ann.get("updated_at") or ann.get("created_at")), float(ann.get("lead_time") or 0.0),
-                ann.get("parent_prediction"), labels, kept, changed))
+    for aid, rec in records.items():
+        if rec.cancelled or rec.task_id not in tiles:
+            continue
+        kept = sum(1 for c in rec.labels if rec.origins.get(c) == "prediction")
+        changed = sum(1 for c in rec.labels if rec.origins.get(c) == "prediction-changed")
+        if rec.parent_prediction is not None:
+            changed += sum(1 for c, lab in rec.labels.items() if lab == NOT_NUCLEUS_LABEL and c not in rec.origins)
+        user = rec.completed_by
+        facts.append(AnnotationFact(
+            int(aid), rec.task_id, tiles[rec.task_id].slide_id,
+            names.get(user, f"user {user}") if user is not None else "?",
+            iso_seconds(rec.updated_at or rec.created_at), float(rec.lead_time or 0.0), rec.parent_prediction,
+            dict(rec.labels), kept, changed))
     return facts
-
-
-def _suggestion_outcome(result: Sequence[Mapping[str, Any]], tile: TileTask, labels: Mapping[str, str],
-                        label_set: LabelSet, from_prediction: bool) -> tuple[int, int]:
-    """(kept, changed) suggestions of one annotation: pre-drawn boxes by their ``origin``, plus deleted boxes."""
-    known = {c.cell_id for c in tile.cells}
-    kept = changed = 0
-    present = set()
-    for region in result:
-        rid = str(region.get("id", ""))
-        if region.get("from_name") != FROM_NAME or rid not in known:
-            continue
-        present.add(rid)
-        names = (region.get("value") or {}).get(region.get("type") or "") or []
-        if len(names) != 1 or names[0] == label_set.neutral:
-            continue
-        if region.get("origin") == "prediction":
-            kept += 1
-        elif region.get("origin") == "prediction-changed":
-            changed += 1
-    if from_prediction:
-        changed += sum(1 for c, lab in labels.items() if lab == NOT_NUCLEUS_LABEL and c not in present)
-    return kept, changed
 
 
 def iso_seconds(value: Any) -> float:
@@ -100,15 +75,6 @@ def iso_seconds(value: Any) -> float:
         return datetime.fromisoformat(str(value)).timestamp()
     except ValueError:
         return 0.0
-
-
-def _user_id(completed_by: Any) -> int | None:
-    if isinstance(completed_by, Mapping):
-        completed_by = completed_by.get("id")
-    try:
-        return int(completed_by)
-    except (TypeError, ValueError):
-        return None
 
 
 def labels_per_hour(facts: Iterable[AnnotationFact]) -> dict[str, dict[str, Any]]:

@@ -19,7 +19,7 @@ from adapters.label_studio import LabelStudioGateway
 from adapters.slide_reader import OpenSlideReader
 from label_config import LabelSet, TileTask
 from ml_backend.dashboard.coverage import MAX_SIDE_PX, coverage_png
-from ml_backend.dashboard.metrics import AnnotationFact, annotation_facts
+from ml_backend.dashboard.metrics import AnnotationFact, facts_from_records
 from ml_backend.dashboard.snapshot import build_snapshot, status_line, with_status_line
 from ml_backend.dashboard.store import DashboardFiles
 from ml_backend.export.formats import label_colours
@@ -33,7 +33,7 @@ MAX_PREDICTION_LOOKUPS = 400  # per retrain; the rest are dated by time now and 
 
 
 def publish_dashboard(project_id: int, settings: BackendSettings, gateway: LabelStudioGateway,
-                      tasks: Sequence[Mapping[str, Any]], tiles: Mapping[int, TileTask],
+                      tiles: Mapping[int, TileTask],
                       records: Mapping[int, AnnotationRecord], labels: Mapping[str, str], label_set: LabelSet,
                       models_dir: Path) -> dict[str, Any] | None:
     """Write the snapshot and coverage maps, update the description line; returns the snapshot (None on failure)."""
@@ -42,8 +42,7 @@ def publish_dashboard(project_id: int, settings: BackendSettings, gateway: Label
         files = DashboardFiles(models_dir)
         project = gateway.get_project(project_id)
         colours = label_colours(project.label_config)
-        facts = annotation_facts(tasks, tiles, {k: r.labels for k, r in records.items()}, label_set,
-                                 gateway.user_names())
+        facts = facts_from_records(records, tiles, gateway.user_names())
         versions = _prediction_versions(files, gateway, facts)
         snapshot = build_snapshot(project_id, facts, tiles, labels, label_set.targets, files.sidecars(), versions,
                                   colours, settings.gold_share)

@@ -12,9 +12,9 @@ from ml_backend.dashboard.metrics import (
     AnnotationFact,
     acceptance_by_version,
     agreement,
-    annotation_facts,
     annotation_versions,
     cohens_kappa,
+    facts_from_records,
     labels_per_hour,
     progress,
     version_at,
@@ -22,6 +22,7 @@ from ml_backend.dashboard.metrics import (
 from ml_backend.dashboard.page import render_page
 from ml_backend.dashboard.snapshot import STATUS_MARK, build_snapshot, status_line, with_status_line
 from ml_backend.dashboard.summary import prometheus_text, summary
+from ml_backend.labels.records import record_from_annotation
 from ml_backend.model.gold import gold_cells, gold_scores, is_gold, training_labels
 from ml_backend.retrain.run import _gather_cells
 
@@ -53,9 +54,11 @@ def test_suggestions_are_kept_by_origin_and_changed_by_origin_or_deletion():
     for region, origin in zip(result, ["prediction", "prediction", "prediction-changed"]):
         region["origin"] = origin
     labels = {c.cell_id: lab for c, lab in zip(tile.cells, ["Tumor", "Tumor", "Other", NOT_NUCLEUS_LABEL])}
-    task = {"id": 5, "annotations": [{"id": 9, "result": result, "completed_by": 3, "lead_time": 12.0,
-                                      "updated_at": "2026-12-01T10:00:00Z", "parent_prediction": 77}]}
-    (fact,) = annotation_facts([task], {5: tile}, {9: labels}, LABELS, {3: "ann@lab"})
+    ann = {"id": 9, "result": result, "completed_by": 3, "lead_time": 12.0, "updated_at": "2026-12-01T10:00:00Z",
+           "parent_prediction": 77}
+    record, _ = record_from_annotation(ann, 5, tile, LABELS)  # what the label mirror keeps
+    assert record.labels == labels
+    (fact,) = facts_from_records({9: record}, {5: tile}, {3: "ann@lab"})
     assert (fact.kept, fact.changed, fact.annotator, fact.prediction_id) == (2, 2, "ann@lab", 77)
     rows = acceptance_by_version([fact], {9: "hali-v0003"})
     assert rows == {"hali-v0003": {"annotations": 1, "kept": 2, "changed": 2, "kept_share": 0.5}}

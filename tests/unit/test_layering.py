@@ -58,6 +58,7 @@ PURE_CORE = [
     "ml_backend/suggestions/predictions.py", "ml_backend/labels/records.py", "ml_backend/http/webhook.py",
     "ml_backend/model/gold.py", "ml_backend/dashboard/metrics.py", "ml_backend/dashboard/snapshot.py",
     "ml_backend/dashboard/coverage.py", "ml_backend/dashboard/summary.py", "ml_backend/dashboard/page.py",
+    "ml_backend/labels/lineage.py", "ml_backend/labels/agreement.py",
 ]
 PURE_PARSERS = ("label_studio_sdk.label_interface",)  # what the pure core may take from an I/O library
 
