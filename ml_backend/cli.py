@@ -22,6 +22,7 @@ from ml_backend.errors import BackendError
 from ml_backend.export import cli as export_cli
 from ml_backend.http.app import create_app
 from ml_backend.http.server import serve_gunicorn
+from ml_backend.labels import cli as labels_cli
 from ml_backend.retrain.job import retrain_job
 from ml_backend.settings import BackendSettings
 from ml_backend.simulation import cli as simulation_cli
@@ -80,6 +81,7 @@ def _parser() -> argparse.ArgumentParser:
     simulation_cli.add_commands(sub)
     export_cli.add_commands(sub)
     classify_cli.add_commands(sub)
+    labels_cli.add_commands(sub)
     return parser
 
 

@@ -241,6 +241,8 @@ def up(cfg: StackConfig) -> int:
     print(f"\nup took {time.monotonic() - start:.1f} s")
     status(cfg)
     print(f"\nOpen {cfg.ls_url} and log in as {creds['username']} / {creds['password']}")
+    print(f"Dashboard of a project: {cfg.backend_url}/dashboard/<project id>, "
+          f"login hali / {creds['backend_password']} (after its first retrain)")
     print("Stop everything with: make down   (or: python scripts/stack.py down)")
     return code
 
