@@ -180,11 +180,11 @@ def main() -> int:
         ki67, by_class = score_ki67(label_fn, args.data, args.radius_px)
         report(f"Ki-67 DeepLIIF (mpp {KI67_MPP})", ki67, with_pq=False)
         print("recall by class: " + ", ".join(f"{k} {f}/{n} = {f / max(n, 1):.3f}" for k, (f, n) in by_class.items()))
-    print(f"\nspeed: {consep_mps:.2f} MP/s on 256x256 CoNSeP patches")
+    print(f"\nspeed: {consep_mps:.2f} MP/s on 256x256 CoNSeP patches ({1 / consep_mps:.2f} s per 1000x1000 px)")
     slide = None if args.no_slide else slide_throughput(label_fn, args.data)
     if slide:
         print(f"speed: {slide[0]:.2f} MP/s on a {SLIDE_WINDOW_PX}x{SLIDE_WINDOW_PX} window of CMU-1-Small-Region "
-              f"({slide[1]} nuclei)")
+              f"({1 / slide[0]:.2f} s per 1000x1000 px at 20x; {slide[1]} nuclei)")
     return 0
 
 
