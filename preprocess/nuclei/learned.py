@@ -128,8 +128,8 @@ def labels_from_maps(fg_prob: np.ndarray, distance: np.ndarray, rgb: np.ndarray,
                      post: Postprocess = DEFAULT_POSTPROCESS) -> np.ndarray:
     """int32 (rows, cols) instance map, 0 background and nuclei 1..N, from the two maps of ``rgb``.
 
-    Markers: see :class:`Postprocess`. Connected nuclear pixels without a marker of their own become one nucleus. Objects under
-    ``post.min_area_um2`` or over :data:`MAX_AREA_UM2`, and artefact-coloured ones, are dropped.
+    Markers: see :class:`Postprocess`. Connected nuclear pixels without a marker of their own become one
+    nucleus. Objects under ``post.min_area_um2`` or over :data:`MAX_AREA_UM2`, and artefact-coloured ones, are dropped.
     """
     foreground = fg_prob > post.foreground
     cores = foreground & (distance > post.core)
