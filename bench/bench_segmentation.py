@@ -7,7 +7,8 @@
 Scores a label function ``f(rgb uint8 (rows, cols, 3), mpp) -> int (rows, cols) instance map``
 (default :func:`preprocess.nuclei.learned.label_nuclei_learned`, the product's H&E default; with
 ``--postprocess`` the packaged U-Net with some of its post-processing thresholds replaced, a JSON object of
-:class:`preprocess.nuclei.learned.Postprocess` fields; with ``--segmenter-weights`` the HoVer-Net segmenter that ``hali preprocess --segmenter-weights`` uses, e.g. one
+:class:`preprocess.nuclei.learned.Postprocess` fields; with ``--segmenter-weights`` the HoVer-Net segmenter
+that ``hali preprocess --segmenter-weights`` uses, e.g. one
 written by ``hali train-segmenter``) on
 
 - CoNSeP 256x256 patches at 40x (mpp 0.25) with instance maps: detection precision/recall/F1, each
