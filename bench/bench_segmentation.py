@@ -2,10 +2,13 @@
 
     .venv/bin/python bench/bench_segmentation.py [--split test] [--limit N] [--segmenter module:function]
     .venv/bin/python bench/bench_segmentation.py --segmenter-weights CKPT [--device cuda] [--no-slide]
+    .venv/bin/python bench/bench_segmentation.py --postprocess '{"core": 0.2, "min_area_um2": 1.5, "marker_h": 0.1}'
 
 Scores a label function ``f(rgb uint8 (rows, cols, 3), mpp) -> int (rows, cols) instance map``
 (default :func:`preprocess.nuclei.learned.label_nuclei_learned`, the product's H&E default; with
-``--segmenter-weights`` the HoVer-Net segmenter that ``hali preprocess --segmenter-weights`` uses, e.g. one
+``--postprocess`` the packaged U-Net with some of its post-processing thresholds replaced, a JSON object of
+:class:`preprocess.nuclei.learned.Postprocess` fields; with ``--segmenter-weights`` the HoVer-Net segmenter
+that ``hali preprocess --segmenter-weights`` uses, e.g. one
 written by ``hali train-segmenter``) on
 
 - CoNSeP 256x256 patches at 40x (mpp 0.25) with instance maps: detection precision/recall/F1, each
@@ -26,7 +29,9 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import importlib
+import json
 import statistics
 import sys
 import time
@@ -150,6 +155,19 @@ def hovernet_label_fn(weights: Path, device: str, batch_size: int) -> LabelFn:
     return HoVerNetSegmenter(weights, device=device, batch_size=batch_size).label_nuclei
 
 
+def learned_label_fn(overrides: str) -> LabelFn:
+    """``label_nuclei`` of the packaged U-Net with the :class:`Postprocess` fields in JSON ``overrides`` replaced."""
+    from preprocess.nuclei.learned import LearnedSegmenter
+
+    segmenter = LearnedSegmenter()
+    try:
+        segmenter.post = dataclasses.replace(segmenter.post, **json.loads(overrides))
+    except (ValueError, TypeError) as err:
+        raise SystemExit(f"--postprocess {overrides!r}: {err}; give a JSON object of Postprocess fields, "
+                         f"e.g. '{{\"core\": 0.2, \"marker_h\": 0.1}}'") from err
+    return segmenter.label_nuclei
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--split", default="test", choices=("train", "test"))
@@ -159,6 +177,7 @@ def main() -> int:
                         help="module:function; the classical one: preprocess.nuclei.segment:label_nuclei")
     parser.add_argument("--segmenter-weights", type=Path,
                         help="score HoVer-Net with these weights (as hali preprocess --segmenter-weights)")
+    parser.add_argument("--postprocess", help="JSON object of the packaged U-Net's Postprocess fields to replace")
     parser.add_argument("--device", default="auto", help="HoVer-Net device: auto, cpu or cuda")
     parser.add_argument("--batch-size", type=int, default=8, help="HoVer-Net patches per forward pass (1 on CPU)")
     parser.add_argument("--no-ki67", action="store_true", help="skip the Ki-67 tiles")
@@ -171,6 +190,8 @@ def main() -> int:
     if args.segmenter_weights:
         label_fn = hovernet_label_fn(args.segmenter_weights, args.device, args.batch_size)
         name = f"HoVer-Net {args.segmenter_weights}"
+    elif args.postprocess:
+        label_fn, name = learned_label_fn(args.postprocess), f"learned U-Net, post-processing {args.postprocess}"
     else:
         label_fn, name = load_label_fn(args.segmenter), args.segmenter
     print(f"segmenter {name}; centroid radius {args.radius_px:g} px at 40x")
@@ -180,11 +201,11 @@ def main() -> int:
         ki67, by_class = score_ki67(label_fn, args.data, args.radius_px)
         report(f"Ki-67 DeepLIIF (mpp {KI67_MPP})", ki67, with_pq=False)
         print("recall by class: " + ", ".join(f"{k} {f}/{n} = {f / max(n, 1):.3f}" for k, (f, n) in by_class.items()))
-    print(f"\nspeed: {consep_mps:.2f} MP/s on 256x256 CoNSeP patches")
+    print(f"\nspeed: {consep_mps:.2f} MP/s on 256x256 CoNSeP patches ({1 / consep_mps:.2f} s per 1000x1000 px)")
     slide = None if args.no_slide else slide_throughput(label_fn, args.data)
     if slide:
         print(f"speed: {slide[0]:.2f} MP/s on a {SLIDE_WINDOW_PX}x{SLIDE_WINDOW_PX} window of CMU-1-Small-Region "
-              f"({slide[1]} nuclei)")
+              f"({1 / slide[0]:.2f} s per 1000x1000 px at 20x; {slide[1]} nuclei)")
     return 0
 
 

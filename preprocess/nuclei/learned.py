@@ -28,6 +28,7 @@ import torch
 from PIL import Image
 from scipy import ndimage as ndi
 from skimage.color import hed_from_rgb, rgb_from_hed
+from skimage.morphology import h_maxima
 from skimage.segmentation import watershed
 
 from preprocess.errors import SegmenterWeightsError
@@ -57,11 +58,18 @@ INK_MIN_GREEN_LEAD = 10.0  # green ink / dye: green above both red and blue (nev
 @dataclass(frozen=True)
 class Postprocess:
     """Thresholds of the maps -> instances step: ``foreground`` on the nuclear probability, ``core`` on the
-    normalised distance (markers), and the smallest nucleus kept, in um^2."""
+    normalised distance (markers), and the smallest nucleus kept, in um^2.
+
+    ``marker_h`` 0: a marker is each connected set of pixels whose distance exceeds ``core``. ``marker_h`` > 0:
+    a marker is each regional maximum of the distance map that rises at least ``marker_h`` above the saddle
+    joining it to a higher one (h-maxima) and exceeds ``core``, so two touching nuclei whose distance dips
+    only a little between them still get one marker each.
+    """
 
     foreground: float = 0.5
     core: float = 0.5
     min_area_um2: float = 3.0
+    marker_h: float = 0.0
 
     def as_dict(self) -> dict[str, float]:
         return asdict(self)
@@ -120,11 +128,14 @@ def labels_from_maps(fg_prob: np.ndarray, distance: np.ndarray, rgb: np.ndarray,
                      post: Postprocess = DEFAULT_POSTPROCESS) -> np.ndarray:
     """int32 (rows, cols) instance map, 0 background and nuclei 1..N, from the two maps of ``rgb``.
 
-    Connected nuclear pixels without a core of their own become one nucleus. Objects under
-    ``post.min_area_um2`` or over :data:`MAX_AREA_UM2`, and artefact-coloured ones, are dropped.
+    Markers: see :class:`Postprocess`. Connected nuclear pixels without a marker of their own become one
+    nucleus. Objects under ``post.min_area_um2`` or over :data:`MAX_AREA_UM2`, and artefact-coloured ones, are dropped.
     """
     foreground = fg_prob > post.foreground
     cores = foreground & (distance > post.core)
+    if post.marker_h > 0:
+        levels = np.round(np.where(foreground, np.clip(distance, 0, 1), 0) * 255).astype(np.uint8)
+        cores &= h_maxima(levels, max(1, round(post.marker_h * 255))).astype(bool)  # 1/255 steps; faster than float
     markers, n_cores = ndi.label(cores)
     blobs, n_blobs = ndi.label(foreground)
     if n_blobs == 0:

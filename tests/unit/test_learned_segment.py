@@ -126,6 +126,37 @@ def test_black_blob_found_by_the_maps_is_dropped() -> None:
     assert labels.max() == 1 and labels[30, 25] == 1 and labels[30, 75] == 0
 
 
+def _two_touching_nuclei_maps() -> tuple[np.ndarray, np.ndarray]:
+    """(foreground prob, distance), float32 (40, 60): two touching discs 12 px apart whose blurred distance
+    map dips only to 0.61 between their peaks, as the U-Net's does on a tight pair."""
+    rows, cols = np.indices((40, 60))
+    r1, r2 = np.hypot(cols - 24, rows - 20), np.hypot(cols - 36, rows - 20)
+    foreground = ((r1 <= 9) | (r2 <= 9)).astype(np.float32)
+    distance = np.maximum(np.exp(-(r1**2) / 72), np.exp(-(r2**2) / 72)) * foreground
+    return foreground, distance.astype(np.float32)
+
+
+def test_h_maxima_markers_split_two_touching_nuclei_that_a_core_threshold_merges() -> None:
+    foreground, distance = _two_touching_nuclei_maps()
+    rgb = _draw((40, 60), [(24, 20, PURPLE), (36, 20, PURPLE)])
+    merged = labels_from_maps(foreground, distance, rgb, MPP, Postprocess(foreground=0.5, core=0.5))
+    split = labels_from_maps(foreground, distance, rgb, MPP, Postprocess(foreground=0.5, core=0.2, marker_h=0.1))
+    assert merged.max() == 1
+    assert split.max() == 2 and split[20, 24] != split[20, 36]
+    assert np.allclose(_centroids(split), [[23.6, 20], [36.4, 20]], atol=1.0)
+
+
+def test_h_maxima_markers_keep_a_bumpy_large_nucleus_whole() -> None:
+    rows, cols = np.indices((60, 60))
+    radius = np.hypot(cols - 30, rows - 30)
+    foreground = (radius <= 20).astype(np.float32)
+    ripple = 0.04 * np.sin(cols / 2.0) * np.sin(rows / 2.0)  # shallow lobes, below marker_h
+    distance = (np.clip(1 - radius / 20, 0, 1) * 0.9 + ripple * foreground).astype(np.float32)
+    rgb = _draw((60, 60), [])
+    labels = labels_from_maps(foreground, distance, rgb, MPP, Postprocess(foreground=0.5, core=0.2, marker_h=0.1))
+    assert labels.max() == 1
+
+
 def test_black_pigment_is_not_a_nucleus_end_to_end() -> None:
     rgb = _draw((200, 200), [(x, y, PURPLE) for x, y in DISCS_XY[:4]] + [(150, 150, BLACK), (160, 60, BLACK)])
     found = _centroids(label_nuclei_learned(rgb, MPP))
