@@ -294,7 +294,7 @@ class LabelStudioGateway:
         elif extra:  # a project connected before the backend had a password: give Label Studio the new one
             for backend in known:
                 with self._calling(f"set the credentials of ML backend {backend.id}"):
-                    self._client.ml.update(id=backend.id, url=backend.url, **extra)
+                    self._client.ml.update(id=backend.id, url=backend.url, project=project_id, **extra)
         if webhook_headers:
             self._set_webhook_headers(project_id, backend_url.rstrip("/") + "/webhook", webhook_headers)
 
