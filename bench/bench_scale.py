@@ -86,7 +86,6 @@ def _row(n_cells: int, n_labels: int, retrains: int, top_k: int) -> str:
             slide.save_cell_table(DataLayout(root / "data", root / "ls-files"))
             gateway = LabelStudioGateway.connect(url, token, timeout_s=600)
             import_s, project_id = benchutil.timed(lambda: _make_project(gateway, slide, n_labels))
-            del slide
             out = _run_worker(env, {"project_id": project_id, "retrains": retrains})
             rows = sum(gateway.model_versions(project_id).values())
             n_tasks = gateway.get_project(project_id).task_number

@@ -20,7 +20,7 @@ For version v of project p, in order:
    (a reload, a bookmark) serves the same next task as "Label All Tasks".
 
 An exception in steps 2-4 deletes v's predictions (best effort) and propagates; a run killed there leaves
-them to step 5 of the next run. So Label Studio holds about one prediction per task: ``hali-v0000``'s, plus
+them to step 5 of the next run. A Label Studio failure in steps 5-7 is logged: v is live by then. So Label Studio holds about one prediction per task: ``hali-v0000``'s, plus
 the live version's top K and the tasks ``/predict`` answered since it went live.
 """
 
@@ -32,6 +32,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+from adapters.errors import LabelStudioError
 from adapters.label_studio import LabelStudioGateway
 from label_config import parse_version_name, version_name
 from ml_backend.model.store import ModelStore
@@ -67,11 +68,23 @@ def publish_version(
     except Exception:  # clean up, then let it propagate: the job fails and the labels stay pending
         discard_version(project_id, gateway, name)
         raise
-    pruned = prune_versions(project_id, gateway, live=name)
-    go_live(project_id, gateway, name)
-    gateway.order_first_tab(project_id, RANKED_ORDERING)
+    pruned = _after_switch(project_id, gateway, name)
     lap("prune")
     return Publication(version, name, pruned)
+
+
+def _after_switch(project_id: int, gateway: LabelStudioGateway, name: str) -> dict[str, int]:
+    """Steps 5-7. ``name`` is live already: a failure here is logged, never raised (the ranking stands, and
+    the next run prunes and renames again)."""
+    try:
+        pruned = prune_versions(project_id, gateway, live=name)
+        go_live(project_id, gateway, name)
+        gateway.order_first_tab(project_id, RANKED_ORDERING)
+    except LabelStudioError as exc:
+        log.warning("project %s: %s is live, but pruning or going live failed (%s); the next retrain retries",
+                    project_id, name, exc)
+        return {}
+    return pruned
 
 
 def reserve_version(project_id: int, gateway: LabelStudioGateway, models: ModelStore) -> int:

@@ -108,8 +108,10 @@ def test_superseded_versions_are_pruned_to_about_one_prediction_per_task(
     assert ModelStore(DataLayout(hali_environ, hali_environ / "unused").models_dir(project_id)).latest_version() == 3
 
 
+@pytest.mark.parametrize("password", ["", "pw-4-ls"], ids=["open", "basic-auth"])
 def test_a_task_outside_the_top_k_gets_its_prediction_from_predict_when_opened(
-        hali_environ, label_studio, ls_client, redis_conn, ihc_slide, new_annotator):
+        hali_environ, label_studio, ls_client, redis_conn, ihc_slide, new_annotator, monkeypatch, password):
+    monkeypatch.setenv("HALI_BACKEND_PASSWORD", password)  # renaming a locked backend must keep its credentials
     with serve_backend(BackendSettings()) as backend_url:
         project_id, annotator = _project(label_studio, ihc_slide, new_annotator, backend_url)
         gateway = _gateway(label_studio)
@@ -132,6 +134,10 @@ def test_a_task_outside_the_top_k_gets_its_prediction_from_predict_when_opened(
         labels = {r["value"]["rectanglelabels"][0] for r in predictions[0]["result"]}
         assert labels <= {"Positive", "Negative", "Not a nucleus"}, "the model's classes, not the neutral label"
         assert gateway.model_versions(project_id)[name] == 3, "Label Studio stored the /predict answer"
+        (backend,) = ls_client.ml.list(project=project_id)
+        assert backend.state != "ER" and backend.auth_method == ("BASIC_AUTH" if password else "NONE"), backend
+    # The cost of live mode (docs/predictions.md): with the backend down, Label Studio shows no prediction at all
+    assert annotator.next_task(project_id)["predictions"] == []
 
 
 def test_the_labeling_page_opened_by_url_serves_the_same_next_task_as_label_all_tasks(
