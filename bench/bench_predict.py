@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT))
 from adapters.storage import LocalStorage  # noqa: E402
 from bench import benchutil  # noqa: E402
 from bench.synthetic import CLASSES, SyntheticSlide, make_slide  # noqa: E402
-from label_config import build_label_config  # noqa: E402
+from label_config import build_label_config, parse_label_set  # noqa: E402
 from ml_backend.http.app import create_app  # noqa: E402
 from ml_backend.model.head import HeadClassifier  # noqa: E402
 from ml_backend.model.store import ModelStore  # noqa: E402
@@ -90,7 +90,9 @@ def _row(dims: int, n_cells: int, n_requests: int, cells_per_task: int) -> str:
 def _prepare(slide: SyntheticSlide, layout: DataLayout) -> None:
     """The slide's cell table and a head trained on its first 1,000 cells, as model version 1."""
     slide.save_cell_table(layout)
-    head = HeadClassifier(len(CLASSES), random_state=0).fit(slide.features[:1000], slide.y[:1000])
+    # one output per target of the config: the classes, then "Not a nucleus" (never labelled here)
+    n_targets = len(parse_label_set(CONFIG).targets)
+    head = HeadClassifier(n_targets, random_state=0).fit(slide.features[:1000], slide.y[:1000])
     ModelStore(layout.models_dir(PROJECT_ID)).save(1, head, {"classes": CLASSES})
 
 
