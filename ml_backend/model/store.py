@@ -7,7 +7,7 @@ Layout of a project directory::
     v0001.json    sidecar: version, model_version name, head hyper-parameters, classes seen, created_at,
                   and whatever the caller's meta holds (metrics, label snapshot hash, backbone, ...)
     latest.json   {"version": 1}: the version to serve
-    v0002.reserved  an empty marker created exclusively (``O_EXCL``) by :meth:`ModelStore.reserve_version`
+    v0002.reserved  a marker (its creation time) created exclusively (``O_EXCL``) by :meth:`ModelStore.reserve_version`
                   before any prediction of v0002 is written: two workers, or a run restarted after a kill,
                   never get the same number. A run that failed leaves it, so its name is never reused
 
