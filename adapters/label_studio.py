@@ -193,6 +193,65 @@ class LabelStudioGateway:
                 id=project_id, model_version=model_version, sampling=UNCERTAINTY_SAMPLING, show_collab_predictions=True
             )
 
+    # The prediction lifecycle (ml_backend/retrain/publish.py): versions, pruning, the ML backend's title, tabs.
+
+    def model_versions(self, project_id: int) -> dict[str, int]:
+        """Predictions per model version of the project (one aggregate query in Label Studio)."""
+        return dict(self._api("GET", f"api/projects/{project_id}/model-versions/",
+                              f"list the model versions of project {project_id}") or {})
+
+    def delete_model_version(self, project_id: int, model_version: str) -> int:
+        """Delete every prediction of ``model_version`` in one request; returns how many went.
+
+        Label Studio still updates each task's prediction counter (about 10 ms a row on SQLite). It also sets
+        the project's model version to None when ``model_version`` is the project's, or when an ML backend's
+        title equals the project's model version: the caller avoids both (see publish.py).
+        """
+        answer = self._api("DELETE", f"api/projects/{project_id}/model-versions/",
+                           f"delete the predictions of {model_version} in project {project_id}",
+                           json={"model_version": model_version})
+        return int((answer or {}).get("deleted_predictions", 0))
+
+    def ml_backends(self, project_id: int) -> list[Any]:
+        """The ML backends connected to the project (``id``, ``url``, ``title``, ...)."""
+        with self._calling(f"list ML backends of project {project_id}"):
+            return list(self._client.ml.list(project=project_id))
+
+    def retitle_backend(self, backend: Any, title: str) -> None:
+        """Rename an ML backend (one of :meth:`ml_backends`). Label Studio checks the backend on this request
+        (/health and /setup, three times): it needs the project, and with basic auth the method and user again
+        (a blank password keeps the stored one)."""
+        auth = {} if getattr(backend, "auth_method", None) != "BASIC_AUTH" else {
+            "auth_method": "BASIC_AUTH", "basic_auth_user": backend.basic_auth_user, "basic_auth_pass": ""}
+        with self._calling(f"rename ML backend {backend.id} to {title!r}"):
+            self._client.ml.update(id=backend.id, url=backend.url, project=backend.project, title=title, **auth)
+
+    def order_first_tab(self, project_id: int, ordering: list[str]) -> bool:
+        """Give the project's first Data Manager tab ``ordering`` unless someone sorted it already (a project
+        without tabs gets a "Default" one). The labeling page opened by URL serves tasks in that tab's order.
+        Returns whether anything changed."""
+        views = self._api("GET", "api/dm/views", f"list the tabs of project {project_id}",
+                          params={"project": project_id}) or []
+        if not views:
+            self._api("POST", "api/dm/views", f"add a tab to project {project_id}",
+                      json={"project": project_id, "data": {"title": "Default", "ordering": ordering}})
+            return True
+        first = min(views, key=lambda v: (v.get("order") or 0, v["id"]))
+        data = first.get("data") or {}
+        if data.get("ordering"):
+            return False
+        self._api("PATCH", f"api/dm/views/{first['id']}", f"sort tab {first['id']} of project {project_id}",
+                  json={"project": project_id, "data": {**data, "ordering": ordering}})
+        return True
+
+    def _api(self, method: str, path: str, what: str, **kwargs: Any) -> Any:
+        """A Label Studio API call the SDK does not wrap: its JSON answer (None when empty)."""
+        with self._calling(what):
+            resp = self._client._client_wrapper.httpx_client.request(path, method=method, **kwargs)
+            if resp.status_code >= 400:
+                raise ApiError(status_code=resp.status_code, headers=dict(resp.headers), body=resp.text[:300])
+            return resp.json() if resp.content else None
+
     def iter_tasks(self, project_id: int) -> Iterator[dict[str, Any]]:
         """Every task of the project as ``{"id", "data", "annotations"}`` dicts (predictions left out).
 

@@ -1,10 +1,12 @@
-"""`/predict` latency for one 200-cell tile, over real HTTP, with a trained model and a real redis-server.
+"""`/predict` latency for one task, over real HTTP, with a trained model and a real redis-server.
 
     .venv/bin/python bench/bench_predict.py [--quick] [--requests 300] [--cells 20000] [--dims 46,512]
+        [--cells-per-task 20]
 
 Label Studio calls ``/predict`` when an annotator opens a task that has no prediction of the served
-version (100 s timeout), so this is the wait before the boxes show their suggested classes. A synthetic
-slide of ``--cells`` cells in 200-cell tiles is written as a cell table, a head trained on 1,000 of its
+version (100 s timeout; for HALI: a task outside the top K, docs/predictions.md), so this is the wait before
+the boxes show their suggested classes (Label Studio adds its own /health and /setup calls and the storing).
+A synthetic slide of ``--cells`` cells in ``--cells-per-task`` tiles (20, HALI_CELLS_PER_TASK's default) is written as a cell table, a head trained on 1,000 of its
 cells is saved in the project's model store, and the real Flask app (threaded werkzeug server, as
 bench_webhook.py) answers on a free loopback port with a real redis-server beside it. After 5 warm-up
 requests (the first loads the model and the cell table), ``--requests`` posts of one task each, for
@@ -35,7 +37,7 @@ sys.path.insert(0, str(ROOT))
 from adapters.storage import LocalStorage  # noqa: E402
 from bench import benchutil  # noqa: E402
 from bench.synthetic import CLASSES, SyntheticSlide, make_slide  # noqa: E402
-from label_config import build_label_config  # noqa: E402
+from label_config import build_label_config, parse_label_set  # noqa: E402
 from ml_backend.http.app import create_app  # noqa: E402
 from ml_backend.model.head import HeadClassifier  # noqa: E402
 from ml_backend.model.store import ModelStore  # noqa: E402
@@ -54,19 +56,19 @@ def main() -> int:
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no access-log line per request
     n = args.requests or (30 if args.quick else 300)
     dims = [int(d) for d in (args.dims or ("46" if args.quick else "46,512")).split(",")]
-    print(benchutil.header("/predict latency, one 200-cell tile per request",
+    print(benchutil.header(f"/predict latency, one {args.cells_per_task}-cell task per request",
                            " ".join(["bench/bench_predict.py", *sys.argv[1:]])))
-    print(f"\nslide of {args.cells:,} cells in 200-cell tiles; {n} requests after 5 warm-up ones; milliseconds")
+    print(f"\nslide of {args.cells:,} cells in {args.cells_per_task}-cell tasks; {n} requests after 5 warm-up ones; milliseconds")
     print("| features | HTTP median | HTTP p95 | HTTP max | Flask app, no socket | Predictor.predict | response KiB |")
     print("|---:|---:|---:|---:|---:|---:|---:|")
     for d in dims:
-        print(_row(d, args.cells, n), flush=True)
+        print(_row(d, args.cells, n, args.cells_per_task), flush=True)
     print(benchutil.footer())
     return 0
 
 
-def _row(dims: int, n_cells: int, n_requests: int) -> str:
-    slide = make_slide(n_cells, dims, seed=dims)
+def _row(dims: int, n_cells: int, n_requests: int, cells_per_task: int) -> str:
+    slide = make_slide(n_cells, dims, cells_per_tile=cells_per_task, seed=dims)
     with tempfile.TemporaryDirectory(prefix="hali-bench-") as tmp:
         root, port = Path(tmp), services.free_port()
         settings = BackendSettings(data_dir=root / "data", ls_files_root=root / "files", queue_name="bench",
@@ -88,7 +90,9 @@ def _row(dims: int, n_cells: int, n_requests: int) -> str:
 def _prepare(slide: SyntheticSlide, layout: DataLayout) -> None:
     """The slide's cell table and a head trained on its first 1,000 cells, as model version 1."""
     slide.save_cell_table(layout)
-    head = HeadClassifier(len(CLASSES), random_state=0).fit(slide.features[:1000], slide.y[:1000])
+    # one output per target of the config: the classes, then "Not a nucleus" (never labelled here)
+    n_targets = len(parse_label_set(CONFIG).targets)
+    head = HeadClassifier(n_targets, random_state=0).fit(slide.features[:1000], slide.y[:1000])
     ModelStore(layout.models_dir(PROJECT_ID)).save(1, head, {"classes": CLASSES})
 
 
@@ -150,6 +154,7 @@ def _parse_args() -> argparse.Namespace:
     parser.add_argument("--requests", type=int, default=None, help="timed requests per feature size (default 300)")
     parser.add_argument("--cells", type=int, default=20_000, help="cells in the synthetic slide")
     parser.add_argument("--dims", default=None, help="feature sizes (default 46,512)")
+    parser.add_argument("--cells-per-task", type=int, default=20, help="cells per task (default 20)")
     return parser.parse_args()
 
 

@@ -7,6 +7,9 @@ Layout of a project directory::
     v0001.json    sidecar: version, model_version name, head hyper-parameters, classes seen, created_at,
                   and whatever the caller's meta holds (metrics, label snapshot hash, backbone, ...)
     latest.json   {"version": 1}: the version to serve
+    v0002.reserved  a marker (its creation time) created exclusively (``O_EXCL``) by :meth:`ModelStore.reserve_version`
+                  before any prediction of v0002 is written: two workers, or a run restarted after a kill,
+                  never get the same number. A run that failed leaves it, so its name is never reused
 
 Every file is written to a temporary name and moved into place with ``os.replace``, in the order
 weights, sidecar, pointer, so a reader that follows ``latest.json`` always finds a complete version.
@@ -39,7 +42,7 @@ from ml_backend.model.learners import Learner, learner_from_state, learner_name
 __all__ = ["LATEST_FILE", "ModelStore", "ModelStoreError", "parse_version_name", "version_name"]
 
 LATEST_FILE = "latest.json"
-_VERSION_FILE = re.compile(r"^v(\d{4,})\.(pt|json)$")
+_VERSION_FILE = re.compile(r"^v(\d{4,})\.(pt|json|reserved)$")
 
 
 class ModelStoreError(BackendError):
@@ -79,6 +82,7 @@ class ModelStore:
         write_atomic(weights, lambda f: torch.save(head.to_state(), f))
         write_atomic(sidecar, lambda f: f.write(sidecar_text.encode()))
         write_atomic(self.root / LATEST_FILE, lambda f: f.write(json.dumps({"version": version}).encode()))
+        self._reserved_path(version).unlink(missing_ok=True)  # the weights now hold the number
         return weights
 
     def latest_version(self) -> int:
@@ -95,6 +99,24 @@ class ModelStore:
         """One more than any version on disk or in the pointer, even a partly written one."""
         on_disk = [int(m.group(1)) for p in self._listing() if (m := _VERSION_FILE.match(p.name))]
         return max([self.latest_version(), *on_disk], default=0) + 1
+
+    def reserve_version(self, above: int = 0) -> int:
+        """A version number no one else holds: above ``above`` (e.g. the highest Label Studio knows) and every
+        version on disk, reserved by creating ``vNNNN.reserved`` exclusively. Safe across processes and hosts
+        that share the directory (``O_EXCL``); a failed or killed run keeps its marker, so its number is never
+        used again."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        version = max(self.next_version(), above + 1)
+        while True:
+            try:
+                with open(self._reserved_path(version), "x") as marker:
+                    marker.write(datetime.now(timezone.utc).isoformat(timespec="seconds"))
+                return version
+            except FileExistsError:  # another worker took it between our listing and the create
+                version += 1
+
+    def _reserved_path(self, version: int) -> Path:
+        return self.root / f"v{version:04d}.reserved"
 
     def load(self, version: int | None = None) -> tuple[Learner, dict[str, Any]]:
         """The head and sidecar dict of ``version`` (default: the latest). ModelStoreError if absent or corrupt."""

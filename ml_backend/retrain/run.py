@@ -6,8 +6,9 @@ since the last sync (so a lost webhook loses no label, at a cost bounded by what
 lets the query strategy pick the most useful cells (among those not predicted "Not a nucleus": the model
 learns that answer like a class, and active learning does not chase debris), ranks open tasks by how many
 picked cells they hold,
-pushes one prediction per open task whose score is its rank, saves the model, and switches the project
-to the new version so that "Label All Tasks" serves that order.
+pushes one prediction per top-K open task whose score is its rank, saves the model, switches the project
+to the new version so that "Label All Tasks" serves that order, and prunes the versions it supersedes
+(:mod:`ml_backend.retrain.publish`).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from ml_backend.model.store import ModelStore
 from ml_backend.ordering.ranking import rank_tiles
 from ml_backend.ordering.relevance import RelevanceParams, rarest_class
 from ml_backend.ordering.strategies import Strategy, get_strategy, needs_mc_passes, query
+from ml_backend.retrain.publish import publish_version
 from ml_backend.settings import BackendSettings
 from ml_backend.suggestions.drawn_cells import DrawnCellEmbedder
 from ml_backend.suggestions.embeddings import EmbeddingIndex, tables_storage
@@ -128,18 +130,15 @@ def _retrain(project_id: int, settings: BackendSettings, gateway: LabelStudioGat
     excluded = not_nucleus_mask(shown, targets) & (cells.y < 0)
     order = _rank_open_tasks(cells, head, proba, open_ids, settings, strategy, excluded, _slide_of_cells(cells, tiles))
     laps.lap("rank")
-    version = models.next_version()
-    # Only the top of the queue gets this version's prediction: Label Studio serves those tasks (static mode)
-    # until the next version, so pushing every open task only made the retrain grow with the project.
+    # Only the top of the queue gets this version's prediction (the rest get theirs from /predict when opened),
+    # under a version name reserved first; superseded and failed versions are pruned (publish.py).
     top = view.first(order)[: settings.predictions_top_k]  # a task's further reader (overlap) sees boxes
-    gateway.import_predictions(project_id, _predictions(top, tiles, cells, shown, targets, version_name(version)))
-    laps.lap("push")
     meta = _meta(label_set, labels, head, settings, n_drawn=int((cells.task_ids == -1).sum()))
-    gold = _gold_metrics(tiles, labels, targets, head, settings, index)
-    meta["metrics"].update(gold, n_train=int((cells.y >= 0).sum()))
-    models.save(version, head, meta)
-    gateway.serve_version(project_id, version_name(version))  # last: the switch makes the new order live
-    laps.lap("switch")
+    meta["metrics"].update(_gold_metrics(tiles, labels, targets, head, settings, index),
+                           n_train=int((cells.y >= 0).sum()))
+    version = publish_version(
+        project_id, gateway, models, lambda name: _predictions(top, tiles, cells, shown, targets, name),
+        lambda v: models.save(v, head, meta), laps.lap).version
     report = RetrainReport(project_id, version, version_name(version), len(labels), len(open_ids), order[:5],
                            {**meta["metrics"], "seconds_by_phase": laps.seconds}, time.perf_counter() - t0)
     return report, partial(publish_dashboard, project_id, settings, gateway, tiles, records, labels, label_set,

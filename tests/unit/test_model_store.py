@@ -127,3 +127,18 @@ def test_version_name_parses_back(version):
 def test_version_name_is_zero_padded_and_foreign_names_parse_to_none():
     assert version_name(7) == "hali-v0007"
     assert parse_version_name("INITIAL") is None and parse_version_name("hali-v7") is None
+
+
+def test_a_reserved_version_is_never_handed_out_again_even_unsaved(tmp_path, head):
+    store = ModelStore(tmp_path)
+    first, second = store.reserve_version(), ModelStore(tmp_path).reserve_version()  # two workers
+    assert (first, second) == (1, 2)
+    assert store.reserve_version() == 3, "version 1 and 2 failed unsaved: their names stay taken"
+    store.save(3, head, {})
+    assert not (tmp_path / "v0003.reserved").exists() and store.reserve_version() == 4
+
+
+def test_a_reservation_lands_above_the_versions_label_studio_knows(tmp_path):
+    store = ModelStore(tmp_path)
+    assert store.reserve_version(above=7) == 8
+    assert store.reserve_version(above=2) == 9

@@ -1,0 +1,189 @@
+"""Label -> new version live at a lab's scale, in a real Label Studio and redis-server.
+
+    .venv/bin/python bench/bench_scale.py [--cells 10000,100000] [--labels 1000] [--retrains 20] [--top-k 100]
+
+Per project size C (``--cells``): a synthetic slide of C cells (46-d features, 4 classes) in tasks of 20 cells,
+imported into a fresh Label Studio project as ``hali preprocess`` does (each task with its ``hali-v0000``
+neutral boxes), the first ``--labels`` cells labelled by imported annotations, the cell table written where
+the backend reads it. Then a **worker process** (a child, so its peak RSS is the worker's alone) runs
+``--retrains`` rounds of: an annotator submits 5 labels on the top-ranked task (one API call, as the UI's
+Submit), then :func:`ml_backend.retrain.run.run_retrain` runs as the rq job would, up to and past the switch.
+
+Per size the table gives:
+
+- Label Studio's import time for the tasks (tasks per second);
+- **label -> live**: from the submit to the end of the switch (the new version and order served), median and
+  p95 over the rounds. The rq hand-off (webhook, enqueue, a worker's dequeue) is not in it: on an idle
+  worker it adds well under a second;
+- the whole retrain with its pruning, and its phases' medians;
+- the **prediction rows** in Label Studio after the rounds, against the target of tasks + K;
+- the worker's **peak RSS** (``ru_maxrss``).
+
+No ML backend is connected (static mode, as a project without ``--backend-url``): the backend's renaming to
+the live version, which makes Label Studio call the backend's /health and /setup, is not timed here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from adapters.label_studio import LabelStudioGateway  # noqa: E402
+from bench import benchutil  # noqa: E402
+from bench.live_retrain import _start_label_studio  # noqa: E402
+from bench.synthetic import CLASSES, SyntheticSlide, make_slide  # noqa: E402
+from label_config import TileTask, build_label_config, cell_to_region, parse_label_set, version_name  # noqa: E402
+from preprocess.layout import DataLayout  # noqa: E402
+from preprocess.tiles.tasks import task_payloads  # noqa: E402
+from scripts import services  # noqa: E402
+
+CELLS_PER_TASK = 20
+LABELS_PER_SUBMIT = 5
+
+
+def main() -> int:
+    args = _parse_args()
+    if args.worker:
+        print(json.dumps(_worker(json.loads(args.worker))))
+        return 0
+    print(benchutil.header("Label -> new version live, by project size",
+                           " ".join(["bench/bench_scale.py", *sys.argv[1:]])))
+    print(f"\n{args.labels:,} labels imported, then {args.retrains} rounds of {LABELS_PER_SUBMIT} labels + a retrain; "
+          f"K = {args.top_k}; seconds unless said")
+    print("| cells | tasks | LS import (tasks/s) | label -> live median | p95 | retrain + prune median | "
+          "phases (median s) | prediction rows after | tasks + K | worker peak RSS MB |")
+    print("|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|")
+    for n_cells in [int(c.replace("_", "")) for c in args.cells.split(",")]:
+        print(_row(n_cells, args.labels, args.retrains, args.top_k), flush=True)
+    print(benchutil.footer())
+    return 0
+
+
+def _row(n_cells: int, n_labels: int, retrains: int, top_k: int) -> str:
+    with tempfile.TemporaryDirectory(prefix="hali-scale-") as tmp:
+        root, redis_port = Path(tmp), services.free_port()
+        redis_proc = services.start_redis(redis_port, root / "redis")
+        ls_proc, url, token, _ = _start_label_studio(root)
+        try:
+            env = {"HALI_DATA_DIR": str(root / "data"), "HALI_LS_FILES_ROOT": str(root / "ls-files"),
+                   "HALI_LS_URL": url, "HALI_LS_API_KEY": token, "HALI_PREDICTIONS_TOP_K": str(top_k),
+                   "HALI_REDIS_URL": f"redis://{services.LOOPBACK}:{redis_port}/0"}
+            slide = make_slide(n_cells, 46, cells_per_tile=CELLS_PER_TASK, seed=46)
+            slide.save_cell_table(DataLayout(root / "data", root / "ls-files"))
+            gateway = LabelStudioGateway.connect(url, token, timeout_s=600)
+            import_s, project_id = benchutil.timed(lambda: _make_project(gateway, slide, n_labels))
+            out = _run_worker(env, {"project_id": project_id, "retrains": retrains})
+            rows = sum(gateway.model_versions(project_id).values())
+            n_tasks = gateway.get_project(project_id).task_number
+        finally:
+            services.stop_process(ls_proc)
+            services.stop_process(redis_proc)
+    live, total = out["live_s"], out["total_s"]
+    phases = ", ".join(f"{k} {statistics.median(v):.2f}" for k, v in out["phases"].items())
+    return (f"| {n_cells:,} | {n_tasks:,} | {import_s:.0f} s ({n_tasks / import_s:.0f}) | "
+            f"**{statistics.median(live):.2f}** | {benchutil.percentile(live, 95):.2f} | "
+            f"{statistics.median(total):.2f} | {phases} | **{rows:,}** | {n_tasks + top_k:,} | "
+            f"{out['peak_rss_mb']:.0f} |")
+
+
+def _make_project(gateway: LabelStudioGateway, slide: SyntheticSlide, n_labels: int) -> int:
+    """A project as ``hali preprocess`` makes it (neutral boxes as ``hali-v0000``), the first ``n_labels``
+    cells labelled by imported annotations; serves ``hali-v0000``."""
+    config = build_label_config(CLASSES)
+    project = gateway.create_project(f"HALI scale {os.getpid()} {len(slide.y)}", config)
+    tasks = task_payloads(slide.tiles, version_name(0), neutral=parse_label_set(config).neutral)
+    for i, (task, tile) in enumerate(zip(tasks, slide.tiles)):
+        first = i * CELLS_PER_TASK
+        if first >= n_labels:
+            break
+        rows = range(first, min(first + CELLS_PER_TASK, n_labels))
+        task["annotations"] = [{"result": [cell_to_region(tile.cells[r - first], tile, CLASSES[slide.y[r]])
+                                           for r in rows]}]
+    gateway.import_tasks(project.id, tasks)
+    gateway.serve_version(project.id, version_name(0))
+    return project.id
+
+
+def _run_worker(env: dict[str, str], job: dict[str, Any]) -> dict[str, Any]:
+    """Run :func:`_worker` in a child process (the worker); its JSON answer."""
+    child_env = {**os.environ, **env, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, __file__, "--worker", json.dumps(job)], env=child_env, text=True,
+                          capture_output=True, check=False)
+    if done.returncode:
+        raise RuntimeError(f"the worker failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _worker(job: dict[str, Any]) -> dict[str, Any]:
+    """``retrains`` rounds of (5 labels submitted on the top task, run_retrain), as the rq worker runs them."""
+    import torch
+    from redis import Redis
+
+    from ml_backend.labels.redis_store import RedisLabelStore
+    from ml_backend.retrain.job import frozen_gc
+    from ml_backend.retrain.run import run_retrain
+    from ml_backend.settings import BackendSettings
+
+    settings = BackendSettings()
+    torch.set_num_threads(settings.torch_threads)
+    gateway = LabelStudioGateway.connect(settings.ls_url, settings.ls_api_key.get_secret_value(), timeout_s=600)
+    store = RedisLabelStore(Redis.from_url(settings.redis_url))
+    project_id, rng = job["project_id"], np.random.default_rng(0)
+    live, total, phases = [], [], {}
+    top = _first_open_task(gateway, project_id)
+    for _ in range(job["retrains"]):
+        start = time.perf_counter()
+        _submit_labels(gateway, top, rng)
+        with frozen_gc():
+            report = run_retrain(project_id, settings, gateway, store)
+        end = time.perf_counter()
+        laps = report.metrics["seconds_by_phase"]
+        live.append(end - start - laps.get("prune", 0.0))
+        total.append(end - start)
+        for phase, seconds in laps.items():
+            phases.setdefault(phase, []).append(seconds)
+        top = report.next_task_ids[0]
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"live_s": live, "total_s": total, "phases": phases, "peak_rss_mb": peak_mb}
+
+
+def _first_open_task(gateway: LabelStudioGateway, project_id: int) -> int:
+    tasks = gateway._client.tasks.list(project=project_id, fields="all", include="id,total_annotations",
+                                       page_size=1000)
+    return next(t.id for t in tasks if not t.total_annotations)
+
+
+def _submit_labels(gateway: LabelStudioGateway, task_id: int, rng: np.random.Generator) -> None:
+    """One annotation giving 5 of the task's cells a class, as the UI's Submit posts it."""
+    tile = TileTask.from_task_data(gateway._client.tasks.get(id=task_id).data)
+    picks = rng.choice(len(tile.cells), size=LABELS_PER_SUBMIT, replace=False)
+    result = [cell_to_region(tile.cells[i], tile, CLASSES[int(rng.integers(len(CLASSES)))]) for i in picks]
+    gateway._client.annotations.create(id=task_id, result=result, lead_time=10.0)
+
+
+def _parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cells", default="10000,100000", help="project sizes in cells, comma-separated")
+    parser.add_argument("--labels", type=int, default=1000, help="labels imported before the rounds")
+    parser.add_argument("--retrains", type=int, default=20, help="rounds of 5 labels + a retrain per size")
+    parser.add_argument("--top-k", type=int, default=100, help="HALI_PREDICTIONS_TOP_K")
+    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    return parser.parse_args()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,144 @@
+"""``publish_version``: a new model version's life in Label Studio, from its reserved name to the pruning of
+the versions it supersedes.
+
+For version v of project p, in order:
+
+1. **reserve** v: :meth:`ModelStore.reserve_version` creates ``vNNNN.reserved`` exclusively, above every
+   version on disk and every HALI version Label Studio holds predictions of, before any prediction is written.
+   Two workers, or a run restarted after a kill, never share a name.
+2. **push** v's prediction to the top-K open tasks (score = rank, lowest served first).
+3. **save** the model files (``latest.json`` -> v: ``/setup`` and ``/predict`` answer v from now on).
+4. **switch** the project to v (``project.model_version``): "Label All Tasks" serves v's ranking.
+5. **prune** every other HALI version from 1 up (one ``DELETE /api/projects/<p>/model-versions/`` each):
+   the superseded one, and any left by a failed or killed run. ``hali-v0000``, the neutral boxes imported
+   with the tasks (one per task), stays: deleting a row costs Label Studio about 10 ms, and those boxes are
+   what a task opened from the Data Manager shows until a model predicts it.
+6. **live**: the project's HALI ML backend is renamed v. Label Studio then treats v as the backend's live
+   version: a task opened ("Label All Tasks", next) without a v prediction is sent to ``/predict`` and the
+   answer is stored and shown, while tasks that hold v's prediction keep their rank (docs/predictions.md).
+7. **tab**: the Data Manager's first tab is sorted by prediction score, so the labeling page opened by URL
+   (a reload, a bookmark) serves the same next task as "Label All Tasks".
+
+An exception in steps 2-4 deletes v's predictions (best effort) and propagates; a run killed there leaves
+them to step 5 of the next run. A Label Studio failure in steps 5-7 is logged: v is live by then. So Label Studio holds about one prediction per task: ``hali-v0000``'s, plus
+the live version's top K and the tasks ``/predict`` answered since it went live.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from adapters.errors import LabelStudioError
+from adapters.label_studio import LabelStudioGateway
+from label_config import parse_version_name, version_name
+from ml_backend.model.store import ModelStore
+
+log = logging.getLogger(__name__)
+
+RANKED_ORDERING = ["tasks:predictions_score"]  # ascending: the rank lives in the score, lowest served first
+BACKEND_TITLE = "HALI"  # the title `hali preprocess --backend-url` connects the backend with
+
+
+@dataclass(frozen=True)
+class Publication:
+    version: int
+    model_version: str
+    pruned: dict[str, int] = field(default_factory=dict)  # version name -> predictions deleted
+
+
+def publish_version(
+    project_id: int, gateway: LabelStudioGateway, models: ModelStore,
+    predictions_for: Callable[[str], list[dict[str, Any]]], save: Callable[[int], Any],
+    lap: Callable[[str], None] = lambda _phase: None,
+) -> Publication:
+    """Steps 1-7 above. ``predictions_for(name)``: the top-K predictions carrying the version ``name``;
+    ``save(version)``: writes the model files; ``lap(phase)`` is called after push, switch and prune."""
+    version = reserve_version(project_id, gateway, models)
+    name = version_name(version)
+    try:
+        gateway.import_predictions(project_id, predictions_for(name))
+        lap("push")
+        save(version)
+        gateway.serve_version(project_id, name)
+        lap("switch")
+    except Exception:  # clean up, then let it propagate: the job fails and the labels stay pending
+        discard_version(project_id, gateway, name)
+        raise
+    pruned = _after_switch(project_id, gateway, name)
+    lap("prune")
+    return Publication(version, name, pruned)
+
+
+def _after_switch(project_id: int, gateway: LabelStudioGateway, name: str) -> dict[str, int]:
+    """Steps 5-7. ``name`` is live already: a failure here is logged, never raised (the ranking stands, and
+    the next run prunes and renames again)."""
+    try:
+        pruned = prune_versions(project_id, gateway, live=name)
+        go_live(project_id, gateway, name)
+        gateway.order_first_tab(project_id, RANKED_ORDERING)
+    except LabelStudioError as exc:
+        log.warning("project %s: %s is live, but pruning or going live failed (%s); the next retrain retries",
+                    project_id, name, exc)
+        return {}
+    return pruned
+
+
+def reserve_version(project_id: int, gateway: LabelStudioGateway, models: ModelStore) -> int:
+    """A new version number, above any HALI version Label Studio knows for the project and any on disk."""
+    known = [parse_version_name(n) for n in gateway.model_versions(project_id)]
+    version = models.reserve_version(above=max((v for v in known if v is not None), default=0))
+    log.info("project %s: reserved model version %s", project_id, version_name(version))
+    return version
+
+
+def prune_versions(project_id: int, gateway: LabelStudioGateway, live: str) -> dict[str, int]:
+    """Delete the predictions of every HALI version from 1 up but ``live`` (the project's model version)."""
+    stale = [n for n in gateway.model_versions(project_id)
+             if n != live and (parse_version_name(n) or 0) >= 1]
+    if not stale:
+        return {}
+    with _backend_not_live(project_id, gateway):
+        pruned = {n: gateway.delete_model_version(project_id, n) for n in stale}
+    log.info("project %s: pruned %s", project_id, ", ".join(f"{n} ({k} predictions)" for n, k in pruned.items()))
+    return pruned
+
+
+def discard_version(project_id: int, gateway: LabelStudioGateway, name: str) -> None:
+    """Delete the predictions of ``name``, a version whose run failed; logs (never raises) when it cannot."""
+    try:
+        if gateway.get_project(project_id).model_version == name:
+            return  # it went live before the failure: the next run supersedes it
+        with _backend_not_live(project_id, gateway):
+            n = gateway.delete_model_version(project_id, name)
+        log.warning("project %s: deleted the %d predictions of %s, whose run failed", project_id, n, name)
+    except Exception as exc:  # noqa: BLE001 - best effort inside a failure; the next run prunes them
+        log.warning("project %s: could not delete the predictions of failed %s (%s); the next retrain will",
+                    project_id, name, exc)
+
+
+def go_live(project_id: int, gateway: LabelStudioGateway, name: str) -> None:
+    """Rename the project's HALI ML backend(s) ``name``: Label Studio then asks ``/predict`` for a task opened
+    without a prediction of ``name``. A backend someone renamed to anything else is left alone."""
+    for backend in gateway.ml_backends(project_id):
+        title = backend.title or ""
+        if title != name and (title == BACKEND_TITLE or parse_version_name(title) is not None):
+            gateway.retitle_backend(backend, name)
+
+
+@contextmanager
+def _backend_not_live(project_id: int, gateway: LabelStudioGateway) -> Iterator[None]:
+    """While a backend's title equals the project's model version, Label Studio resets that model version to
+    None on any delete by version: rename such backends to :data:`BACKEND_TITLE` for the block."""
+    current = gateway.get_project(project_id).model_version
+    live = [b for b in gateway.ml_backends(project_id) if current and b.title == current] if current else []
+    for backend in live:
+        gateway.retitle_backend(backend, BACKEND_TITLE)
+    try:
+        yield
+    finally:
+        for backend in live:
+            gateway.retitle_backend(backend, current)
