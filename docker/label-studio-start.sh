@@ -4,7 +4,7 @@
 # (`label-studio init`, idempotent), then gunicorn on core.wsgi from the package directory, bound to
 # ${LS_BIND_HOST}:${LS_PORT}. The development server that `label-studio start` runs is for one user only.
 set -eu
-label-studio init --quiet-mode --enable-legacy-api-token --no-browser >/tmp/ls-init.log 2>&1 \
+label-studio init --quiet --enable-legacy-api-token --no-browser >/tmp/ls-init.log 2>&1 \
     || { cat /tmp/ls-init.log; exit 1; }
 tail -n 3 /tmp/ls-init.log
 cd "$(python3 -c 'import label_studio, os; print(os.path.dirname(label_studio.__file__))')"
