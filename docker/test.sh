@@ -60,10 +60,25 @@ else
 fi
 
 # --- settings: secrets, free ports, which images -----------------------------------------------------------
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+# Four distinct free ports below the ephemeral range (others' outgoing connections cannot take them meanwhile).
+free_ports() {
+    python3 - <<'PY'
+import random, socket
+held = []
+while len(held) < 4:
+    s = socket.socket()
+    try:
+        s.bind(("127.0.0.1", random.randint(20000, 32000)))
+    except OSError:
+        continue
+    held.append(s)
+print(" ".join(str(s.getsockname()[1]) for s in held))
+PY
+}
 token() { python3 -c "import secrets; print(secrets.token_$1)"; }
 ENV_FILE="$STATE/test.env"
 ADMIN_TOKEN="$(token 'hex(20)')"
+read -r P_LS P_BACKEND P_REDIS P_PG <<<"$(free_ports)"
 cat >"$ENV_FILE" <<ENV
 LS_ADMIN_EMAIL=admin@hali.local
 LS_ADMIN_PASSWORD=$(token 'urlsafe(12)')
@@ -71,10 +86,10 @@ LS_ADMIN_TOKEN=$ADMIN_TOKEN
 PG_PASSWORD=$(token 'urlsafe(12)')
 HALI_BACKEND_PASSWORD=$(token 'urlsafe(16)')
 HALI_WEBHOOK_SECRET=$(token 'urlsafe(16)')
-LS_PORT=$(free_port)
-BACKEND_PORT=$(free_port)
-REDIS_PORT=$(free_port)
-PG_PORT=$(free_port)
+LS_PORT=$P_LS
+BACKEND_PORT=$P_BACKEND
+REDIS_PORT=$P_REDIS
+PG_PORT=$P_PG
 HALI_WORKERS=${HALI_WORKERS:-2}
 ENV
 # shellcheck disable=SC1090
@@ -118,7 +133,7 @@ dc build >"$STATE/build.log" 2>&1 || { tail -40 "$STATE/build.log" >&2; exit 1; 
 BUILD_S=$((SECONDS - step)); echo "    build: ${BUILD_S} s (log $STATE/build.log)"
 
 say "up --wait"; step=$SECONDS
-dc up -d --wait --wait-timeout 600
+dc --progress quiet up -d --wait --wait-timeout 600
 UP_S=$((SECONDS - step)); echo "    up: ${UP_S} s"
 
 if [ -z "$SLIDE_PATH" ]; then
