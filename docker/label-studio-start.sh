@@ -9,5 +9,9 @@ label-studio init --quiet --enable-legacy-api-token --no-browser >/tmp/ls-init.l
 tail -n 3 /tmp/ls-init.log
 cd "$(python3 -c 'import label_studio, os; print(os.path.dirname(label_studio.__file__))')"
 export DJANGO_SETTINGS_MODULE=core.settings.label_studio
+if ! command -v gunicorn >/dev/null; then  # an image without gunicorn: Label Studio's own (development) server
+    echo "gunicorn is not installed in this image: starting label-studio's development server instead" >&2
+    exec label-studio start --no-browser --internal-host "${LS_BIND_HOST:-127.0.0.1}" --port "${LS_PORT:-8080}"
+fi
 exec gunicorn core.wsgi:application --bind "${LS_BIND_HOST:-127.0.0.1}:${LS_PORT:-8080}" \
     --workers "${LS_WEB_WORKERS:-3}" --threads "${LS_WEB_THREADS:-4}" --timeout 120 --access-logfile -

@@ -14,7 +14,7 @@ SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 COPY docker/certs/ /tmp/certs/
 RUN if [ -s /tmp/certs/ca-certificates.crt ]; then export PIP_CERT=/tmp/certs/ca-certificates.crt; fi; \
     python3 -m venv /opt/ls \
-    && pip install --no-compile label-studio==1.23.2 \
+    && pip install --no-compile label-studio==1.23.2 gunicorn==27.0.1 \
     && rm -rf /tmp/certs /root/.cache \
     && useradd --uid 1001 --create-home --home-dir /label-studio --shell /bin/bash labelstudio \
     && mkdir -p /label-studio/data /files \

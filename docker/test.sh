@@ -96,6 +96,7 @@ ENV
 . "$ENV_FILE"
 
 if [ -z "${HALI_DOCKER_LOCAL:-}" ]; then
+    say "is a registry reachable? (docker pull python:3.11-slim, 60 s at most)"
     if timeout 60 docker pull -q python:3.11-slim >/dev/null 2>&1; then HALI_DOCKER_LOCAL=0; else HALI_DOCKER_LOCAL=1; fi
 fi
 FILES=(-f compose.yaml)
@@ -161,6 +162,10 @@ python3 annotate.py --url "$LS_URL" --token "$ADMIN_TOKEN" --project "$TITLE" --
 LABEL_S=$((SECONDS - step))
 
 say "figures"
+echo "    memory and CPU per container after the first retrain:"
+docker stats --no-stream --format '    {{.Name}}  {{.MemUsage}}  {{.CPUPerc}}' | grep "$PROJECT_NAME" || true
+docker run --rm --entrypoint sh "${HALI_BACKEND_IMAGE:-hali-backend:latest}" -c \
+    'cd /opt/venv/lib/python3.11/site-packages && du -shc torch torchvision nvidia triton cuda 2>/dev/null | sed "s/^/    backend image, installed: /"' || true
 echo "    build ${BUILD_S} s, up --wait ${UP_S} s, preprocess ${PRE_S} s, labels to model version ${LABEL_S} s"
 echo "    first model version $((PRE_S + LABEL_S)) s after the stack was up"
 docker images --format '    {{.Repository}}:{{.Tag}}  {{.Size}}' | grep -E 'hali|label-studio|postgres|redis' || true
