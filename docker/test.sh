@@ -25,7 +25,16 @@ say() { echo "==> $*"; }
 secs() { echo "$((SECONDS - $1)) s"; }
 
 # --- the daemon ------------------------------------------------------------------------------------------
-command -v docker >/dev/null || { echo "ERROR: no docker CLI: apt-get install -y docker.io" >&2; exit 1; }
+missing=()
+command -v docker >/dev/null || missing+=(docker.io)
+{ command -v dockerd >/dev/null || docker info >/dev/null 2>&1; } || missing+=(docker.io)
+command -v debootstrap >/dev/null || missing+=(debootstrap)
+if [ ${#missing[@]} -gt 0 ]; then
+    [ "$(id -u)" -eq 0 ] || { echo "ERROR: missing ${missing[*]}: apt-get install -y ${missing[*]} (as root)" >&2; exit 1; }
+    say "apt-get install ${missing[*]}"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null \
+        || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null; }
+fi
 STARTED_DOCKERD=""
 start_dockerd() {
     command -v dockerd >/dev/null || { echo "ERROR: no docker daemon answers and dockerd is missing: apt-get install -y docker.io" >&2; exit 1; }
