@@ -156,7 +156,7 @@ dc run --rm --no-deps backend hali preprocess "/slides/$SLIDE_NAME" --project "$
 PRE_S=$((SECONDS - step)); echo "    preprocess: ${PRE_S} s"
 
 say "an annotator labels until the model version rises"; step=$SECONDS
-LS_URL="http://127.0.0.1:$LS_PORT"; EMAIL=annotator@hali.local; PW="$(token 'urlsafe(12)')"
+LS_URL="http://127.0.0.1:$LS_PORT"; EMAIL=annotator@hali.local; PW="$(token 'hex(12)')"
 python3 - "$LS_URL" "$ADMIN_TOKEN" "$EMAIL" <<'PY'
 import json, sys, urllib.request
 url, token, email = sys.argv[1:]
@@ -165,7 +165,7 @@ request = urllib.request.Request(f"{url}/api/users/", method="POST", data=json.d
     headers={"Authorization": f"Token {token}", "Content-Type": "application/json"})
 urllib.request.build_opener(urllib.request.ProxyHandler({})).open(request, timeout=60).read()
 PY
-dc exec -T label-studio label-studio reset_password --username "$EMAIL" --password "$PW" >/dev/null
+dc exec -T label-studio label-studio reset_password --username="$EMAIL" --password="$PW" >/dev/null
 python3 annotate.py --url "$LS_URL" --token "$ADMIN_TOKEN" --project "$TITLE" --email "$EMAIL" --password "$PW" \
     --timeout-s "${HALI_DOCKER_TIMEOUT_S:-900}" | tee "$STATE/annotate.json"
 LABEL_S=$((SECONDS - step))
