@@ -28,7 +28,7 @@ secs() { echo "$((SECONDS - $1)) s"; }
 missing=()
 command -v docker >/dev/null || missing+=(docker.io)
 { command -v dockerd >/dev/null || docker info >/dev/null 2>&1; } || missing+=(docker.io)
-command -v debootstrap >/dev/null || missing+=(debootstrap)
+if [ "${HALI_DOCKER_LOCAL:-}" != 0 ]; then command -v debootstrap >/dev/null || missing+=(debootstrap); fi  # local base only
 if [ ${#missing[@]} -gt 0 ]; then
     [ "$(id -u)" -eq 0 ] || { echo "ERROR: missing ${missing[*]}: apt-get install -y ${missing[*]} (as root)" >&2; exit 1; }
     say "apt-get install ${missing[*]}"
@@ -165,7 +165,8 @@ request = urllib.request.Request(f"{url}/api/users/", method="POST", data=json.d
     headers={"Authorization": f"Token {token}", "Content-Type": "application/json"})
 urllib.request.build_opener(urllib.request.ProxyHandler({})).open(request, timeout=60).read()
 PY
-dc exec -T label-studio label-studio reset_password --username="$EMAIL" --password="$PW" >/dev/null
+dc exec -T label-studio label-studio reset_password --username="$EMAIL" --password="$PW" >"$STATE/reset-password.log" 2>&1 \
+    || { cat "$STATE/reset-password.log" >&2; exit 1; }
 python3 annotate.py --url "$LS_URL" --token "$ADMIN_TOKEN" --project "$TITLE" --email "$EMAIL" --password "$PW" \
     --timeout-s "${HALI_DOCKER_TIMEOUT_S:-900}" | tee "$STATE/annotate.json"
 LABEL_S=$((SECONDS - step))
