@@ -24,7 +24,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 _CSRF_INPUT = re.compile(r'name="csrfmiddlewaretoken"\s+value="([^"]+)"')
 _LABEL = re.compile(r'<Label\b[^>]*\bvalue="([^"]+)"')
@@ -118,7 +118,7 @@ def submit(annotator: Client, project_id: int, task: dict, classes: list[str]) -
     """Submit the task as the UI's Submit button does; returns the number of boxes labelled."""
     result, parent = labelled_result(task, classes)
     lead_time = 10.0
-    started = datetime.now(timezone.utc) - timedelta(seconds=lead_time)
+    started = datetime.now(UTC) - timedelta(seconds=lead_time)
     body = {"lead_time": lead_time, "result": result, "project": project_id,
             "started_at": started.isoformat().replace("+00:00", "Z")}
     if parent is not None:
