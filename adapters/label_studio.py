@@ -14,10 +14,12 @@ turned off for these POSTs: it would re-send them blindly.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -81,6 +83,12 @@ class LabelStudioGateway:
                 maximum_annotations=1,
                 description="Cells segmented and ranked by HALI; press Submit to accept the suggestions.",
             )
+
+    def set_overlap(self, project_id: int, readers: int, share: float) -> None:
+        """Have ``share`` (0..1) of the tasks read by ``readers`` annotators each (Label Studio's overlap)."""
+        with self._calling(f"set the overlap of project {project_id}"):
+            self._client.projects.update(id=project_id, maximum_annotations=readers,
+                                         overlap_cohort_percentage=round(100 * share))
 
     def get_project(self, project_id: int) -> Any:
         with self._calling(f"read project {project_id}"):
@@ -201,6 +209,32 @@ class LabelStudioGateway:
         for task in tasks:
             yield {"id": task.id, "data": task.data, "annotations": annotations.get(task.id, [])}
 
+    def list_tasks(
+        self, project_id: int, include: str, updated_after: str | None = None,
+        task_ids: Sequence[int] | None = None, page_size: int = 500,
+    ) -> Iterator[dict[str, Any]]:
+        """Tasks of the project as dicts of the ``include`` fields (names apply to nested annotations and
+        predictions too: ``"id,annotations,result"``), in pages of ``page_size``.
+
+        ``updated_after``: only tasks whose ``updated_at`` is later (an ISO time with microseconds, as Label
+        Studio writes them; saving or deleting an annotation updates its task, importing predictions does not).
+        ``task_ids``: only these tasks.
+        """
+        query: dict[str, Any] = {}
+        if updated_after is not None:
+            query["filters"] = {"conjunction": "and", "items": [
+                {"filter": "filter:tasks:updated_at", "operator": "greater", "type": "Datetime",
+                 "value": _ls_time(updated_after)}]}
+        if task_ids is not None:
+            if not task_ids:
+                return
+            query["selectedItems"] = {"all": False, "included": [int(t) for t in task_ids]}
+        with self._calling(f"list tasks of project {project_id}"):
+            pages = self._client.tasks.list(project=project_id, fields="all", include=include, page_size=page_size,
+                                            query=json.dumps(query) if query else None)
+            for task in pages:
+                yield task.model_dump(mode="json", exclude_unset=True)
+
     def slide_ids(self, project_id: int) -> list[str]:
         """The slide ids the project's tasks come from (task data ``slide_id``), sorted."""
         with self._calling(f"list tasks of project {project_id}"):
@@ -235,7 +269,8 @@ class LabelStudioGateway:
         elif extra:  # a project connected before the backend had a password: give Label Studio the new one
             for backend in known:
                 with self._calling(f"set the credentials of ML backend {backend.id}"):
-                    self._client.ml.update(id=backend.id, url=backend.url, **extra)
+                    # project too: Label Studio validates an update by calling the backend's /setup for it (500 without)
+                    self._client.ml.update(id=backend.id, url=backend.url, project=project_id, **extra)
         if webhook_headers:
             self._set_webhook_headers(project_id, backend_url.rstrip("/") + "/webhook", webhook_headers)
 
@@ -253,6 +288,35 @@ class LabelStudioGateway:
 
     def project_url(self, project_id: int) -> str:
         return f"{self.url}/projects/{project_id}/data"
+
+    # --- for the dashboard (ml_backend/dashboard/publish.py) ---
+
+    def user_names(self) -> dict[int, str]:
+        """User id -> e-mail of every user of the server (annotators are named so on the dashboard)."""
+        with self._calling("list users"):
+            return {int(u.id): str(u.email or u.username or u.id) for u in self._client.users.list()}
+
+    def prediction_versions(self, prediction_ids: Sequence[int]) -> dict[int, str]:
+        """Prediction id -> its ``model_version``, read a few at a time; deleted predictions are left out."""
+        def version(pid: int) -> str | None:
+            try:
+                with self._calling(f"read prediction {pid}"):
+                    return self._client.predictions.get(id=pid).model_version
+            except LabelStudioError:
+                return None  # deleted meanwhile (404): the caller dates the annotation instead
+
+        with ThreadPoolExecutor(max_workers=_ANNOTATION_READERS) as pool:
+            found = dict(zip(prediction_ids, pool.map(version, prediction_ids)))
+        return {int(k): str(v) for k, v in found.items() if v is not None}
+
+    def backend_urls(self, project_id: int) -> list[str]:
+        """URLs of the ML backends connected to the project."""
+        with self._calling(f"list ML backends of project {project_id}"):
+            return [b.url.rstrip("/") for b in self._client.ml.list(project=project_id)]
+
+    def set_description(self, project_id: int, description: str) -> None:
+        with self._calling(f"update the description of project {project_id}"):
+            self._client.projects.update(id=project_id, description=description)
 
     @contextmanager
     def _calling(self, what: str) -> Iterator[None]:
@@ -287,8 +351,12 @@ class LabelStudioGateway:
             id=project_id, request=tasks, return_task_ids=True, request_options=_NO_SDK_RETRY)
         return list(resp.task_ids or [])
 
-    def _task_ids_by_key(self, project_id: int, key: str) -> dict[Any, int]:
+    def task_ids_by_key(self, project_id: int, key: str) -> dict[Any, int]:
         """``data[key] -> task id`` of every task in the project (listed lean: id and data only)."""
+        with self._calling(f"list tasks of project {project_id}"):
+            return self._task_ids_by_key(project_id, key)
+
+    def _task_ids_by_key(self, project_id: int, key: str) -> dict[Any, int]:
         tasks = self._client.tasks.list(project=project_id, fields="all", include="id,data", page_size=1000,
                                         request_options=_NO_SDK_RETRY)
         return {t.data.get(key): t.id for t in tasks if isinstance(t.data, dict) and key in t.data}
@@ -302,6 +370,13 @@ class LabelStudioGateway:
             f"tasks into project {project_id} ({cause}): at least {n_done} of {n_total} tasks are in. "
             "Re-run the same command once it answers again: tiles already in the project are skipped"
         )
+
+
+def _ls_time(iso: str) -> str:
+    """``iso`` as Label Studio's Datetime filter parses it: ``%Y-%m-%dT%H:%M:%S.%fZ`` (UTC)."""
+    when = datetime.fromisoformat(iso)
+    when = when.astimezone(UTC) if when.tzinfo else when
+    return when.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def _is_transient(exc: Exception) -> bool:

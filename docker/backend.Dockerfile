@@ -45,5 +45,5 @@ USER 1001
 WORKDIR /home/hali
 VOLUME ["/data", "/files"]
 EXPOSE 9090
-# The web server; compose runs `hali worker` from the same image for the workers.
-CMD ["sh", "-c", "exec gunicorn --bind ${HALI_BIND_HOST:-127.0.0.1}:${BACKEND_PORT:-9090} --workers ${HALI_WEB_WORKERS:-2} --threads 4 --timeout 120 --access-logfile - 'ml_backend.http.app:create_app()'"]
+# The web server (`hali serve`: Flask under gunicorn); compose runs `hali worker` from the same image.
+CMD ["sh", "-c", "exec hali serve --host ${HALI_BIND_HOST:-127.0.0.1} --port ${BACKEND_PORT:-9090} --workers ${HALI_WEB_WORKERS:-2} --threads 4"]

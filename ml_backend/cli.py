@@ -21,6 +21,8 @@ from ml_backend.classify import cli as classify_cli
 from ml_backend.errors import BackendError
 from ml_backend.export import cli as export_cli
 from ml_backend.http.app import create_app
+from ml_backend.http.server import serve_gunicorn
+from ml_backend.labels import cli as labels_cli
 from ml_backend.retrain.job import retrain_job
 from ml_backend.settings import BackendSettings
 from ml_backend.simulation import cli as simulation_cli
@@ -58,9 +60,13 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     preprocess_cli.add_commands(sub)
 
-    s = sub.add_parser("serve", help="run the ML backend (Flask) that Label Studio calls")
+    s = sub.add_parser("serve", help="run the ML backend (Flask under gunicorn) that Label Studio calls")
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=9090)
+    s.add_argument("--workers", type=int, default=2, help="gunicorn worker processes (default 2)")
+    s.add_argument("--threads", type=int, default=4, help="threads per worker (default 4)")
+    s.add_argument("--dev", action="store_true", help="Flask's development server instead of gunicorn "
+                                                      "(one process; for debugging)")
     s.set_defaults(func=_serve)
 
     w = sub.add_parser("worker", help="run an rq worker for retrain and preprocessing jobs")
@@ -75,13 +81,20 @@ def _parser() -> argparse.ArgumentParser:
     simulation_cli.add_commands(sub)
     export_cli.add_commands(sub)
     classify_cli.add_commands(sub)
+    labels_cli.add_commands(sub)
     return parser
 
 
 def _serve(args: argparse.Namespace) -> int:
-    app = create_app(BackendSettings())
-    app.run(host=args.host, port=args.port, threaded=True)
-    return 0
+    settings = BackendSettings()
+    if args.dev:
+        create_app(settings).run(host=args.host, port=args.port, threaded=True)
+        return 0
+    if args.workers < 1 or args.threads < 1:
+        print(f"hali serve: error: --workers and --threads must be at least 1, got {args.workers} and "
+              f"{args.threads}", file=sys.stderr)
+        return 2
+    return serve_gunicorn(settings, args.host, args.port, args.workers, args.threads)
 
 
 def _worker(args: argparse.Namespace) -> int:

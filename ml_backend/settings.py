@@ -52,7 +52,27 @@ class BackendSettings(SharedSettings):
         100, ge=1, description="open tasks that get each new version's prediction: the top of the queue, which "
         "all annotators open before the next retrain (about one task per retrain each)"
     )
+    reconcile_s: float = Field(
+        20.0, ge=0, description="the worker reads the tasks Label Studio updated since its last look this often, so "
+        "labels whose webhook was lost (backend or Redis down) reach a retrain without another submit; 0: never"
+    )
+    full_reconcile_s: float = Field(
+        900.0, gt=0, description="and compares every task with the label mirror this often (and when it starts): "
+        "catches deleted tasks and annotations"
+    )
+    stale_retrain_s: float = Field(
+        300.0, gt=0, description="/status and the worker log warn when a project's labels have waited this long "
+        "for a retrain"
+    )
     query_budget: int = Field(100, ge=1, description="cells the strategy picks before they roll up to tiles")
+    gold_share: float = Field(
+        0.1, ge=0.0, lt=1.0, description="share of labelled cells held out of training (chosen by a hash of the "
+        "cell id, so fixed) to score each model version on: the dashboard's learning curve; 0 turns it off"
+    )
+    public_url: str = Field(
+        "", description="the backend's URL as browsers reach it, for the dashboard link in the project's "
+        "description; empty: the URL Label Studio connects to"
+    )
     seed: int = 0
     torch_threads: int = Field(
         1, ge=1, description="torch threads per process: the head is tiny, and more threads only add overhead"

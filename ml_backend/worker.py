@@ -8,6 +8,7 @@ enqueued with.
 from __future__ import annotations
 
 import logging
+import threading
 
 from redis import Redis
 from redis.exceptions import RedisError
@@ -35,8 +36,27 @@ def run_worker(settings: BackendSettings, burst: bool = False, queues: list[str]
         ) from exc
     worker = Worker([Queue(name, connection=redis) for name in names], connection=redis)
     log.info("worker %s listening on queues %s at %s", worker.name, names, settings.redis_url)
-    worker.work(burst=burst, with_scheduler=False)
+    stop = _start_catch_up(settings, names, burst, redis)
+    try:
+        worker.work(burst=burst, with_scheduler=False)
+    finally:
+        stop.set()
     return 0
+
+
+def _start_catch_up(settings: BackendSettings, queues: list[str], burst: bool, redis: Redis) -> threading.Event:
+    """The scheduled reconcile (:mod:`ml_backend.retrain.catchup`) in a daemon thread of a retrain worker."""
+    stop = threading.Event()
+    if settings.reconcile_s > 0 and settings.queue_name in queues and not burst:
+        from ml_backend.labels.redis_store import RedisLabelStore
+        from ml_backend.retrain.catchup import catch_up_forever
+
+        own = Redis.from_url(settings.redis_url)  # its own connections: rq's fork must not share them
+        args = (settings, RedisLabelStore(own), Queue(settings.queue_name, connection=own), stop)
+        threading.Thread(target=catch_up_forever, args=args, daemon=True, name="hali-reconcile").start()
+        log.info("reconciling labels with Label Studio every %g s (every task every %g s)", settings.reconcile_s,
+                 settings.full_reconcile_s)
+    return stop
 
 
 def _warm_up(queues: list[str], settings: BackendSettings) -> None:

@@ -52,6 +52,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--mark", choices=("rectangle", "keypoint"),
                    help="mark each cell with a box (default) or a dot at its centre, which never overlaps")
     p.add_argument("--focus-cells", type=int, help="cells marked per focused task; default 10")
+    p.add_argument("--overlap-share", type=float, help="share of tasks read by --overlap-readers annotators "
+                   "(agreement, `hali labels`); default 0: the project's setting is left as it is")
+    p.add_argument("--overlap-readers", type=int, help="annotators per overlapping task; default 2")
     p.add_argument("--tile-min-px", type=int, help="smallest side of a task image in pixels; default 256")
     p.add_argument("--mpp", type=float, help="microns per pixel, for slides that do not record it")
     p.add_argument("--tile-mpp", type=float, help="microns per pixel of tile images; default 0.5 (20x)")
@@ -126,7 +129,7 @@ def _preprocess_settings(args: argparse.Namespace) -> PreprocessSettings:
     overrides = {k: v for k, v in {
         "classes": args.classes, "cells_per_task": args.cells_per_task, "mpp": args.mpp, "tile_mpp": args.tile_mpp,
         "task_mode": args.task_mode, "focus_cells": args.focus_cells, "tile_min_px": args.tile_min_px,
-        "mark": args.mark,
+        "mark": args.mark, "overlap_share": args.overlap_share, "overlap_readers": args.overlap_readers,
         "segmenter_weights": args.segmenter_weights,
         "checkpoint": args.checkpoint, "backend_url": args.backend_url, "featurizer": args.featurizer,
         "redis_url": args.redis_url, "encoder": args.encoder, "segmenter": args.segmenter,

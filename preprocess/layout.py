@@ -6,6 +6,7 @@ folders and S3::
     slides/<slide_id>/cells.npz             CellTable: ids, boxes, tile ids, embeddings   (tables storage)
     slides/<slide_id>/tasks.json            task data of every tile (label_config schema)  (tables storage)
     hali/<slide_id>/<tile_id>-<tag>.png     tile images Label Studio shows                 (tiles storage)
+    projects/<project_id>/tasks/<slide_id>.json  tile id -> Label Studio task id, written at import (tables storage)
 
 Locally the tables storage is ``<data_dir>`` and the tiles storage ``<ls_files_root>`` (Label Studio's
 local-files root); with ``HALI_STORAGE_URL=s3://bucket/prefix`` both are ``s3://bucket/prefix``. ``<tag>`` is
@@ -70,6 +71,30 @@ def read_slide_meta(storage: Storage, slide_id: str) -> dict[str, Any]:
         return json.loads(storage.get_bytes(key))
     except ValueError as exc:
         raise StorageError(f"{storage.location(key)} is not valid JSON ({exc}); re-run `hali preprocess`") from exc
+
+
+def task_map_key(project_id: int, slide_id: str) -> str:
+    return f"projects/{project_id}/tasks/{slide_id}.json"
+
+
+def write_task_map(storage: Storage, project_id: int, slide_id: str, task_ids: dict[str, int]) -> None:
+    """Record which Label Studio task shows each tile of ``slide_id`` in ``project_id`` (tile id -> task id)."""
+    body = {"project_id": project_id, "slide_id": slide_id, "tasks": {str(k): int(v) for k, v in task_ids.items()}}
+    storage.put_bytes(task_map_key(project_id, slide_id), json.dumps(body).encode(), "application/json")
+
+
+def read_task_maps(storage: Storage, project_id: int) -> dict[str, dict[str, int]]:
+    """Slide id -> (tile id -> task id) of every slide imported into ``project_id``; empty when none was recorded."""
+    maps = {}
+    for key in sorted(storage.keys(f"projects/{project_id}/tasks/")):
+        if key.endswith(".json"):
+            try:
+                body = json.loads(storage.get_bytes(key))
+            except ValueError as exc:
+                raise StorageError(f"{storage.location(key)} is not valid JSON ({exc}); delete it, and the next "
+                                   "full reconcile rebuilds it from Label Studio") from exc
+            maps[str(body["slide_id"])] = {str(k): int(v) for k, v in body["tasks"].items()}
+    return maps
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ from tqdm import tqdm
 from adapters.errors import LabelStudioError
 from adapters.label_studio import LabelStudioGateway
 from adapters.slide_reader import OpenSlideReader
-from adapters.storage import OutputStorage, S3Access, open_output_storage
+from adapters.storage import OutputStorage, S3Access, Storage, open_output_storage
 from label_config import (
     Mark,
     TileTask,
@@ -45,6 +45,7 @@ from preprocess.layout import (
     tasks_key,
     write_cell_table,
     write_slide_meta,
+    write_task_map,
 )
 from preprocess.settings import PreprocessSettings
 from preprocess.stages import (
@@ -91,12 +92,14 @@ def run_preprocess(
     timer = _Timer()
     project = ensure_project(gateway, project_title, settings.class_list(), settings.mark)  # fail fast: LS down
     _attach_tile_storage(gateway, project.id, layout, storage, settings.s3_presign)  # and if LS cannot read S3
+    if settings.overlap_share > 0:
+        gateway.set_overlap(project.id, settings.overlap_readers, settings.overlap_share)
     with OpenSlideReader(slide_path, mpp=settings.mpp) as reader:
         tiles, n_cells = _load_or_make_tiles(reader, settings, layout, timer, storage)
         with timer("tile images"):
             write_tile_images(reader, tiles, storage.tiles, settings.progress)
     with timer("import"):
-        n_new = _import_new_tiles(gateway, project, tiles)
+        n_new = _import_new_tiles(gateway, project, tiles, storage.tables)
     if settings.backend_url:
         gateway.connect_backend(project.id, settings.backend_url, **backend_credentials(settings))
     slide_id = tiles[0].slide_id
@@ -194,18 +197,23 @@ def _process_regions(reader: OpenSlideReader, plan: SlidePlan, settings: Preproc
         timer.add("embedding", stats.embed_s)
 
 
-def _import_new_tiles(gateway: LabelStudioGateway, project, tiles: list[TileTask]) -> int:
-    known = {t["data"].get("tile_id") for t in gateway.iter_tasks(project.id)}
+def _import_new_tiles(gateway: LabelStudioGateway, project, tiles: list[TileTask], tables: Storage) -> int:
+    """Import the tiles not in the project yet, and record which task shows each tile of the slide (the task
+    map the backend reads instead of listing every task)."""
+    known = gateway.task_ids_by_key(project.id, "tile_id")
     new = [t for t in tiles if t.tile_id not in known]
-    if not new:
-        return 0
-    # New tiles join the version the project serves now, after its ranked tasks, until the next retrain.
-    current = parse_version_name(project.model_version)
-    version = version_name(current if current is not None else 0)
-    neutral = parse_label_set(project.label_config).neutral  # "Unclassified" in projects made before "Not a nucleus"
-    gateway.import_tasks(project.id, task_payloads(new, version, 1.0 if known else 0.0, neutral))
-    if current is None:
-        gateway.serve_version(project.id, version)
+    task_ids = {t.tile_id: known[t.tile_id] for t in tiles if t.tile_id in known}
+    if new:
+        # New tiles join the version the project serves now, after its ranked tasks, until the next retrain.
+        current = parse_version_name(project.model_version)
+        version = version_name(current if current is not None else 0)
+        neutral = parse_label_set(project.label_config).neutral  # "Unclassified" in projects made before it
+        ids = gateway.import_tasks(project.id, task_payloads(new, version, 1.0 if known else 0.0, neutral))
+        task_ids.update(zip((t.tile_id for t in new), ids))
+        if current is None:
+            gateway.serve_version(project.id, version)
+    if tiles:
+        write_task_map(tables, project.id, tiles[0].slide_id, task_ids)
     return len(new)
 
 

@@ -35,6 +35,11 @@ class PreprocessSettings(SharedSettings):
         "rectangle", description="how each cell to label is marked: a box, or a dot at its centre (docs/tasks.md)"
     )
     focus_cells: int = Field(10, ge=1, le=200, description="cells marked in a focused task (task_mode=focused)")
+    overlap_share: float = Field(
+        0.0, ge=0.0, le=1.0, description="share of tasks read by overlap_readers annotators, for agreement (Label "
+        "Studio's overlap_cohort_percentage); 0 leaves the project's setting as it is"
+    )
+    overlap_readers: int = Field(2, ge=2, le=20, description="annotators per overlapping task (maximum_annotations)")
     tile_min_px: int = Field(
         256, ge=32, le=4096, description="smallest side of a task image, in tile pixels (at tile_mpp)"
     )

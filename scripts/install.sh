@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Install what HALI needs on a Debian machine, idempotently:
-#   - redis-server from Debian (and chromium, plus playwright in .venv, when HALI_WITH_CHROMIUM=1), if missing;
+#   - redis-server and PostgreSQL from Debian (and chromium, plus playwright in .venv, when HALI_WITH_CHROMIUM=1),
+#     if missing (HALI_LS_DB=sqlite: no PostgreSQL);
 #   - .venv     : torch + torchvision, then the project with its test extras (editable);
-#   - .venv-ls  : Label Studio, in a venv of its own (it pins redis/rq versions the backend outgrows).
+#   - .venv-ls  : Label Studio and gunicorn, in a venv of its own (it pins redis/rq versions the backend outgrows).
 # A venv step is skipped when its stamp file matches (hash of pyproject.toml / the LS version).
-# Environment: PYTHON (default python3), HALI_WITH_CHROMIUM=1.
+# Environment: PYTHON (default python3), HALI_WITH_CHROMIUM=1, HALI_LS_DB (postgres|sqlite).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -12,6 +13,7 @@ PYTHON="${PYTHON:-python3}"
 TORCH_VERSION=2.14.1
 TORCHVISION_VERSION=0.29.1
 LS_VERSION=1.23.2
+LS_GUNICORN="gunicorn>=27,<28"  # Label Studio under gunicorn (scripts/services.py); 27 has --no-control-socket
 PIP_QUIET=(-qq --disable-pip-version-check --no-input)  # -qq: errors only (this pip config warns per package)
 
 step_start=0
@@ -27,6 +29,10 @@ need_root() {
 
 apt_packages=()
 command -v redis-server >/dev/null || apt_packages+=(redis-server)
+# Label Studio's database for `make up` (scripts/postgres.py runs its own cluster; the Debian service is not used).
+if [ "${HALI_LS_DB:-postgres}" = postgres ] && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+    apt_packages+=(postgresql)
+fi
 if [ "${HALI_WITH_CHROMIUM:-0}" = 1 ]; then
     command -v chromium >/dev/null || apt_packages+=(chromium)
 fi
@@ -64,13 +70,13 @@ if [ "${HALI_WITH_CHROMIUM:-0}" = 1 ] && ! .venv/bin/python -c "import playwrigh
 fi
 
 # Label Studio's own venv: stamp = its version.
-ls_stamp="label-studio==$LS_VERSION"
+ls_stamp="label-studio==$LS_VERSION $LS_GUNICORN"
 if [ "$(cat .venv-ls/.hali-stamp 2>/dev/null || true)" = "$ls_stamp" ] && [ -x .venv-ls/bin/label-studio ]; then
     echo "==> .venv-ls: up to date ($ls_stamp)"
 else
     step ".venv-ls: $ls_stamp (about 2 min, 1 GB)"
     [ -x .venv-ls/bin/python ] || "$PYTHON" -m venv .venv-ls
-    .venv-ls/bin/python -m pip install "${PIP_QUIET[@]}" "$ls_stamp"
+    .venv-ls/bin/python -m pip install "${PIP_QUIET[@]}" "label-studio==$LS_VERSION" "$LS_GUNICORN"
     echo "$ls_stamp" > .venv-ls/.hali-stamp
     done_step
 fi

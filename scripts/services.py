@@ -64,15 +64,16 @@ def log_tail(path: Path | None, n_lines: int = 40) -> str:
 
 
 def spawn(argv: list[str], log_path: Path, env: Mapping[str, str] | None = None,
-          cwd: Path | None = None, name: str | None = None) -> subprocess.Popen:
+          cwd: Path | None = None, name: str | None = None, user: str | None = None) -> subprocess.Popen:
     """Start ``argv`` in its own session (so it outlives us and its group can be stopped), logging
-    stdout and stderr to ``log_path``. The Popen gets ``log_path`` and ``name`` attributes."""
+    stdout and stderr to ``log_path``, as system ``user`` when given (we are root). The Popen gets
+    ``log_path`` and ``name`` attributes."""
     log_path = Path(log_path)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, cwd=cwd, start_new_session=True,
-                                env=dict(env) if env is not None else None)
+                                env=dict(env) if env is not None else None, user=user)
     proc.log_path = log_path
     proc.name = name or Path(argv[0]).name
     return proc
@@ -142,10 +143,10 @@ def pid_alive(pid: int) -> bool:
     return not (stat.exists() and stat.read_text().rsplit(")", 1)[-1].split()[0] == "Z")
 
 
-def stop_pid(pid: int, timeout_s: float = 15.0) -> None:
-    """SIGTERM the process group ``pid`` leads (every process here starts its own session), then
-    SIGKILL it if it is still alive after ``timeout_s``."""
-    for sig, wait_s in ((signal.SIGTERM, timeout_s), (signal.SIGKILL, 5.0)):
+def stop_pid(pid: int, timeout_s: float = 15.0, first_signal: int = signal.SIGTERM) -> None:
+    """Send ``first_signal`` (SIGTERM) to the process group ``pid`` leads (every process here starts its
+    own session), then SIGKILL it if it is still alive after ``timeout_s``."""
+    for sig, wait_s in ((first_signal, timeout_s), (signal.SIGKILL, 5.0)):
         try:
             os.killpg(pid, sig)
         except ProcessLookupError:
@@ -196,9 +197,12 @@ def start_redis(port: int, workdir: Path, timeout_s: float = 20.0, persist: bool
 
 
 def label_studio_env(data_dir: Path, files_root: Path, username: str, password: str,
-                     token: str) -> dict[str, str]:
-    """The environment of a headless Label Studio 1.23 (see shared/LABEL_STUDIO_NOTES.md)."""
+                     token: str, database: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment of a headless Label Studio 1.23 (see shared/LABEL_STUDIO_NOTES.md); ``database``:
+    the ``DJANGO_DB``/``POSTGRE_*`` variables of a PostgreSQL (``scripts/postgres.py``), else SQLite in
+    ``data_dir``."""
     env = dict(os.environ)
+    env.update(database or {})
     env.update({
         "LABEL_STUDIO_BASE_DATA_DIR": str(data_dir),
         "LABEL_STUDIO_USERNAME": username,
@@ -229,11 +233,14 @@ def find_label_studio(ls_bin: Path | str | None = None) -> Path:
 
 def start_label_studio(port: int, data_dir: Path, files_root: Path, username: str, password: str,
                        token: str, ls_bin: Path | str | None = None,
-                       timeout_s: float = LS_STARTUP_TIMEOUT_S) -> subprocess.Popen:
+                       timeout_s: float = LS_STARTUP_TIMEOUT_S, database: Mapping[str, str] | None = None,
+                       gunicorn_workers: int = 0) -> subprocess.Popen:
     """A real Label Studio on loopback ``port``, logging to ``data_dir/label-studio.log``.
 
     Returns once ``/health`` answers 200. The admin ``username`` (an e-mail) gets ``password`` and
-    the legacy API ``token`` (40 hex chars) when the data dir is new.
+    the legacy API ``token`` (40 hex chars) when the database is new. ``database``: see
+    :func:`label_studio_env`. ``gunicorn_workers`` > 0: migrations and the admin first (``label-studio
+    init``), then gunicorn with that many workers of 4 threads, instead of Django's development server.
     """
     binary = find_label_studio(ls_bin)
     if port_in_use(port):  # LS would silently move to the next free port
@@ -242,9 +249,12 @@ def start_label_studio(port: int, data_dir: Path, files_root: Path, username: st
     data_dir, files_root = Path(data_dir), Path(files_root)
     data_dir.mkdir(parents=True, exist_ok=True)
     files_root.mkdir(parents=True, exist_ok=True)
-    env = label_studio_env(data_dir, files_root, username, password, token)
-    argv = [str(binary), "start", "--no-browser", "--internal-host", LOOPBACK, "--port", str(port)]
-    proc = spawn(argv, data_dir / "label-studio.log", env=env)
+    env = label_studio_env(data_dir, files_root, username, password, token, database)
+    if gunicorn_workers > 0:
+        argv = label_studio_gunicorn_argv(binary, env, data_dir / "label-studio.log", port, gunicorn_workers)
+    else:
+        argv = [str(binary), "start", "--no-browser", "--internal-host", LOOPBACK, "--port", str(port)]
+    proc = spawn(argv, data_dir / "label-studio.log", env=env, name="label-studio")
     try:
         wait_http(f"http://{LOOPBACK}:{port}/health", timeout_s, proc)
     except StackError:
@@ -253,13 +263,45 @@ def start_label_studio(port: int, data_dir: Path, files_root: Path, username: st
     return proc
 
 
+def label_studio_gunicorn_argv(binary: Path, env: dict[str, str], log_path: Path, port: int,
+                               workers: int) -> list[str]:
+    """Migrate and make the admin (``label-studio init``, logged to ``log_path``), then return the argv of
+    gunicorn serving ``core.wsgi:application`` from the installed ``label_studio`` package. ``env`` gains
+    ``DJANGO_SETTINGS_MODULE``. Needs gunicorn in Label Studio's venv (scripts/install.sh puts it there)."""
+    python = binary.parent / "python"
+    probe = subprocess.run([str(python), "-c", "import gunicorn, label_studio, os; "
+                            "print(os.path.dirname(label_studio.__file__))"],
+                           capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    if probe.returncode != 0:
+        raise ServiceUnavailable(f"gunicorn is not installed next to Label Studio ({python}): run scripts/install.sh, "
+                                 f"or `{python} -m pip install gunicorn`.\n{probe.stderr.strip()[-500:]}")
+    package_dir = probe.stdout.strip()
+    try:
+        with open(log_path, "ab") as log:  # a cold database: every migration, 1-4 min on 2 busy cores
+            init = subprocess.run([str(binary), "init", "--no-browser", "--quiet"], env=env, stdout=log,
+                                  stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, timeout=2 * LS_STARTUP_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        raise StackError(f"`label-studio init` (migrations) did not finish within {2 * LS_STARTUP_TIMEOUT_S:.0f} s; "
+                         f"last lines of {log_path}:\n{log_tail(log_path)}") from None
+    if init.returncode != 0:
+        raise StackError(f"`label-studio init` (migrations) failed with exit code {init.returncode}; "
+                         f"last lines of {log_path}:\n{log_tail(log_path)}")
+    env["DJANGO_SETTINGS_MODULE"] = "core.settings.label_studio"
+    # gthread workers: Label Studio's requests block on the database; a long import or export may take minutes.
+    # Keep-alive 20 s, not gunicorn's 2 s: a client reusing a connection the server just closed gets a reset.
+    return [str(python), "-m", "gunicorn", "--chdir", package_dir, "--bind", f"{LOOPBACK}:{port}",
+            "--workers", str(workers), "--threads", "4", "--worker-class", "gthread", "--timeout", "300",
+            "--graceful-timeout", "10", "--keep-alive", "20", "--access-logfile", "-", "--no-control-socket",
+            "core.wsgi:application"]
+
+
 def reset_label_studio_password(data_dir: Path, files_root: Path, username: str, password: str,
-                                ls_bin: Path | str | None = None) -> None:
-    """Set a user's password with ``label-studio reset_password``, against the server's data dir
-    (it may be running). Label Studio's API cannot set another user's password."""
+                                ls_bin: Path | str | None = None, database: Mapping[str, str] | None = None) -> None:
+    """Set a user's password with ``label-studio reset_password``, against the server's data dir or
+    ``database`` (it may be running). Label Studio's API cannot set another user's password."""
     binary = find_label_studio(ls_bin)
     # The admin variables only matter at first start; keep them harmless here.
-    env = label_studio_env(Path(data_dir), Path(files_root), "", "", "")
+    env = label_studio_env(Path(data_dir), Path(files_root), "", "", "", database)
     argv = [str(binary), "reset_password", "--username", username, "--password", password]
     done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=180,
                           stdin=subprocess.DEVNULL)

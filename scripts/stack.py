@@ -2,43 +2,47 @@
 
 Stdlib only, so it runs before any venv exists and the integration-test fixtures can import it::
 
-    python scripts/stack.py up       # start what is not running, then preprocess the demo slide
+    python scripts/stack.py up         # start what is not running, then preprocess the demo slide
     python scripts/stack.py status
     python scripts/stack.py down
+    python scripts/stack.py supervise  # (run by `up`) restart the backend or the worker when one dies
+
+Label Studio runs on a PostgreSQL cluster of our own under gunicorn (``HALI_LS_DB=postgres``; the default
+``auto`` does so when PostgreSQL is installed and says so when it falls back), or on its embedded SQLite with
+Django's development server (``HALI_LS_DB=sqlite``: quicker to start, but it serves one task to several
+annotators at once). The backend runs under gunicorn (``HALI_BACKEND_WORKERS``, ``HALI_LS_WORKERS``).
 
 ``up`` keeps its state under ``.state/`` (``HALI_STATE_DIR``): pid files, logs, the Label Studio
 data dir, the files root that Label Studio serves, the embeddings store and ``credentials.json``.
-Ports come from ``HALI_REDIS_PORT`` (16379), ``HALI_LS_PORT`` (8080) and ``HALI_BACKEND_PORT``
-(9090); ``up`` saves them in ``ports.json`` for ``status`` and the next ``up``.
+Ports come from ``HALI_REDIS_PORT`` (16379), ``HALI_LS_PORT`` (8080), ``HALI_BACKEND_PORT``
+(9090) and ``HALI_PG_PORT`` (15432); ``up`` saves them in ``ports.json`` for ``status`` and the next ``up``.
 
 Starting and stopping each service is ``scripts/services.py``, which the integration tests share.
 """
 
 from __future__ import annotations
 
+import functools
 import http.client
-import json
 import os
-import secrets
 import subprocess
 import sys
 import time
 import urllib.request
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as `python scripts/stack.py`: make `scripts` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from scripts.postgres import find_postgres, label_studio_db_env, start_postgres, stop_postgres  # noqa: E402
 from scripts.services import (  # noqa: E402
     LOOPBACK,
     REPO_ROOT,
     ServiceUnavailable,
     StackError,
     died_message,
-    pid_alive,
     port_in_use,
     redis_ping,
     spawn,
@@ -48,76 +52,20 @@ from scripts.services import (  # noqa: E402
     stop_process,
     wait_http,
 )
+from scripts.stack_state import (  # noqa: E402
+    SERVICES,
+    SUPERVISED,
+    StackConfig,
+    load_credentials,
+    read_pid,
+    write_pid,
+)
+from scripts.supervisor import Supervisor, log_line, read_record  # noqa: E402
 
-ADMIN_EMAIL = "admin@hali.local"
 DEMO_CLASSES = "Positive,Negative"
 DEMO_MPP = 0.25  # see scripts/demo_slide.py
 
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback: never through a proxy
-
-
-@dataclass(frozen=True)
-class StackConfig:
-    """Where ``up`` keeps its state and which loopback ports it uses."""
-
-    state_dir: Path
-    redis_port: int
-    ls_port: int
-    backend_port: int
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str] = os.environ) -> StackConfig:
-        """Ports from the environment, else those the last ``up`` saved, else the defaults."""
-        state_dir = Path(env.get("HALI_STATE_DIR", REPO_ROOT / ".state")).resolve()
-        saved_path = state_dir / "ports.json"
-        saved = json.loads(saved_path.read_text()) if saved_path.exists() else {}
-
-        def port(var: str, key: str, default: int) -> int:
-            return int(env.get(var) or saved.get(key) or default)
-
-        return cls(state_dir=state_dir, redis_port=port("HALI_REDIS_PORT", "redis", 16379),
-                   ls_port=port("HALI_LS_PORT", "label-studio", 8080),
-                   backend_port=port("HALI_BACKEND_PORT", "backend", 9090))
-
-    def save_ports(self) -> None:
-        """Remember the ports, so ``status`` and the next ``up`` find the services again."""
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        ports = {"redis": self.redis_port, "label-studio": self.ls_port,
-                 "backend": self.backend_port}
-        (self.state_dir / "ports.json").write_text(json.dumps(ports, indent=2) + "\n")
-
-    @property
-    def ls_url(self) -> str:
-        return f"http://{LOOPBACK}:{self.ls_port}"
-
-    @property
-    def backend_url(self) -> str:
-        return f"http://{LOOPBACK}:{self.backend_port}"
-
-    @property
-    def redis_url(self) -> str:
-        return f"redis://{LOOPBACK}:{self.redis_port}/0"
-
-    @property
-    def ls_data_dir(self) -> Path:
-        return self.state_dir / "label-studio"
-
-    @property
-    def files_root(self) -> Path:
-        return self.state_dir / "files"
-
-    def pid_file(self, name: str) -> Path:
-        return self.state_dir / "pids" / f"{name}.pid"
-
-    def log_file(self, name: str) -> Path:
-        return self.state_dir / "logs" / f"{name}.log"
-
-
-SERVICES = ("redis", "label-studio", "backend", "worker")  # start order; down stops in reverse
-# What each service's command line contains: a pid file whose pid now names another program
-# (the pid was reused after a reboot) is stale, and that program is never signalled.
-_CMDLINE_MARKERS = {"redis": "redis-server", "label-studio": "label-studio",
-                    "backend": "ml_backend.cli", "worker": "ml_backend.cli"}
 
 
 @contextmanager
@@ -127,44 +75,6 @@ def step(title: str) -> Iterator[None]:
     start = time.monotonic()
     yield
     print(f"    {title}: {time.monotonic() - start:.1f} s", flush=True)
-
-
-def load_credentials(path: Path) -> dict[str, str]:
-    """The admin e-mail, password and legacy token, and the backend's basic-auth password and webhook secret:
-    made once and reused by every ``up`` (a file from an older ``up`` gains the keys it lacks)."""
-    creds = json.loads(path.read_text()) if path.exists() else {}
-    made = {"username": ADMIN_EMAIL, "password": secrets.token_urlsafe(12), "token": secrets.token_hex(20),
-            "backend_password": secrets.token_urlsafe(16), "webhook_secret": secrets.token_urlsafe(16)}
-    if set(made) - set(creds):
-        creds = {**made, **creds}
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(creds, indent=2) + "\n")
-        path.chmod(0o600)
-    return creds
-
-
-def read_pid(cfg: StackConfig, name: str) -> int | None:
-    """The pid of a running service from its pid file, or None (a stale pid file is removed)."""
-    pid_file = cfg.pid_file(name)
-    if not pid_file.exists():
-        return None
-    pid = int(pid_file.read_text().strip() or 0)
-    if pid > 0 and pid_alive(pid) and _cmdline_has(pid, _CMDLINE_MARKERS[name]):
-        return pid
-    pid_file.unlink()
-    return None
-
-
-def _cmdline_has(pid: int, marker: str) -> bool:
-    cmdline = Path(f"/proc/{pid}/cmdline")
-    if not cmdline.exists():  # no /proc (macOS): trust the pid file
-        return True
-    return marker in cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
-
-
-def write_pid(cfg: StackConfig, name: str, pid: int) -> None:
-    cfg.pid_file(name).parent.mkdir(parents=True, exist_ok=True)
-    cfg.pid_file(name).write_text(f"{pid}\n")
 
 
 def hali_env(cfg: StackConfig, creds: Mapping[str, str]) -> dict[str, str]:
@@ -194,14 +104,19 @@ def hali_argv(*args: str) -> list[str]:
     Raises ServiceUnavailable if ``ml_backend.cli`` does not import there.
     """
     python = venv_python()
+    _check_cli_imports(python)
+    run_main = "import sys; from ml_backend.cli import main; sys.exit(main())"
+    return [str(python), "-c", run_main, *args]
+
+
+@functools.cache  # once per process: the import takes seconds, and the supervisor restarts often
+def _check_cli_imports(python: Path) -> None:
     probe = subprocess.run([str(python), "-c", "import ml_backend.cli"], cwd=REPO_ROOT,
                            capture_output=True, text=True)
     if probe.returncode != 0:
         raise ServiceUnavailable(f"the hali CLI does not import with {python} "
                                  f"(`import ml_backend.cli` failed): run `make install`.\n"
                                  f"{probe.stderr.strip()[-1500:]}")
-    run_main = "import sys; from ml_backend.cli import main; sys.exit(main())"
-    return [str(python), "-c", run_main, *args]
 
 
 def ensure_service(cfg: StackConfig, name: str, start) -> None:
@@ -220,7 +135,8 @@ def start_backend(cfg: StackConfig, env: Mapping[str, str]) -> subprocess.Popen:
     if port_in_use(cfg.backend_port):
         raise StackError(f"port {cfg.backend_port} is taken, so the backend cannot listen there: "
                          "stop what uses it or set HALI_BACKEND_PORT")
-    argv = hali_argv("serve", "--host", LOOPBACK, "--port", str(cfg.backend_port))
+    argv = hali_argv("serve", "--host", LOOPBACK, "--port", str(cfg.backend_port),
+                     "--workers", str(cfg.backend_workers))
     proc = spawn(argv, cfg.log_file("backend"), env=env, cwd=REPO_ROOT, name="hali serve")
     try:
         wait_http(f"{cfg.backend_url}/health", 60, proc)
@@ -237,6 +153,45 @@ def start_worker(cfg: StackConfig, env: Mapping[str, str]) -> subprocess.Popen:
     if proc.poll() is not None:
         raise StackError(died_message(proc, "it began to work"))
     return proc
+
+
+def ensure_database(cfg: StackConfig, creds: Mapping[str, str]) -> dict[str, str] | None:
+    """Start our PostgreSQL unless ``HALI_LS_DB=sqlite``; its variables for Label Studio, or None for SQLite.
+
+    With ``auto`` (the default) and no PostgreSQL installed, say so and fall back to SQLite."""
+    if cfg.ls_db == "sqlite":
+        return None
+    try:
+        binaries = find_postgres()
+    except ServiceUnavailable as exc:
+        if cfg.ls_db == "postgres":
+            raise
+        print(f"    NOTE: {exc}. Label Studio runs on SQLite with its development server: fine for one "
+              "annotator; with several, some tasks are served to two people at once (README).")
+        return None
+    ensure_service(cfg, "postgres", lambda: start_postgres(binaries, cfg.pg_port, cfg.pg_data_dir,
+                                                           creds["postgres_password"]))
+    return label_studio_db_env(cfg.pg_port, creds["postgres_password"])
+
+
+def start_supervisor(cfg: StackConfig) -> subprocess.Popen:
+    """``stack.py supervise`` in a process of its own, logging to ``logs/supervisor.log``."""
+    argv = [sys.executable, str(REPO_ROOT / "scripts/stack.py"), "supervise"]
+    proc = spawn(argv, cfg.log_file("supervisor"), env=os.environ, cwd=REPO_ROOT, name="supervisor")
+    time.sleep(0.5)
+    if proc.poll() is not None:
+        raise StackError(died_message(proc, "it began to watch"))
+    return proc
+
+
+def supervise(cfg: StackConfig) -> int:
+    """Restart the backend or the worker whenever one dies (``up`` runs this in the background)."""
+    env = hali_env(cfg, load_credentials(cfg.state_dir / "credentials.json"))
+    starters = {"worker": lambda: start_worker(cfg, env), "backend": lambda: start_backend(cfg, env)}
+    supervisor = Supervisor(starters, read_pid=lambda name: read_pid(cfg, name),
+                            write_pid=lambda name, pid: write_pid(cfg, name, pid),
+                            record_path=cfg.state_dir / "supervisor.json", log=log_line)
+    return supervisor.run()
 
 
 def demo_slide(cfg: StackConfig) -> tuple[Path, list[str]]:
@@ -263,11 +218,13 @@ def up(cfg: StackConfig) -> int:
     code = 0
     try:
         ensure_service(cfg, "redis", lambda: start_redis(cfg.redis_port, cfg.state_dir / "redis", persist=True))
+        database = ensure_database(cfg, creds)
         ensure_service(cfg, "label-studio", lambda: start_label_studio(
             cfg.ls_port, cfg.ls_data_dir, cfg.files_root, creds["username"], creds["password"],
-            creds["token"]))
+            creds["token"], database=database, gunicorn_workers=cfg.ls_workers if database else 0))
         ensure_service(cfg, "backend", lambda: start_backend(cfg, env))
         ensure_service(cfg, "worker", lambda: start_worker(cfg, env))
+        ensure_service(cfg, "supervisor", lambda: start_supervisor(cfg))
         slide, options = demo_slide(cfg)
         with step(f"hali preprocess {slide.name}"):
             subprocess.run(hali_argv("preprocess", str(slide), "--project", "HALI demo", *options),
@@ -284,6 +241,8 @@ def up(cfg: StackConfig) -> int:
     print(f"\nup took {time.monotonic() - start:.1f} s")
     status(cfg)
     print(f"\nOpen {cfg.ls_url} and log in as {creds['username']} / {creds['password']}")
+    print(f"Dashboard of a project: {cfg.backend_url}/dashboard/<project id>, "
+          f"login hali / {creds['backend_password']} (after its first retrain)")
     print("Stop everything with: make down   (or: python scripts/stack.py down)")
     return code
 
@@ -295,26 +254,43 @@ def down(cfg: StackConfig) -> int:
         if pid is None:
             continue
         with step(f"stop {name} (pid {pid})"):
-            stop_pid(pid)
+            if name == "postgres":
+                stop_postgres(pid)
+            else:  # the supervisor may be starting a service: let it finish and record the pid
+                stop_pid(pid, timeout_s=90 if name == "supervisor" else 15)
         cfg.pid_file(name).unlink(missing_ok=True)
     return 0
 
 
 def status(cfg: StackConfig) -> int:
     """Print each service's pid and whether it answers; 0 if all run, 3 otherwise."""
-    checks = {"redis": lambda: redis_ping(cfg.redis_port),
+    on_postgres = read_pid(cfg, "postgres") is not None
+    checks = {"redis": lambda: redis_ping(cfg.redis_port), "postgres": lambda: port_in_use(cfg.pg_port),
               "label-studio": lambda: _answers(f"{cfg.ls_url}/health"),
               "backend": lambda: _answers(f"{cfg.backend_url}/health"),
-              "worker": lambda: True}
-    where = {"redis": cfg.redis_url, "label-studio": cfg.ls_url, "backend": cfg.backend_url,
-             "worker": str(cfg.log_file("worker"))}
+              "worker": lambda: True, "supervisor": lambda: True}
+    where = {"redis": cfg.redis_url, "postgres": f"{LOOPBACK}:{cfg.pg_port} (Label Studio's database)",
+             "label-studio": f"{cfg.ls_url} ({'PostgreSQL, gunicorn' if on_postgres else 'SQLite, dev server'})",
+             "backend": cfg.backend_url, "worker": str(cfg.log_file("worker")),
+             "supervisor": str(cfg.log_file("supervisor"))}
+    restarts = read_record(cfg.state_dir / "supervisor.json")
     all_up = True
     for name in SERVICES:
         pid = read_pid(cfg, name)
+        if name == "postgres" and pid is None and not on_postgres:
+            continue  # Label Studio on SQLite: no PostgreSQL to report
         state = "stopped" if pid is None else ("up" if checks[name]() else "not answering")
         all_up &= state == "up"
-        print(f"    {name:<13} {state:<14} pid {pid or '-':<8} {where[name]}")
+        note = _restart_note(restarts.get(name)) if name in SUPERVISED else ""
+        print(f"    {name:<13} {state:<14} pid {pid or '-':<8} {where[name]}{note}")
     return 0 if all_up else 3
+
+
+def _restart_note(record: Mapping | None) -> str:
+    if not record or not record.get("restarts"):
+        return ""
+    note = f"  (restarted {record['restarts']}x, last {record['last_restart']}"
+    return note + (f"; last error: {record['last_error'][:120]})" if record.get("last_error") else ")")
 
 
 def _answers(url: str) -> bool:
@@ -327,7 +303,7 @@ def _answers(url: str) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    commands = {"up": up, "down": down, "status": status}
+    commands = {"up": up, "down": down, "status": status, "supervise": supervise}
     if len(argv) != 1 or argv[0] not in commands:
         print(f"usage: python scripts/stack.py {'|'.join(commands)}", file=sys.stderr)
         return 2

@@ -6,7 +6,8 @@ POST /setup  the model version the project should show
 POST /predict  class suggestions for the given tasks, from cached embeddings
 POST /webhook  records new cell labels, enqueues a retrain every ``retrain_every`` labels; never trains
 GET /versions  the project's model versions
-GET /status/<project>  labels pending and what the last retrain did
+GET /dashboard/<p>, /metrics  the project manager's page and figures (ml_backend/http/dashboard.py)
+GET /status/<project>  labels pending, what the last retrain did, and a warning when labels wait too long
 =========== =================================================================================
 
 Errors are JSON ``{"error": "..."}`` with a 4xx/5xx status, never a traceback.
@@ -28,10 +29,12 @@ from adapters.errors import StorageError, StorageKeyError
 from adapters.settings import redacted_url
 from label_config import LabelConfigError, TileTask, parse_label_set, version_name
 from ml_backend.errors import NotPreprocessedError, UnknownCellError, WebhookError
+from ml_backend.http.dashboard import dashboard_blueprint
 from ml_backend.http.webhook import AnnotationsDeleted, Ignored, LabelsWritten, TrainingRequested, parse_webhook
 from ml_backend.labels.records import annotation_record
 from ml_backend.labels.redis_store import RedisLabelStore
 from ml_backend.model.store import ModelStore, ModelStoreError
+from ml_backend.retrain.catchup import stale_warning
 from ml_backend.retrain.job import enqueue_retrain
 from ml_backend.settings import BackendSettings
 from ml_backend.suggestions.embeddings import tables_storage
@@ -51,6 +54,7 @@ def create_app(settings: BackendSettings | None = None, redis: Redis | None = No
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_mb * 1024 * 1024  # larger bodies: 413
     _register_errors(app, settings)
     app.before_request(lambda: _check_basic_auth(settings))
+    app.register_blueprint(dashboard_blueprint(settings, store))  # /dashboard/<p>, /metrics
 
     @app.get("/health")
     @app.get("/")
@@ -98,7 +102,8 @@ def create_app(settings: BackendSettings | None = None, redis: Redis | None = No
     @app.get("/status/<int:project_id>")
     def status(project_id: int):
         return jsonify(pending=store.pending(project_id), retrain_every=settings.retrain_every,
-                       last_retrain=store.status(project_id) or None)
+                       last_retrain=store.status(project_id) or None,
+                       stale=stale_warning(store, project_id, settings.stale_retrain_s))
 
     return app
 
@@ -109,7 +114,7 @@ def _on_labels(event: LabelsWritten, store: RedisLabelStore, queue: Queue, setti
     labels = parse_label_set(event.label_config)
     tile = TileTask.from_task_data(event.task_data)
     rec, problems = annotation_record(event.task_id, tile, event.result, labels, event.cancelled, event.updated_at,
-                                      event.from_prediction)
+                                      event.from_prediction, **(event.lineage or {}))
     pending = store.record(event.project_id, event.annotation_id, rec)
     job = enqueue_retrain(queue, store, event.project_id, settings) if pending >= settings.retrain_every else None
     body = {"recorded": len(rec.labels), "drawn": len(rec.drawn), "pending": pending, "job": job}
@@ -133,7 +138,7 @@ def _register_errors(app: Flask, settings: BackendSettings) -> None:
     app.register_error_handler(
         RedisError,
         lambda e: answer(503, f"Redis at {redacted_url(settings.redis_url)} is unreachable ({e.__class__.__name__}); start it. "
-                              "No label is lost: the next retrain re-reads every annotation from Label Studio"),
+                              "No label is lost: the worker's reconcile reads it from Label Studio"),
     )
     app.register_error_handler(HTTPException, lambda e: answer(e.code or 500, e.description or e.name))
     app.register_error_handler(

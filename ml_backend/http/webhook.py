@@ -33,6 +33,7 @@ class _Annotation(BaseModel):
     completed_by: int | dict[str, Any] | None = None
     lead_time: float | None = None
     updated_at: str | None = None
+    created_at: str | None = None
     parent_prediction: int | None = None
 
 
@@ -68,6 +69,7 @@ class LabelsWritten:
     label_config: str | None
     updated_at: str
     from_prediction: bool = False  # the annotation started from a prediction: the annotator saw HALI's boxes
+    lineage: dict[str, Any] | None = None  # AnnotationRecord's completed_by, created_at, lead_time, parent_prediction
 
 
 @dataclass(frozen=True)
@@ -121,7 +123,14 @@ def _labels_written(p: _Payload) -> LabelsWritten:
         label_config=p.project.label_config if p.project else None,
         updated_at=p.annotation.updated_at or "",
         from_prediction=p.annotation.parent_prediction is not None,
+        lineage=_lineage(p.annotation),
     )
+
+
+def _lineage(a: _Annotation) -> dict[str, Any]:
+    user = a.completed_by.get("id") if isinstance(a.completed_by, dict) else a.completed_by
+    return {"completed_by": user if isinstance(user, int) else None, "created_at": a.created_at or "",
+            "lead_time": a.lead_time, "parent_prediction": a.parent_prediction}
 
 
 def _project_id(p: _Payload) -> int:

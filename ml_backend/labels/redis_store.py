@@ -1,13 +1,20 @@
 """RedisLabelStore: the backend's mirror of a project's annotations, and its retrain counter.
 
-Label Studio stays the source of truth: webhooks (1 s timeout, no retry) may be lost, so every retrain
-re-reads all annotations from the API and replaces this mirror (:meth:`replace_all`). The mirror lets the
-webhook count new labels in well under a millisecond and lets a retrain run while Label Studio is down.
+Label Studio stays the source of truth: webhooks (1 s timeout, no retry) may be lost, so
+:mod:`ml_backend.labels.reconcile` brings the mirror up to date from the API: incrementally (the tasks updated
+since the sync mark) before every retrain and on the worker's schedule, and fully (every task, which also
+catches deleted tasks) when a worker starts and every ``HALI_FULL_RECONCILE_S``. The mirror lets the webhook
+count new labels in well under a millisecond, and a retrain read its labels without listing the project.
 
 Keys, per project ``p``::
 
-    hali:p:<p>:annotations  hash  annotation id -> {"task", "labels": {cell id: class}, "drawn", "updated_at"}
+    hali:projects           set   projects the backend has seen (webhooks, retrains): the reconcile visits them
+    hali:p:<p>:annotations  hash  annotation id -> AnnotationRecord as JSON (labels, drawn, lineage)
+    hali:p:<p>:overlap      hash  task id -> readers Label Studio wants (only tasks with more than one)
+    hali:p:<p>:deleted-tasks set  tasks of the task maps that Label Studio no longer has (last full reconcile)
+    hali:p:<p>:sync         hash  "mark": Label Studio's newest task updated_at seen; "full_at": unix s
     hali:p:<p>:pending      int   cell labels new or changed since the last retrain started
+    hali:p:<p>:pending-since str  unix s when the oldest of those arrived (the stale-retrain warning)
     hali:p:<p>:queued       str   the id of the retrain job queued and not started yet (a flag)
     hali:p:<p>:train-lock   lock  held by the worker training the project, a lease renewed while it runs
     hali:p:<p>:status       hash  what the last retrain did (version, labels, seconds, ...)
@@ -18,9 +25,10 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from typing import Any
 
 from redis import Redis
@@ -36,15 +44,94 @@ class RedisLabelStore:
     def __init__(self, redis: Redis) -> None:
         self._r = redis
 
+    @classmethod
+    def from_url(cls, url: str) -> RedisLabelStore:
+        return cls(Redis.from_url(url))
+
     def record(self, project_id: int, annotation_id: int, rec: AnnotationRecord) -> int:
         """Store one annotation; returns the project's pending count after adding its new or changed labels."""
         key = _key(project_id, "annotations")
         old_raw = self._r.hget(key, str(annotation_id))
         old = _decode(old_raw).labels if old_raw else {}
+        changed = count_changed(old, rec.labels)
         pipe = self._r.pipeline()
         pipe.hset(key, str(annotation_id), json.dumps(asdict(rec)))
-        pipe.incrby(_key(project_id, "pending"), count_changed(old, rec.labels))
+        pipe.incrby(_key(project_id, "pending"), changed)
+        pipe.sadd(_PROJECTS, project_id)
+        if changed:
+            pipe.set(_key(project_id, "pending-since"), time.time(), nx=True)
         return int(pipe.execute()[1])
+
+    def apply(self, project_id: int, upserts: Mapping[int, AnnotationRecord], deletes: Iterable[int] = ()) -> int:
+        """Write ``upserts`` and remove ``deletes`` (annotation ids); returns the cell labels they change."""
+        key, deletes = _key(project_id, "annotations"), [str(i) for i in deletes]
+        ids = [str(i) for i in upserts] + deletes
+        old = {k: _decode(v).labels for k, v in zip(ids, self._r.hmget(key, ids) if ids else []) if v}
+        changed = sum(count_changed(old.get(str(a), {}), r.labels) for a, r in upserts.items())
+        changed += sum(len(old.get(a, {})) for a in deletes)
+        pipe = self._r.pipeline(transaction=True)
+        if upserts:
+            pipe.hset(key, mapping={str(k): json.dumps(asdict(v)) for k, v in upserts.items()})
+        if deletes:
+            pipe.hdel(key, *deletes)
+        pipe.sadd(_PROJECTS, project_id)
+        pipe.execute()
+        return changed
+
+    def projects(self) -> list[int]:
+        """Projects the backend has seen, sorted."""
+        return sorted(int(p) for p in self._r.smembers(_PROJECTS))
+
+    def sync_mark(self, project_id: int) -> str | None:
+        """Label Studio's newest task ``updated_at`` the mirror has read up to (an ISO time), or None."""
+        raw = self._r.hget(_key(project_id, "sync"), "mark")
+        return None if raw is None else raw.decode()
+
+    def set_sync_mark(self, project_id: int, mark: str, full: bool = False) -> None:
+        mapping: dict[str, Any] = {"mark": mark, **({"full_at": time.time()} if full else {})}
+        self._r.hset(_key(project_id, "sync"), mapping=mapping)
+
+    def full_reconcile_at(self, project_id: int) -> float | None:
+        raw = self._r.hget(_key(project_id, "sync"), "full_at")
+        return None if raw is None else float(raw)
+
+    def overlaps(self, project_id: int) -> dict[int, int]:
+        """Task id -> readers wanted, for the tasks that want more than one."""
+        return {int(k): int(v) for k, v in self._r.hgetall(_key(project_id, "overlap")).items()}
+
+    def set_overlaps(self, project_id: int, overlaps: Mapping[int, int], replace: bool = False) -> None:
+        """Record each task's wanted readers (1 removes it); ``replace``: these are every task's."""
+        key = _key(project_id, "overlap")
+        pipe = self._r.pipeline(transaction=True)
+        if replace:
+            pipe.delete(key)
+        wide = {str(t): n for t, n in overlaps.items() if n > 1}
+        narrow = [str(t) for t, n in overlaps.items() if n <= 1]
+        if wide:
+            pipe.hset(key, mapping=wide)
+        if narrow and not replace:
+            pipe.hdel(key, *narrow)
+        pipe.execute()
+
+    def deleted_tasks(self, project_id: int) -> set[int]:
+        """Tasks the task maps hold but Label Studio no longer has (found by the last full reconcile)."""
+        return {int(t) for t in self._r.smembers(_key(project_id, "deleted-tasks"))}
+
+    def set_deleted_tasks(self, project_id: int, task_ids: Iterable[int]) -> None:
+        pipe = self._r.pipeline(transaction=True)
+        pipe.delete(_key(project_id, "deleted-tasks"))
+        if ids := [int(t) for t in task_ids]:
+            pipe.sadd(_key(project_id, "deleted-tasks"), *ids)
+        pipe.execute()
+
+    def pending_since(self, project_id: int) -> float | None:
+        """Unix seconds when the oldest label not yet in a retrain arrived, or None."""
+        raw = self._r.get(_key(project_id, "pending-since"))
+        return None if raw is None else float(raw)
+
+    def try_lock(self, name: str, ttl_s: float) -> bool:
+        """True for the one caller that takes ``name`` for ``ttl_s`` seconds (the scheduled reconcile's tick)."""
+        return bool(self._r.set(f"hali:lock:{name}", "1", nx=True, px=max(1, int(ttl_s * 1000))))
 
     def delete(self, project_id: int, annotation_ids: Iterable[int]) -> None:
         ids = [str(i) for i in annotation_ids]
@@ -92,16 +179,21 @@ class RedisLabelStore:
         pipe = self._r.pipeline(transaction=True)
         pipe.delete(_key(project_id, "queued"))
         pipe.getset(_key(project_id, "pending"), 0)
+        pipe.delete(_key(project_id, "pending-since"))
         return int(pipe.execute()[1] or 0)
 
     def add_pending(self, project_id: int, n: int) -> None:
         if n:
-            self._r.incrby(_key(project_id, "pending"), n)
+            pipe = self._r.pipeline()
+            pipe.incrby(_key(project_id, "pending"), n)
+            pipe.set(_key(project_id, "pending-since"), time.time(), nx=True)
+            pipe.execute()
 
     def pending(self, project_id: int) -> int:
         return int(self._r.get(_key(project_id, "pending")) or 0)
 
     def set_status(self, project_id: int, status: Mapping[str, Any]) -> None:
+        self._r.sadd(_PROJECTS, project_id)
         self._r.hset(_key(project_id, "status"), mapping={k: json.dumps(v) for k, v in status.items()})
 
     def status(self, project_id: int) -> dict[str, Any]:
@@ -141,10 +233,14 @@ def _renew(lock: Lock, every_s: float, done: threading.Event) -> None:
             return
 
 
+_PROJECTS = "hali:projects"
+_RECORD_FIELDS = frozenset(f.name for f in fields(AnnotationRecord))
+
+
 def _key(project_id: int, name: str) -> str:
     return f"hali:p:{project_id}:{name}"
 
 
 def _decode(raw: bytes | str) -> AnnotationRecord:
-    d = json.loads(raw)
-    return AnnotationRecord(int(d["task_id"]), dict(d["labels"]), list(d.get("drawn", [])), d.get("updated_at", ""))
+    d = json.loads(raw)  # records written before the lineage fields get their defaults
+    return AnnotationRecord(**{k: v for k, v in d.items() if k in _RECORD_FIELDS})

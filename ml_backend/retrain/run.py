@@ -1,7 +1,8 @@
 """``run_retrain``: the job that turns new labels into a new model version and a new queue order.
 
-Reads every task and annotation from Label Studio (the source of truth, so a lost webhook loses no
-label), fits the classifier head on the labelled cells' frozen embeddings, predicts every open task,
+Reads the labels from the backend's Redis mirror, first reconciled with Label Studio for the tasks updated
+since the last sync (so a lost webhook loses no label, at a cost bounded by what changed; see
+:mod:`ml_backend.labels.reconcile`), and the tiles from the task maps preprocessing wrote; fits the classifier head on the labelled cells' frozen embeddings, predicts every open task,
 lets the query strategy pick the most useful cells (among those not predicted "Not a nucleus": the model
 learns that answer like a class, and active learning does not chase debris), ranks open tasks by how many
 picked cells they hold,
@@ -15,16 +16,20 @@ import hashlib
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
 
 from adapters.label_studio import LabelStudioGateway
 from label_config import LabelSet, TileTask, nuclei_only, parse_label_set, rank_to_score, version_name
+from ml_backend.dashboard.publish import publish_dashboard
 from ml_backend.errors import NotPreprocessedError
-from ml_backend.labels.records import merge_labels, records_from_tasks
+from ml_backend.labels.mirror import read_labels
 from ml_backend.labels.redis_store import RedisLabelStore
+from ml_backend.model.gold import gold_cells, gold_scores, training_labels
 from ml_backend.model.learners import Learner, make_learner
 from ml_backend.model.store import ModelStore
 from ml_backend.ordering.ranking import rank_tiles
@@ -80,11 +85,13 @@ def run_retrain(
     pending = store.start_retrain(project_id)
     try:
         with store.training_lease(project_id, settings.retrain_lease_s, wait_s=settings.job_timeout_s):
-            report = _retrain(project_id, settings, gateway, store)
+            report, publish = _retrain(project_id, settings, gateway, store)
     except Exception:
         store.add_pending(project_id, pending)  # so the next webhook retries rather than waiting 5 labels
         raise
     store.set_status(project_id, asdict(report))
+    if publish is not None:  # outside the lease: the next retrain need not wait for the dashboard
+        publish()
     log.info("project %s: %s trained on %d labels, %d open tasks ranked in %.2f s (%s)", project_id,
              report.model_version, report.n_labels, report.n_open_tasks, report.seconds,
              ", ".join(f"{k} {v:.2f}" for k, v in report.metrics.get("seconds_by_phase", {}).items()))
@@ -92,21 +99,20 @@ def run_retrain(
 
 
 def _retrain(project_id: int, settings: BackendSettings, gateway: LabelStudioGateway,
-             store: RedisLabelStore) -> RetrainReport:
+             store: RedisLabelStore) -> tuple[RetrainReport, Callable[[], Any] | None]:
+    """The new version, live; and the dashboard step to run once the training lease is released."""
     t0, laps = time.perf_counter(), _Laps()
     label_set = parse_label_set(gateway.get_project(project_id).label_config)
     targets = list(label_set.targets)
-    tasks = list(gateway.iter_tasks(project_id))
-    tiles = {t["id"]: TileTask.from_task_data(t["data"]) for t in tasks}
-    records = records_from_tasks(tasks, tiles, label_set)
-    store.replace_all(project_id, records)  # the mirror now matches Label Studio, lost webhooks included
-    labels = merge_labels(records)
+    view = read_labels(project_id, gateway, store, label_set, tables_storage(settings))  # mirror, reconciled
+    tiles, records, labels, open_ids = view.tiles, view.records, view.labels, view.open_ids
     laps.lap("read")
-    open_ids = [t["id"] for t in tasks if not t["annotations"]]
     layout = DataLayout(settings.data_dir, settings.ls_files_root)
     models = ModelStore(layout.models_dir(project_id))
     tables = tables_storage(settings)
-    cells = _gather_cells(tiles, open_ids, labels, targets, EmbeddingIndex(tables))
+    # the gold set (HALI_GOLD_SHARE, fixed by cell id) is never trained on: each version is scored on it
+    index = EmbeddingIndex(tables)
+    cells = _gather_cells(tiles, open_ids, training_labels(labels, settings.gold_share), targets, index)
     cells = _add_drawn_cells(cells, records, tiles, targets, DrawnCellEmbedder(tables))
     strategy = get_strategy(settings.strategy)
     if needs_mc_passes(strategy):
@@ -117,7 +123,7 @@ def _retrain(project_id: int, settings: BackendSettings, gateway: LabelStudioGat
     if head is None:
         log.info("project %s: no cell labels yet, nothing to retrain", project_id)
         current = models.latest_version()
-        return RetrainReport(project_id, current, version_name(current), 0, len(open_ids), [], {}, 0.0)
+        return RetrainReport(project_id, current, version_name(current), 0, len(open_ids), [], {}, 0.0), None
     proba, shown = head.predict_proba(cells.features), head.suggest_proba(cells.features)
     excluded = not_nucleus_mask(shown, targets) & (cells.y < 0)
     order = _rank_open_tasks(cells, head, proba, open_ids, settings, strategy, excluded, _slide_of_cells(cells, tiles))
@@ -125,15 +131,19 @@ def _retrain(project_id: int, settings: BackendSettings, gateway: LabelStudioGat
     version = models.next_version()
     # Only the top of the queue gets this version's prediction: Label Studio serves those tasks (static mode)
     # until the next version, so pushing every open task only made the retrain grow with the project.
-    top = order[: settings.predictions_top_k]
+    top = view.first(order)[: settings.predictions_top_k]  # a task's further reader (overlap) sees boxes
     gateway.import_predictions(project_id, _predictions(top, tiles, cells, shown, targets, version_name(version)))
     laps.lap("push")
     meta = _meta(label_set, labels, head, settings, n_drawn=int((cells.task_ids == -1).sum()))
+    gold = _gold_metrics(tiles, labels, targets, head, settings, index)
+    meta["metrics"].update(gold, n_train=int((cells.y >= 0).sum()))
     models.save(version, head, meta)
     gateway.serve_version(project_id, version_name(version))  # last: the switch makes the new order live
     laps.lap("switch")
-    return RetrainReport(project_id, version, version_name(version), len(labels), len(open_ids), order[:5],
-                         {**meta["metrics"], "seconds_by_phase": laps.seconds}, time.perf_counter() - t0)
+    report = RetrainReport(project_id, version, version_name(version), len(labels), len(open_ids), order[:5],
+                           {**meta["metrics"], "seconds_by_phase": laps.seconds}, time.perf_counter() - t0)
+    return report, partial(publish_dashboard, project_id, settings, gateway, tiles, records, labels, label_set,
+                           models.root)
 
 
 def _gather_cells(
@@ -213,6 +223,14 @@ def _fit_head(cells: _Cells, n_classes: int, settings: BackendSettings, mc: bool
     head = make_learner(settings.learner, n_classes, optimizer=settings.optimizer, random_state=settings.seed,
                         dropout=settings.mc_dropout if mc else 0.0)
     return head.fit(cells.features[labelled], cells.y[labelled])
+
+
+def _gold_metrics(tiles: dict[int, TileTask], labels: dict[str, str], targets: list[str], head: Learner,
+                  settings: BackendSettings, index: EmbeddingIndex) -> dict[str, Any]:
+    """``{"gold": {n, accuracy, balanced_accuracy}}`` of ``head``'s suggestions on the held-out gold cells."""
+    features, y = gold_cells(tiles, labels, settings.gold_share, targets, index)
+    predicted = head.suggest_proba(features).argmax(axis=1) if len(y) else y
+    return {"gold": gold_scores(y, predicted)}
 
 
 def _rank_open_tasks(

@@ -6,7 +6,8 @@
 - ``preprocess`` imports ``label_config`` and ``adapters``, never ``ml_backend``;
 - each I/O library is imported only by the adapter modules that wrap it;
 - the pure core reaches no I/O library through any chain of imports;
-- the Flask server does not load the offline simulation (nor matplotlib).
+- the Flask server does not load the offline simulation, nor matplotlib at start-up: the dashboard's plots
+  module (matplotlib) is imported inside the PNG routes only (``LAZY_IMPORTS``).
 
 Imports inside functions count; imports under ``if TYPE_CHECKING:`` do not (they never run).
 """
@@ -36,6 +37,7 @@ IO_HOMES = {
     "botocore": ("adapters/storage.py",),
     "openslide": ("adapters/slide_reader.py",),
     "flask": ("ml_backend/http/",),
+    "gunicorn": ("ml_backend/http/server.py",),
     "werkzeug": ("ml_backend/http/",),
     "redis": ("ml_backend/http/app.py", "ml_backend/labels/redis_store.py", "ml_backend/retrain/job.py",
               "ml_backend/worker.py", "preprocess/queue/", "preprocess/cli.py"),
@@ -43,8 +45,11 @@ IO_HOMES = {
            "preprocess/cli.py"),
     "requests": (),
     "httpx": ("adapters/label_studio.py",),  # the SDK's transport: its errors and timeouts
-    "matplotlib": ("ml_backend/simulation/plots.py",),
+    "matplotlib": ("ml_backend/simulation/plots.py", "ml_backend/dashboard/plots.py"),
 }
+# Imported only inside a function, on the first request that needs it: the server starts and runs without it
+# (matplotlib costs about a second and 40 MB; only a dashboard viewer pays for it).
+LAZY_IMPORTS = {"ml_backend.http.dashboard": frozenset({"ml_backend.dashboard.plots"})}
 PURE_CORE = [
     "label_config/regions.py", "label_config/schema.py", "label_config/serving.py",
     "preprocess/nuclei/segment.py", "preprocess/nuclei/tissue.py", "preprocess/tiles/tiling.py",
@@ -52,6 +57,9 @@ PURE_CORE = [
     "ml_backend/model/head.py", "ml_backend/model/training.py", "ml_backend/ordering/coreset.py",
     "ml_backend/ordering/strategies.py", "ml_backend/ordering/ranking.py", "ml_backend/ordering/relevance.py",
     "ml_backend/suggestions/predictions.py", "ml_backend/labels/records.py", "ml_backend/http/webhook.py",
+    "ml_backend/model/gold.py", "ml_backend/dashboard/metrics.py", "ml_backend/dashboard/snapshot.py",
+    "ml_backend/dashboard/coverage.py", "ml_backend/dashboard/summary.py", "ml_backend/dashboard/page.py",
+    "ml_backend/labels/lineage.py", "ml_backend/labels/agreement.py",
 ]
 PURE_PARSERS = ("label_studio_sdk.label_interface",)  # what the pure core may take from an I/O library
 
@@ -102,11 +110,14 @@ def _project_deps(module: str) -> set[str]:
 
 
 @cache
-def _closure(module: str) -> frozenset[str]:
-    """Every project module ``module`` loads, through any chain of imports (itself included)."""
+def _closure(module: str, skip_lazy: bool = False) -> frozenset[str]:
+    """Every project module ``module`` loads, through any chain of imports (itself included); with
+    ``skip_lazy``, the function-level imports of ``LAZY_IMPORTS`` are not followed."""
     seen, todo = {module}, [module]
     while todo:
-        for dep in _project_deps(todo.pop()):
+        current = todo.pop()
+        lazy = LAZY_IMPORTS.get(current, frozenset()) if skip_lazy else frozenset()
+        for dep in _project_deps(current) - lazy:
             # importing a.b.c runs a/__init__ and a/b/__init__ too
             parents = {".".join(dep.split(".")[:i]) for i in range(1, dep.count(".") + 1)}
             for name in {dep} | (parents & set(MODULES)):
@@ -148,7 +159,19 @@ def test_pure_core_reaches_no_io_library(path):
 def test_the_server_does_not_load_the_simulation():
     loaded = _closure("ml_backend.http.app") | _closure("ml_backend.worker")
     assert not {m for m in loaded if m.startswith("ml_backend.simulation")}
-    assert "matplotlib" not in {name.split(".")[0] for name in _third_party(loaded)}
+    at_start = _closure("ml_backend.http.app", skip_lazy=True) | _closure("ml_backend.worker", skip_lazy=True)
+    assert "matplotlib" not in {name.split(".")[0] for name in _third_party(at_start)}
+
+
+@pytest.mark.parametrize("module", sorted(LAZY_IMPORTS))
+def test_lazy_imports_happen_inside_functions_only(module):
+    top_level = set()
+    for node in ast.parse(MODULES[module].read_text()).body:
+        if isinstance(node, ast.Import):
+            top_level.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            top_level.add(node.module)
+    assert not top_level & LAZY_IMPORTS[module], f"{module} imports {sorted(LAZY_IMPORTS[module])} at module level"
 
 
 def test_the_walker_sees_chains_of_imports():

@@ -1,0 +1,123 @@
+"""``publish_dashboard``: after a retrain, the project's metrics snapshot, coverage maps and description line.
+
+Called by the retrain with what it already read from Label Studio (every task and annotation), so the only
+extra calls are the user list, the model version of predictions not seen before, the connected backend's URL
+and one description update. A failure here is logged and never fails the retrain: the new model and queue
+order are live already.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from adapters.errors import AdapterError
+from adapters.label_studio import LabelStudioGateway
+from adapters.slide_reader import OpenSlideReader
+from label_config import LabelSet, TileTask
+from ml_backend.dashboard.coverage import MAX_SIDE_PX, coverage_png
+from ml_backend.dashboard.metrics import AnnotationFact, facts_from_records
+from ml_backend.dashboard.snapshot import build_snapshot, status_line, with_status_line
+from ml_backend.dashboard.store import DashboardFiles
+from ml_backend.export.formats import label_colours
+from ml_backend.labels.records import AnnotationRecord
+from ml_backend.settings import BackendSettings
+from ml_backend.suggestions.embeddings import tables_storage
+from preprocess.layout import read_slide_meta
+
+log = logging.getLogger(__name__)
+MAX_PREDICTION_LOOKUPS = 400  # per retrain; the rest are dated by time now and looked up next time
+
+
+def publish_dashboard(project_id: int, settings: BackendSettings, gateway: LabelStudioGateway,
+                      tiles: Mapping[int, TileTask],
+                      records: Mapping[int, AnnotationRecord], labels: Mapping[str, str], label_set: LabelSet,
+                      models_dir: Path) -> dict[str, Any] | None:
+    """Write the snapshot and coverage maps, update the description line; returns the snapshot (None on failure)."""
+    t0 = time.perf_counter()
+    try:
+        files = DashboardFiles(models_dir)
+        project = gateway.get_project(project_id)
+        colours = label_colours(project.label_config)
+        facts = facts_from_records(records, tiles, gateway.user_names())
+        versions = _prediction_versions(files, gateway, facts)
+        snapshot = build_snapshot(project_id, facts, tiles, labels, label_set.targets, files.sidecars(), versions,
+                                  colours, settings.gold_share)
+        snapshot["coverage"] = _coverage(files, settings, tiles, facts, labels, colours,
+                                         files.read_snapshot() or {})
+        snapshot["seconds"] = round(time.perf_counter() - t0, 3)
+        files.write_snapshot(snapshot)
+        url = _dashboard_url(settings, gateway, project_id)
+        gateway.set_description(project_id, with_status_line(project.description, status_line(snapshot, url)))
+    except Exception:  # a by-product of the retrain: log it, never undo the retrain for it
+        log.exception("project %s: the dashboard snapshot failed; the retrain itself is done", project_id)
+        return None
+    log.info("project %s: dashboard snapshot in %.2f s", project_id, time.perf_counter() - t0)
+    return snapshot
+
+
+def _prediction_versions(files: DashboardFiles, gateway: LabelStudioGateway,
+                         facts: Sequence[AnnotationFact]) -> dict[int, str]:
+    known = files.prediction_versions()
+    wanted = sorted({f.prediction_id for f in facts if f.prediction_id is not None} - set(known))
+    if wanted:
+        known.update(gateway.prediction_versions(wanted[-MAX_PREDICTION_LOOKUPS:]))
+        files.save_prediction_versions(known)
+    return known
+
+
+def _coverage(files: DashboardFiles, settings: BackendSettings, tiles: Mapping[int, TileTask],
+              facts: Sequence[AnnotationFact], labels: Mapping[str, str], colours: Mapping[str, tuple[int, int, int]],
+              previous: Mapping[str, Any]) -> list[str]:
+    """Redraw the coverage map of each slide whose tasks or labels changed since the last snapshot."""
+    done_tasks = {f.task_id for f in facts}
+    by_slide: dict[str, list[tuple[int, TileTask]]] = {}
+    for task_id, tile in tiles.items():
+        by_slide.setdefault(tile.slide_id, []).append((task_id, tile))
+    before = (previous.get("progress") or {}).get("slides") or {}
+    now = _slide_counts(by_slide, done_tasks, labels)
+    drawn = []
+    for slide_id, items in sorted(by_slide.items()):
+        path = files.coverage_path(slide_id)
+        if path is None:
+            continue
+        drawn.append(slide_id)
+        old = before.get(slide_id) or {}
+        if path.exists() and (old.get("tasks_done"), old.get("cells_labelled")) == now[slide_id]:
+            continue
+        thumb = _thumbnail(files, settings, slide_id)
+        done = {tile.tile_id for task_id, tile in items if task_id in done_tasks}
+        png = coverage_png([t for _, t in items], done, labels, colours, *(thumb or (None, None)))
+        files.write_png(path, png)
+    return drawn
+
+
+def _slide_counts(by_slide, done_tasks, labels) -> dict[str, tuple[int, int]]:
+    return {slide: (sum(1 for task_id, _ in items if task_id in done_tasks),
+                    sum(1 for task_id, t in items if task_id in done_tasks for c in t.cells if c.cell_id in labels))
+            for slide, items in by_slide.items()}
+
+
+def _thumbnail(files: DashboardFiles, settings: BackendSettings, slide_id: str):
+    """The slide's thumbnail, read once from the slide file preprocessing recorded; None when unreadable."""
+    cached = files.thumbnail(slide_id)
+    if cached is not None:
+        return cached
+    try:
+        meta = read_slide_meta(tables_storage(settings), slide_id)
+        with OpenSlideReader(Path(meta["slide_path"]), mpp=meta.get("mpp")) as reader:
+            image, downsample = reader.thumbnail(MAX_SIDE_PX)
+    except (AdapterError, KeyError, OSError) as exc:
+        log.warning("slide %s: no thumbnail for the coverage map (%s); drawing on white", slide_id, exc)
+        return None
+    files.save_thumbnail(slide_id, image, downsample)
+    return image, downsample
+
+
+def _dashboard_url(settings: BackendSettings, gateway: LabelStudioGateway, project_id: int) -> str:
+    """``HALI_PUBLIC_URL`` (the backend as browsers reach it), else the URL Label Studio connects to."""
+    base = settings.public_url.rstrip("/") or next(iter(gateway.backend_urls(project_id)), "")
+    return f"{base}/dashboard/{project_id}" if base else ""

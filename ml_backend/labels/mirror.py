@@ -1,0 +1,91 @@
+"""What a retrain reads: the labels from the Redis mirror and the task map from what preprocessing wrote.
+
+:func:`read_labels` first brings the mirror up to date (:func:`~ml_backend.labels.reconcile.reconcile_incremental`,
+bounded by what changed), then takes the tiles of the project's tasks from the task maps written at import
+(``projects/<id>/tasks/<slide>.json``) and the slides' ``tasks.json``, not from Label Studio's task data.
+A project imported before task maps existed gets them once from Label Studio (every task's data), written for
+the next time; so does a project whose full reconcile finds tasks the maps do not know.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass
+
+from adapters.label_studio import LabelStudioGateway
+from adapters.storage import Storage
+from label_config import LabelSet, TileTask
+from ml_backend.labels.reconcile import ReconcileReport, reconcile_incremental
+from ml_backend.labels.records import AnnotationRecord, consensus_labels, count_conflicts
+from ml_backend.labels.redis_store import RedisLabelStore
+from preprocess.layout import read_slide_meta, read_task_maps, write_task_map
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LabelView:
+    """A project's labels as one retrain sees them.
+
+    ``open_ids``: tasks that want another reader (fewer annotations, skips included, than the task's overlap),
+    in task id order; ``reread_ids``: those some reader already did (overlap), whose next reader must be shown
+    boxes, so they get the new version's prediction first (:meth:`first`).
+    """
+
+    tiles: dict[int, TileTask]
+    records: dict[int, AnnotationRecord]
+    labels: dict[str, str]
+    open_ids: list[int]
+    reread_ids: list[int]
+    conflicts: int
+    reconcile: ReconcileReport
+
+    def first(self, order: list[int]) -> list[int]:
+        """``order`` (ranked open tasks) with the tasks awaiting a further reader moved to the front."""
+        reread = set(self.reread_ids)
+        return [t for t in self.reread_ids if t in set(order)] + [t for t in order if t not in reread]
+
+
+def read_labels(project_id: int, gateway: LabelStudioGateway, store: RedisLabelStore, label_set: LabelSet,
+                tables: Storage) -> LabelView:
+    """Reconcile the mirror incrementally, then the labels (consensus), tiles and open tasks of ``project_id``."""
+    report = reconcile_incremental(project_id, gateway, store, label_set)
+    tiles = project_tiles(project_id, gateway, tables)
+    if report.task_ids is not None:  # a full reconcile listed every task: tasks deleted or unknown to the maps
+        if not report.task_ids <= set(tiles):
+            tiles = _tiles_from_label_studio(project_id, gateway, tables)
+        store.set_deleted_tasks(project_id, set(tiles) - report.task_ids)
+    deleted = store.deleted_tasks(project_id)
+    tiles = {t: tile for t, tile in tiles.items() if t not in deleted}
+    records = {a: r for a, r in store.records(project_id).items() if r.task_id in tiles}
+    readers = Counter(r.task_id for r in records.values())
+    overlaps = store.overlaps(project_id)
+    open_ids = sorted(t for t in tiles if readers[t] < overlaps.get(t, 1))
+    reread = [t for t in open_ids if readers[t] > 0]
+    return LabelView(tiles, records, consensus_labels(records), open_ids, reread, count_conflicts(records), report)
+
+
+def project_tiles(project_id: int, gateway: LabelStudioGateway, tables: Storage) -> dict[int, TileTask]:
+    """Task id -> tile of every task of the project, from the task maps and the slides' ``tasks.json``."""
+    maps = read_task_maps(tables, project_id)
+    if not maps:
+        return _tiles_from_label_studio(project_id, gateway, tables)
+    tiles: dict[int, TileTask] = {}
+    for slide_id, task_ids in maps.items():
+        by_tile = {d["tile_id"]: d for d in read_slide_meta(tables, slide_id)["tiles"]}
+        tiles.update((task_id, TileTask.from_task_data(by_tile[tile_id]))
+                     for tile_id, task_id in task_ids.items() if tile_id in by_tile)
+    return tiles
+
+
+def _tiles_from_label_studio(project_id: int, gateway: LabelStudioGateway, tables: Storage) -> dict[int, TileTask]:
+    """Tiles from every task's data in Label Studio (slow: once per project), written as task maps."""
+    log.info("project %s: no task map for some tasks; reading every task's data from Label Studio once", project_id)
+    tiles = {int(t["id"]): TileTask.from_task_data(t["data"]) for t in gateway.list_tasks(project_id, "id,data")}
+    by_slide: dict[str, dict[str, int]] = {}
+    for task_id, tile in tiles.items():
+        by_slide.setdefault(tile.slide_id, {})[tile.tile_id] = task_id
+    for slide_id, task_ids in by_slide.items():
+        write_task_map(tables, project_id, slide_id, task_ids)
+    return tiles
