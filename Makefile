@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV_PY := .venv/bin/python
 BENCH ?= $(wildcard bench/bench_*.py)
 
-.PHONY: install up down status test unit bench
+.PHONY: install up down status test unit bench docker-test
 
 install:  ## redis-server, .venv (project + tests), .venv-ls (Label Studio); idempotent
 	bash scripts/install.sh
@@ -25,3 +25,6 @@ unit: install  ## unit tests only: seconds, no services
 
 bench: install  ## every bench/bench_*.py in turn (or BENCH="bench/bench_webhook.py ...")
 	@set -e; for script in $(BENCH); do echo "==> $$script"; $(VENV_PY) $$script; done
+
+docker-test:  ## build the images, compose up, preprocess the demo slide, label until the model version rises, down -v
+	bash docker/test.sh
