@@ -43,7 +43,7 @@ def publish_dashboard(project_id: int, settings: BackendSettings, gateway: Label
         project = gateway.get_project(project_id)
         colours = label_colours(project.label_config)
         facts = facts_from_records(records, tiles, gateway.user_names())
-        versions = _prediction_versions(files, gateway, facts)
+        versions = _prediction_versions(files, gateway, facts, records)
         snapshot = build_snapshot(project_id, facts, tiles, labels, label_set.targets, files.sidecars(), versions,
                                   colours, settings.gold_share)
         snapshot["coverage"] = _coverage(files, settings, tiles, facts, labels, colours,
@@ -59,9 +59,13 @@ def publish_dashboard(project_id: int, settings: BackendSettings, gateway: Label
     return snapshot
 
 
-def _prediction_versions(files: DashboardFiles, gateway: LabelStudioGateway,
-                         facts: Sequence[AnnotationFact]) -> dict[int, str]:
+def _prediction_versions(files: DashboardFiles, gateway: LabelStudioGateway, facts: Sequence[AnnotationFact],
+                         records: Mapping[int, AnnotationRecord]) -> dict[int, str]:
+    """Prediction id -> model version: what the mirror read with each annotation (superseded predictions are
+    pruned from Label Studio soon after), then the cache, then Label Studio for the rest."""
     known = files.prediction_versions()
+    known.update({r.parent_prediction: r.model_version for r in records.values()
+                  if r.parent_prediction is not None and r.model_version})
     wanted = sorted({f.prediction_id for f in facts if f.prediction_id is not None} - set(known))
     if wanted:
         known.update(gateway.prediction_versions(wanted[-MAX_PREDICTION_LOOKUPS:]))
