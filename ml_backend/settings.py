@@ -53,6 +53,17 @@ class BackendSettings(SharedSettings):
         "all annotators open before the next retrain (about one task per retrain each)"
     )
     query_budget: int = Field(100, ge=1, description="cells the strategy picks before they roll up to tiles")
+    # Spatial context (ml_backend/suggestions/context.py): docs/replay.md and bench/bench_suggestions.py measure it.
+    context: bool = Field(
+        True, description="the learner sees each cell's features plus the mean features of its spatial neighbours "
+        "and its local density; off: the cell's own features only"
+    )
+    context_neighbours: int = Field(8, ge=1, le=64, description="spatial neighbours per cell (context and smoothing)")
+    context_radius_um: float = Field(25.0, gt=0, description="radius of the local density count, micrometres")
+    smooth_alpha: float = Field(
+        0.5, ge=0.0, le=1.0, description="with HALI_CONTEXT: each cell's shown probabilities are this share its "
+        "own and the rest its spatial neighbours' mean; 1 turns smoothing off"
+    )
     seed: int = 0
     torch_threads: int = Field(
         1, ge=1, description="torch threads per process: the head is tiny, and more threads only add overhead"
