@@ -143,8 +143,17 @@ def context_of_rows(features: np.ndarray, neighbours: np.ndarray, density: np.nd
     x = np.asarray(features, dtype=np.float32)
     nbrs = _check_neighbours(neighbours, len(x))
     idx = np.asarray(rows, dtype=np.int64).reshape(-1)
-    mean_nbr = x[nbrs[idx]].mean(axis=1)
-    return np.concatenate([x[idx], mean_nbr, np.asarray(density, np.float32)[idx, None]], axis=1)
+    nbr = nbrs[idx]
+    out = np.empty((len(idx), 2 * x.shape[1] + 1), np.float32)
+    d = x.shape[1]
+    out[:, :d] = x[idx]
+    mean_nbr = out[:, d : 2 * d]
+    np.take(x, nbr[:, 0], axis=0, out=mean_nbr)
+    for j in range(1, nbr.shape[1]):  # one (M, d) temporary at a time, not (M, k, d)
+        mean_nbr += x[nbr[:, j]]
+    mean_nbr /= nbr.shape[1]
+    out[:, -1] = np.asarray(density, np.float32)[idx]
+    return out
 
 
 def smooth_rows(proba_of: Callable[[np.ndarray], np.ndarray], neighbours: np.ndarray, rows: np.ndarray,
