@@ -1,4 +1,4 @@
-"""A retrain with spatial context (the default): the slide's neighbour graph is cached beside its cell table, the
+"""A retrain with spatial context (HALI_CONTEXT=true): the slide's neighbour graph is cached beside its cell table, the
 model's sidecar records the context it was trained with, and ``/predict`` shows a task what the retrain pushed."""
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ def test_predict_shows_what_the_context_retrain_pushed(hali_environ, label_studi
         region["value"]["rectanglelabels"] = ["Positive" if i % 2 else "Negative"]
     annotator.submit(task["id"], regions, lead_time=4.0, project_id=result.project_id)
 
-    settings = BackendSettings(predictions_top_k=3)
+    settings = BackendSettings(predictions_top_k=3, context=True)
     report = run_retrain(result.project_id, settings, gateway, RedisLabelStore(redis_conn))
 
     layout = DataLayout(settings.data_dir, settings.ls_files_root)

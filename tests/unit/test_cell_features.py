@@ -1,4 +1,4 @@
-"""Spatial context in the product (ml_backend/suggestions/context.py): context features over every cell of a
+"""Spatial context in the product (ml_backend/suggestions/context.py, HALI_CONTEXT): context features over every cell of a
 slide, the neighbour graph cached once per slide, and shown probabilities smoothed over spatial neighbours, the
 same in the retrain and in ``/predict``."""
 
@@ -160,8 +160,8 @@ def test_smoothing_makes_more_suggestions_right_on_a_two_region_slide(tmp_path):
 def test_settings_turn_context_off_and_the_spec_round_trips_through_the_sidecar():
     from ml_backend.settings import BackendSettings
 
-    assert ContextSpec.from_settings(BackendSettings(context=False)) is None
-    spec = ContextSpec.from_settings(BackendSettings(smooth_alpha=0.7, context_neighbours=6))
+    assert ContextSpec.from_settings(BackendSettings()) is None  # off by default (docs/replay.md)
+    spec = ContextSpec.from_settings(BackendSettings(context=True, smooth_alpha=0.7, context_neighbours=6))
     assert spec == ContextSpec(6, 25.0, 0.7)
     assert ContextSpec.from_meta({"context": spec.to_meta()}) == spec
     assert ContextSpec.from_meta({}) is None  # a model saved before context existed
