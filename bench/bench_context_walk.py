@@ -6,7 +6,8 @@ The replay (``bench/bench_replay.py``) is path-dependent: the model changes the 
 different tasks. This replays the suggestions only: for the task served ``t``-th, a model fitted on every box
 of the tasks served before ``t - 1`` (a one-task retrain lag, as the replay measured) suggests a class for its
 boxes; kept = the suggestion equals the box's truth (nearest ground-truth nucleus within 3 um, else "not a
-nucleus"). Learners: plain features, context, context + smoothing (the product's ``CellFeatures``). Reads
+nucleus"). Learners: plain features, plain + smoothing, context, context + smoothing (the product's
+``CellFeatures``), each at the default L2 (C 1) and a stronger one (C 0.1). Reads
 the tasks from the stack's Label Studio SQLite database and the cell tables from its ``hali-data``.
 """
 
@@ -33,7 +34,8 @@ from ml_backend.simulation.dataset import parse_class_map  # noqa: E402
 from ml_backend.suggestions.context import CellFeatures, ContextSpec  # noqa: E402
 from ml_backend.suggestions.embeddings import EmbeddingIndex  # noqa: E402
 
-VARIANTS = {"plain": None, "context": ContextSpec(smooth_alpha=1.0), "context+smooth 0.5": ContextSpec()}
+VARIANTS = {"plain": None, "smooth only": ContextSpec(features=False), "context": ContextSpec(smooth_alpha=1.0),
+            "context+smooth 0.5": ContextSpec()}
 NOT_NUCLEUS = "not a nucleus"
 
 
@@ -58,16 +60,23 @@ def main() -> int:
           f"{run['totals']['kept_share_of_boxes']:.1%}")
     for name, spec in VARIANTS.items():
         features = CellFeatures(index, storage, spec)
-        kept = shown = 0
-        for t in range(2, len(walk)):
-            seen = [(walk[s], truth[s]) for s in range(t - 1)]
-            x = np.concatenate([features.tile_features(tile) for tile, _ in seen])
-            y = np.concatenate([y for _, y in seen])
-            head = LogisticClassifier(len(targets)).fit(x, y)
-            kept += int(np.sum(features.tile_proba(head, walk[t]).argmax(1) == truth[t]))
-            shown += len(truth[t])
-        print(f"  {name:20s} suggestions kept {kept} of {shown} boxes = {kept / shown:.1%} (tasks 3-{len(walk)})")
+        for c in (1.0, 0.1):
+            kept, shown = _kept(features, walk, truth, len(targets), c)
+            print(f"  {name:20s} C={c:<4g} suggestions kept {kept} of {shown} boxes = {kept / shown:.1%} "
+                  f"(tasks 3-{len(walk)})", flush=True)
     return 0
+
+
+def _kept(features: CellFeatures, walk, truth, k: int, c: float) -> tuple[int, int]:
+    kept = shown = 0
+    for t in range(2, len(walk)):
+        seen = [(walk[s], truth[s]) for s in range(t - 1)]
+        x = np.concatenate([features.tile_features(tile) for tile, _ in seen])
+        y = np.concatenate([y for _, y in seen])
+        head = LogisticClassifier(k, C=c).fit(x, y)
+        kept += int(np.sum(features.tile_proba(head, walk[t]).argmax(1) == truth[t]))
+        shown += len(truth[t])
+    return kept, shown
 
 
 def _tiles(db: Path, project_id: int) -> dict[int, TileTask]:

@@ -10,7 +10,7 @@ labels from the pool split, scored on the test split. Variants (columns):
 - ``suggested``: ``suggest_proba`` (re-weighted by the labelled class frequencies: what Label Studio shows);
 - ``+context``: the features plus the mean features of the 8 nearest cells and the local density (25 um);
 - ``+smooth a``: each cell's suggested probabilities mixed with its 8 spatial neighbours' (a own, 1 - a theirs);
-- ``+context+smooth a``: both (the product's default).
+- ``+context+smooth a``: both (``HALI_CONTEXT=true``, ``HALI_SMOOTH_ALPHA=a``).
 
 Neighbours are cells of the same CoNSeP crop (the crops overlap). Mean and standard error over seeds.
 Without the data it says so and exits 0.

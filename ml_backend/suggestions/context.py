@@ -1,9 +1,10 @@
 """CellFeatures: what the learner sees of a preprocessed cell, and the probabilities shown for it.
 
-With spatial context on (``HALI_CONTEXT``, a :class:`ContextSpec`), a cell is described by its own features,
-the mean features of its ``neighbours`` nearest cells of the same slide and the number of cells within
-``radius_um`` (:mod:`ml_backend.model.context`), and the probabilities shown for it are smoothed with its
-neighbours' (``smooth_alpha`` its own). Neighbours are found among *every* cell of the slide's cell table,
+With spatial context features on (``HALI_CONTEXT``, a :class:`ContextSpec` with ``features``), a cell is
+described by its own features, the mean features of its ``neighbours`` nearest cells of the same slide and the
+number of cells within ``radius_um`` (:mod:`ml_backend.model.context`). With ``smooth_alpha`` < 1
+(``HALI_SMOOTH_ALPHA``, with or without the context features) the probabilities shown for a cell are
+smoothed with its neighbours' (``smooth_alpha`` its own). Neighbours are found among *every* cell of the slide's cell table,
 not only those of open or labelled tasks.
 
 The neighbour graph depends on the cells' positions only (not on the featurizer), so it is computed once per
@@ -59,11 +60,13 @@ _CHUNK_ROWS = 65_536  # context rows built at a time: (chunk, 2d + 1) float32 st
 
 @dataclass(frozen=True)
 class ContextSpec:
-    """Spatial context of a model: ``neighbours`` per cell, density ``radius_um``, ``smooth_alpha`` (1: none)."""
+    """Spatial context of a model: ``neighbours`` per cell, density ``radius_um``, ``smooth_alpha`` (1: none),
+    and whether the learner sees the context ``features`` (else only the shown probabilities are smoothed)."""
 
     neighbours: int = 8
     radius_um: float = 25.0
     smooth_alpha: float = 0.5
+    features: bool = True
 
     def to_meta(self) -> dict[str, Any]:
         return asdict(self)
@@ -72,14 +75,18 @@ class ContextSpec:
     def from_meta(cls, meta: dict[str, Any]) -> ContextSpec | None:
         """The spec a model's sidecar records under ``context``; None for a model trained without context."""
         spec = meta.get("context")
-        return cls(int(spec["neighbours"]), float(spec["radius_um"]), float(spec["smooth_alpha"])) if spec else None
+        if not spec:
+            return None
+        return cls(int(spec["neighbours"]), float(spec["radius_um"]), float(spec["smooth_alpha"]),
+                   bool(spec.get("features", True)))
 
     @classmethod
     def from_settings(cls, settings: Any) -> ContextSpec | None:
-        """From ``HALI_CONTEXT``, ``HALI_CONTEXT_NEIGHBOURS``, ``HALI_CONTEXT_RADIUS_UM``, ``HALI_SMOOTH_ALPHA``."""
-        if not settings.context:
+        """From ``HALI_CONTEXT``, ``HALI_CONTEXT_NEIGHBOURS``, ``HALI_CONTEXT_RADIUS_UM``, ``HALI_SMOOTH_ALPHA``;
+        None when neither context features nor smoothing is asked for."""
+        if not settings.context and settings.smooth_alpha == 1.0:
             return None
-        return cls(settings.context_neighbours, settings.context_radius_um, settings.smooth_alpha)
+        return cls(settings.context_neighbours, settings.context_radius_um, settings.smooth_alpha, settings.context)
 
 
 @dataclass(frozen=True)
@@ -122,7 +129,7 @@ class CellFeatures:
     def features(self, slide_id: str, rows: np.ndarray) -> np.ndarray:
         """What the learner sees of the cells ``rows`` of one slide: (n, D) float32, D = 2d + 1 with context."""
         table = self.index.table(slide_id)
-        if self.spec is None:
+        if self.spec is None or not self.spec.features:
             return table.features[rows]
         graph = self.graph(slide_id)
         return context_of_rows(table.features, graph.neighbours, graph.density, rows)
@@ -132,7 +139,7 @@ class CellFeatures:
 
     def drawn_features(self, slide_id: str, boxes_px: np.ndarray, features: np.ndarray) -> np.ndarray:
         """Features (M, D) of cells drawn by hand (level-0 boxes (M, 4) (x0, y0, w, h), own features (M, d))."""
-        if self.spec is None:
+        if self.spec is None or not self.spec.features:
             return np.asarray(features, np.float32)
         table = self.index.table(slide_id)
         return context_at(box_centroids(boxes_px), features, box_centroids(table.boxes), table.features,

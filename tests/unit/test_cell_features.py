@@ -160,9 +160,20 @@ def test_smoothing_makes_more_suggestions_right_on_a_two_region_slide(tmp_path):
 def test_settings_turn_context_off_and_the_spec_round_trips_through_the_sidecar():
     from ml_backend.settings import BackendSettings
 
-    assert ContextSpec.from_settings(BackendSettings()) is None  # off by default (docs/replay.md)
+    assert ContextSpec.from_settings(BackendSettings()) == ContextSpec(features=False)  # smoothing only (docs/replay.md)
+    assert ContextSpec.from_settings(BackendSettings(smooth_alpha=1.0)) is None
     spec = ContextSpec.from_settings(BackendSettings(context=True, smooth_alpha=0.7, context_neighbours=6))
     assert spec == ContextSpec(6, 25.0, 0.7)
     assert ContextSpec.from_meta({"context": spec.to_meta()}) == spec
     assert ContextSpec.from_meta({}) is None  # a model saved before context existed
 
+
+
+def test_smoothing_only_keeps_the_tables_features_and_smooths_what_is_shown(tmp_path):
+    table = _grid_table(np.random.default_rng(7))
+    features = _features(tmp_path, table, ContextSpec(features=False))
+    head = LogisticClassifier(2).fit(table.features, (table.boxes[:, 0] >= 240).astype(int))
+    rows = np.arange(len(table))
+    np.testing.assert_array_equal(features.features(SLIDE, rows), table.features)
+    expected = smooth_proba(head.suggest_proba(table.features), features.graph(SLIDE).neighbours, 0.5)
+    np.testing.assert_allclose(features.proba(head, SLIDE, rows[:7], True), expected[:7], rtol=1e-5)
