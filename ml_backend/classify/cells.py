@@ -53,12 +53,18 @@ class SlideClasses:
 
 
 def classify_cells(table: CellTable, slide_id: str, learner: Learner, targets: tuple[str, ...],
-                   model_version: str, mpp: float | None, tissue_mm2: float | None) -> SlideClasses:
-    """Classify every cell of ``table`` with ``learner`` (suggestion probabilities, as Label Studio shows)."""
+                   model_version: str, mpp: float | None, tissue_mm2: float | None,
+                   proba_all: np.ndarray | None = None) -> SlideClasses:
+    """Classify every cell of ``table`` with ``learner`` (suggestion probabilities, as Label Studio shows).
+
+    ``proba_all`` (N, K) float32: those probabilities already computed (a model with spatial context:
+    :meth:`ml_backend.suggestions.context.CellFeatures.proba`); None: from the table's features.
+    """
     index = np.empty(len(table.cell_ids), np.int64)
     probability = np.empty(len(table.cell_ids), np.float32)
     for start in range(0, len(index), _PREDICT_CHUNK):
-        proba = learner.suggest_proba(table.features[start : start + _PREDICT_CHUNK])
+        chunk = slice(start, start + _PREDICT_CHUNK)
+        proba = learner.suggest_proba(table.features[chunk]) if proba_all is None else proba_all[chunk]
         index[start : start + len(proba)] = proba.argmax(axis=1)
         probability[start : start + len(proba)] = proba.max(axis=1)
     labels = np.asarray(targets, dtype=str)[index] if len(index) else np.empty(0, dtype=str)

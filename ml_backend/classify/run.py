@@ -16,6 +16,8 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from adapters.atomic import write_atomic
 from adapters.errors import AdapterError
 from adapters.label_studio import LabelStudioGateway
@@ -26,8 +28,9 @@ from ml_backend.classify.overlay import overlay_png
 from ml_backend.export.formats import label_colours
 from ml_backend.model.store import ModelStore
 from ml_backend.settings import BackendSettings
-from ml_backend.suggestions.embeddings import tables_storage
-from preprocess.layout import DataLayout, read_cell_table, read_slide_meta
+from ml_backend.suggestions.context import CellFeatures, ContextSpec
+from ml_backend.suggestions.embeddings import EmbeddingIndex, tables_storage
+from preprocess.layout import DataLayout, read_slide_meta
 from preprocess.nuclei.tissue import detect_tissue
 
 log = logging.getLogger(__name__)
@@ -50,13 +53,15 @@ def classify_project(settings: BackendSettings, gateway: LabelStudioGateway, pro
     model_version = str(meta.get("model_version") or version_name(int(meta["version"])))
     colours = label_colours(gateway.get_project(project_id).label_config)
     storage = tables_storage(settings)
+    features = CellFeatures(EmbeddingIndex(storage), storage, ContextSpec.from_meta(meta))
     results, files = [], []
     for slide_id in slide_ids or gateway.slide_ids(project_id):
         slide_meta = read_slide_meta(storage, slide_id)
         thumbnail, downsample, mpp = _thumbnail(slide_meta)
         area = None if thumbnail is None else tissue_area_mm2(detect_tissue(thumbnail), downsample, mpp)
-        result = classify_cells(read_cell_table(storage, slide_id), slide_id, learner, targets, model_version,
-                                mpp, area)
+        table = features.index.table(slide_id)
+        proba = None if features.spec is None else features.proba(learner, slide_id, np.arange(len(table)), True)
+        result = classify_cells(table, slide_id, learner, targets, model_version, mpp, area, proba)
         files.append(_write(out / f"{slide_id}.csv", cells_csv(result).encode()))
         if thumbnail is not None:
             files.append(_write(out / f"{slide_id}-overlay.png", overlay_png(thumbnail, downsample, result, colours)))

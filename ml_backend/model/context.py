@@ -10,12 +10,17 @@ slide in the product, a source image in ``hali simulate``. Cells of different gr
 - :func:`context_features`: ``[x, mean of the k neighbours' x, local density]``, (N, 2d + 1).
 - :func:`smooth_proba`: ``p' = alpha p + (1 - alpha) mean of the k neighbours' p``.
 - :func:`slide_context_features`: all of it for one slide's cell table (level-0 boxes, features, mpp).
+- :func:`context_of_rows`, :func:`smooth_rows`: the same for some cells of a slide only (the product computes
+  neighbours once per slide and these for the cells a retrain or a ``/predict`` needs).
+- :func:`context_at`: context features of cells that are not in the table (boxes drawn by hand).
 
 A cell with fewer than ``k`` other cells in its group repeats itself in the missing slots (so a lone cell's
 context is its own features, and smoothing leaves it alone).
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import numpy as np
 from scipy.spatial import cKDTree
@@ -127,3 +132,63 @@ def _check_neighbours(neighbours: np.ndarray, n: int) -> np.ndarray:
     if nbrs.ndim != 2 or len(nbrs) != n or not np.issubdtype(nbrs.dtype, np.integer):
         raise ValueError(f"neighbours must be (N, k) integers with N = {n}, got {nbrs.dtype} {nbrs.shape}")
     return nbrs
+
+
+def context_of_rows(features: np.ndarray, neighbours: np.ndarray, density: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """:func:`context_features` of the cells ``rows`` (M,) int only: (M, 2d + 1) float32.
+
+    ``features`` (N, d), ``neighbours`` (N, k) and ``density`` (N,) cover every cell of the slide, so a cell's
+    neighbours may be cells outside ``rows``; row for row equal to ``context_features(...)[rows]``.
+    """
+    x = np.asarray(features, dtype=np.float32)
+    nbrs = _check_neighbours(neighbours, len(x))
+    idx = np.asarray(rows, dtype=np.int64).reshape(-1)
+    nbr = nbrs[idx]
+    out = np.empty((len(idx), 2 * x.shape[1] + 1), np.float32)
+    d = x.shape[1]
+    out[:, :d] = x[idx]
+    mean_nbr = out[:, d : 2 * d]
+    np.take(x, nbr[:, 0], axis=0, out=mean_nbr)
+    for j in range(1, nbr.shape[1]):  # one (M, d) temporary at a time, not (M, k, d)
+        mean_nbr += x[nbr[:, j]]
+    mean_nbr /= nbr.shape[1]
+    out[:, -1] = np.asarray(density, np.float32)[idx]
+    return out
+
+
+def smooth_rows(proba_of: Callable[[np.ndarray], np.ndarray], neighbours: np.ndarray, rows: np.ndarray,
+                alpha: float) -> np.ndarray:
+    """:func:`smooth_proba` of the cells ``rows`` (M,) int only: (M, K) float32.
+
+    ``proba_of(idx)`` gives (len(idx), K) probabilities of the cells ``idx`` (sorted, unique int64); it is
+    called once, on ``rows`` and their neighbours, so a retrain or a ``/predict`` of one tile never computes
+    the whole slide. Row for row equal to ``smooth_proba(proba_of(all cells), neighbours, alpha)[rows]``.
+    """
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha={alpha} must lie in [0, 1]")
+    idx = np.asarray(rows, dtype=np.int64).reshape(-1)
+    if alpha == 1.0:
+        return np.asarray(proba_of(idx), dtype=np.float32)
+    nbrs = np.asarray(neighbours)[idx]
+    needed = np.unique(np.concatenate([idx, nbrs.reshape(-1)]))
+    p = np.asarray(proba_of(needed), dtype=np.float32)
+    own, theirs = p[np.searchsorted(needed, idx)], p[np.searchsorted(needed, nbrs)].mean(axis=1)
+    return alpha * own + (1.0 - alpha) * theirs
+
+
+def context_at(xy_px: np.ndarray, features: np.ndarray, table_xy_px: np.ndarray, table_features: np.ndarray,
+               mpp: float, k: int = DEFAULT_NEIGHBOURS, radius_um: float = DEFAULT_RADIUS_UM) -> np.ndarray:
+    """Context features (M, 2d + 1) float32 of new cells (a box drawn by hand) among a slide's table cells.
+
+    ``xy_px`` (M, 2) and ``table_xy_px`` (N, 2) level-0 (x, y) centroids; ``features`` (M, d) and
+    ``table_features`` (N, d). A new cell's neighbours and density count table cells only (it is not one).
+    """
+    x = np.asarray(features, dtype=np.float32)
+    table_x = np.asarray(table_features, dtype=np.float32)
+    if not len(table_x):
+        return np.concatenate([x, x, np.zeros((len(x), 1), np.float32)], axis=1)
+    tree = cKDTree(np.asarray(table_xy_px, dtype=np.float64))
+    _, nearest = tree.query(np.asarray(xy_px, dtype=np.float64), k=min(k, len(table_x)))
+    nearest = np.asarray(nearest).reshape(len(x), -1)
+    density = tree.query_ball_point(np.asarray(xy_px, dtype=np.float64), r=radius_um / mpp, return_length=True)
+    return np.concatenate([x, table_x[nearest].mean(axis=1), np.asarray(density, np.float32).reshape(-1, 1)], axis=1)

@@ -10,17 +10,11 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
-from label_config import TileTask
-
 _HASH_SPAN = float(1 << 64)
-
-
-class _Features(Protocol):
-    def features(self, slide_id: str, cell_ids: list[str]) -> np.ndarray: ...
 
 
 def gold_fraction(cell_id: str) -> float:
@@ -44,24 +38,6 @@ def training_labels(labels: Mapping[str, str], share: float) -> dict[str, str]:
 def gold_labels(labels: Mapping[str, str], share: float) -> dict[str, str]:
     """The gold cells of ``labels`` (cell id -> target)."""
     return {cell: label for cell, label in labels.items() if is_gold(cell, share)}
-
-
-def gold_cells(tiles: Mapping[int, TileTask], labels: Mapping[str, str], share: float, targets: list[str],
-               index: _Features) -> tuple[np.ndarray, np.ndarray]:
-    """Features float32 (G, D) and target indices int64 (G,) of the gold cells among ``tiles``' cells."""
-    gold = gold_labels(labels, share)
-    code = {t: i for i, t in enumerate(targets)}
-    by_slide: dict[str, list[str]] = {}
-    for tile in tiles.values():
-        by_slide.setdefault(tile.slide_id, []).extend(c.cell_id for c in tile.cells if gold.get(c.cell_id) in code)
-    feats, ys = [], []
-    for slide_id, cell_ids in by_slide.items():
-        if cell_ids:
-            feats.append(index.features(slide_id, cell_ids))
-            ys.append(np.array([code[gold[c]] for c in cell_ids], dtype=np.int64))
-    if not feats:
-        return np.zeros((0, 0), np.float32), np.zeros(0, np.int64)
-    return np.concatenate(feats).astype(np.float32), np.concatenate(ys)
 
 
 def gold_scores(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, Any]:

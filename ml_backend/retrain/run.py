@@ -30,7 +30,7 @@ from ml_backend.dashboard.publish import publish_dashboard
 from ml_backend.errors import NotPreprocessedError
 from ml_backend.labels.mirror import read_labels
 from ml_backend.labels.redis_store import RedisLabelStore
-from ml_backend.model.gold import gold_cells, gold_scores, training_labels
+from ml_backend.model.gold import gold_labels, gold_scores, training_labels
 from ml_backend.model.learners import Learner, make_learner
 from ml_backend.model.store import ModelStore
 from ml_backend.ordering.ranking import rank_tiles
@@ -38,6 +38,7 @@ from ml_backend.ordering.relevance import RelevanceParams, rarest_class
 from ml_backend.ordering.strategies import Strategy, get_strategy, needs_mc_passes, query
 from ml_backend.retrain.publish import publish_version
 from ml_backend.settings import BackendSettings
+from ml_backend.suggestions.context import CellFeatures, ContextSpec
 from ml_backend.suggestions.drawn_cells import DrawnCellEmbedder
 from ml_backend.suggestions.embeddings import EmbeddingIndex, tables_storage
 from ml_backend.suggestions.predictions import not_nucleus_mask, tile_prediction
@@ -78,6 +79,7 @@ class _Cells:
     features: np.ndarray  # float32 (N, D)
     task_ids: np.ndarray  # int (N,)
     y: np.ndarray  # int (N,): target index (classes, then "Not a nucleus"), -1 when unlabelled
+    rows: np.ndarray | None = None  # int (N,): row in its slide's cell table, -1 for a cell drawn by hand
 
 
 def run_retrain(
@@ -112,10 +114,10 @@ def _retrain(project_id: int, settings: BackendSettings, gateway: LabelStudioGat
     layout = DataLayout(settings.data_dir, settings.ls_files_root)
     models = ModelStore(layout.models_dir(project_id))
     tables = tables_storage(settings)
+    features = CellFeatures(EmbeddingIndex(tables), tables, ContextSpec.from_settings(settings))
     # the gold set (HALI_GOLD_SHARE, fixed by cell id) is never trained on: each version is scored on it
-    index = EmbeddingIndex(tables)
-    cells = _gather_cells(tiles, open_ids, training_labels(labels, settings.gold_share), targets, index)
-    cells = _add_drawn_cells(cells, records, tiles, targets, DrawnCellEmbedder(tables))
+    cells = _gather_cells(tiles, open_ids, training_labels(labels, settings.gold_share), targets, features)
+    cells = _add_drawn_cells(cells, records, tiles, targets, DrawnCellEmbedder(tables), features)
     strategy = get_strategy(settings.strategy)
     if needs_mc_passes(strategy):
         strategy = get_strategy(settings.strategy, _relevance_params(settings, list(label_set.classes), cells.y))
@@ -126,15 +128,15 @@ def _retrain(project_id: int, settings: BackendSettings, gateway: LabelStudioGat
         log.info("project %s: no cell labels yet, nothing to retrain", project_id)
         current = models.latest_version()
         return RetrainReport(project_id, current, version_name(current), 0, len(open_ids), [], {}, 0.0), None
-    proba, shown = head.predict_proba(cells.features), head.suggest_proba(cells.features)
+    proba, shown = (_cells_proba(cells, tiles, head, features, suggest) for suggest in (False, True))
     excluded = not_nucleus_mask(shown, targets) & (cells.y < 0)
     order = _rank_open_tasks(cells, head, proba, open_ids, settings, strategy, excluded, _slide_of_cells(cells, tiles))
     laps.lap("rank")
     # Only the top of the queue gets this version's prediction (the rest get theirs from /predict when opened),
     # under a version name reserved first; superseded and failed versions are pruned (publish.py).
     top = view.first(order)[: settings.predictions_top_k]  # a task's further reader (overlap) sees boxes
-    meta = _meta(label_set, labels, head, settings, n_drawn=int((cells.task_ids == -1).sum()))
-    meta["metrics"].update(_gold_metrics(tiles, labels, targets, head, settings, index),
+    meta = _meta(label_set, labels, head, settings, n_drawn=int((cells.task_ids == -1).sum()), spec=features.spec)
+    meta["metrics"].update(_gold_metrics(tiles, labels, targets, head, settings, features),
                            n_train=int((cells.y >= 0).sum()))
     version = publish_version(
         project_id, gateway, models, lambda name: _predictions(top, tiles, cells, shown, targets, name),
@@ -146,33 +148,36 @@ def _retrain(project_id: int, settings: BackendSettings, gateway: LabelStudioGat
 
 
 def _gather_cells(
-    tiles: dict[int, TileTask], open_ids: list[int], labels: dict[str, str], targets: list[str], index: EmbeddingIndex
+    tiles: dict[int, TileTask], open_ids: list[int], labels: dict[str, str], targets: list[str], index: CellFeatures
 ) -> _Cells:
     """Labelled cells (any task) plus every cell of an open task; ``y`` indexes ``targets``."""
     open_set = set(open_ids)
     class_index = {c: i for i, c in enumerate(targets)}
-    feats, task_ids, ys = [], [], []
+    feats, task_ids, ys, rows = [], [], [], []
     for task_id, tile in tiles.items():
         y = np.array([class_index.get(labels.get(c.cell_id, ""), -1) for c in tile.cells], dtype=np.int64)
         keep = np.ones(len(y), bool) if task_id in open_set else y >= 0
         if not keep.any():
             continue
-        feats.append(index.tile_features(tile)[keep])
+        rows.append(index.rows(tile)[keep])
+        feats.append(index.features(tile.slide_id, rows[-1]))
         task_ids.append(np.full(int(keep.sum()), task_id))
         ys.append(y[keep])
     if not feats:
-        return _Cells(np.zeros((0, 0), np.float32), np.zeros(0, np.int64), np.zeros(0, np.int64))
+        empty = np.zeros(0, np.int64)
+        return _Cells(np.zeros((0, 0), np.float32), empty, empty, empty)
     dims = {f.shape[1] for f in feats}
     if len(dims) > 1:
         raise NotPreprocessedError(
             f"the project's slides were embedded with different featurizers ({sorted(dims)} features); "
             "re-run `hali preprocess` on every slide with the same --featurizer and --checkpoint"
         )
-    return _Cells(np.concatenate(feats).astype(np.float32), np.concatenate(task_ids), np.concatenate(ys))
+    return _Cells(np.concatenate(feats).astype(np.float32), np.concatenate(task_ids), np.concatenate(ys),
+                  np.concatenate(rows))
 
 
 def _add_drawn_cells(cells: _Cells, records, tiles: dict[int, TileTask], targets: list[str],
-                     embedder: DrawnCellEmbedder) -> _Cells:
+                     embedder: DrawnCellEmbedder, index: CellFeatures) -> _Cells:
     """``cells`` plus the labelled boxes annotators drew by hand (task id -1: they are never ranked)."""
     by_slide: dict[str, list[tuple[list[int], str]]] = {}
     for rec in records.values():
@@ -184,6 +189,7 @@ def _add_drawn_cells(cells: _Cells, records, tiles: dict[int, TileTask], targets
         f = embedder.embed(slide_id, [box for box, _ in items])
         if f is None:
             continue
+        f = index.drawn_features(slide_id, np.array([box for box, _ in items], np.float64), f)
         if cells.features.size and f.shape[1] != cells.features.shape[1]:
             log.warning("slide %s: %d hand-drawn cells skipped: %d features, the project's cells have %d",
                         slide_id, len(items), f.shape[1], cells.features.shape[1])
@@ -194,7 +200,8 @@ def _add_drawn_cells(cells: _Cells, records, tiles: dict[int, TileTask], targets
     if n_new == 0:
         return cells
     features = np.concatenate([f for f in feats if f.size]).astype(np.float32)
-    return _Cells(features, np.concatenate([cells.task_ids, np.full(n_new, -1)]), np.concatenate(ys))
+    return _Cells(features, np.concatenate([cells.task_ids, np.full(n_new, -1)]), np.concatenate(ys),
+                  None if cells.rows is None else np.concatenate([cells.rows, np.full(n_new, -1)]))
 
 
 def _relevance_params(settings: BackendSettings, classes: list[str], y: np.ndarray) -> RelevanceParams:
@@ -225,11 +232,31 @@ def _fit_head(cells: _Cells, n_classes: int, settings: BackendSettings, mc: bool
 
 
 def _gold_metrics(tiles: dict[int, TileTask], labels: dict[str, str], targets: list[str], head: Learner,
-                  settings: BackendSettings, index: EmbeddingIndex) -> dict[str, Any]:
-    """``{"gold": {n, accuracy, balanced_accuracy}}`` of ``head``'s suggestions on the held-out gold cells."""
-    features, y = gold_cells(tiles, labels, settings.gold_share, targets, index)
-    predicted = head.suggest_proba(features).argmax(axis=1) if len(y) else y
-    return {"gold": gold_scores(y, predicted)}
+                  settings: BackendSettings, features: CellFeatures) -> dict[str, Any]:
+    """``{"gold": {n, accuracy, balanced_accuracy}}`` of ``head``'s suggestions, as shown (context and
+    smoothing included), on the held-out gold cells."""
+    gold, code = gold_labels(labels, settings.gold_share), {t: i for i, t in enumerate(targets)}
+    truth, said = [], []
+    for tile in tiles.values():
+        keep = np.array([gold.get(c.cell_id) in code for c in tile.cells], dtype=bool)
+        if keep.any():
+            said.extend(features.tile_proba(head, tile, suggest=True)[keep].argmax(axis=1).tolist())
+            truth.extend(code[gold[c.cell_id]] for c, k in zip(tile.cells, keep) if k)
+    return {"gold": gold_scores(np.array(truth, np.int64), np.array(said, np.int64))}
+
+
+def _cells_proba(cells: _Cells, tiles: dict[int, TileTask], head: Learner, index: CellFeatures,
+                 suggest: bool) -> np.ndarray:
+    """(N, K) probabilities of ``cells`` (``suggest``: as shown), smoothed over each slide's spatial neighbours
+    by :meth:`CellFeatures.proba`, the one ``/predict`` uses; hand-drawn cells from their own features."""
+    out = head.suggest_proba(cells.features) if suggest else head.predict_proba(cells.features)
+    if index.spec is None or cells.rows is None:
+        return out
+    slides, drawn = _slide_of_cells(cells, tiles), cells.rows < 0
+    for slide_id in np.unique(slides[~drawn]).tolist():
+        mine = (slides == slide_id) & ~drawn
+        out[mine] = index.proba(head, slide_id, cells.rows[mine], suggest)
+    return out
 
 
 def _rank_open_tasks(
@@ -271,7 +298,8 @@ def _predictions(
 
 
 def _meta(
-    label_set: LabelSet, labels: dict[str, str], head: Learner, settings: BackendSettings, n_drawn: int
+    label_set: LabelSet, labels: dict[str, str], head: Learner, settings: BackendSettings, n_drawn: int,
+    spec: ContextSpec | None = None,
 ) -> dict[str, Any]:
     """The model's sidecar; its ``metrics`` also go to the status. ``n_labels`` counts every label
     ("Not a nucleus" included: it is an answer the model learns), ``n_nuclei`` only the nuclei."""
@@ -286,4 +314,5 @@ def _meta(
         "epochs": head.n_epochs_,
     }
     return {"classes": list(label_set.classes), "targets": list(label_set.targets), "label_snapshot": snapshot,
-            "strategy": settings.strategy, "learner": settings.learner, "metrics": metrics}
+            "strategy": settings.strategy, "learner": settings.learner, "metrics": metrics,
+            "context": spec.to_meta() if spec else None}

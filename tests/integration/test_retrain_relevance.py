@@ -19,6 +19,7 @@ from ml_backend.model.store import ModelStore
 from ml_backend.ordering.relevance import RelevanceParams, cell_scores
 from ml_backend.retrain.run import run_retrain
 from ml_backend.settings import BackendSettings
+from ml_backend.suggestions.context import CellFeatures, ContextSpec
 from ml_backend.suggestions.embeddings import EmbeddingIndex, tables_storage
 from preprocess.layout import DataLayout
 from preprocess.run import run_preprocess
@@ -50,7 +51,8 @@ def test_relevance_serves_the_tile_with_the_highest_tile_score(
     layout = DataLayout(settings.data_dir, settings.ls_files_root)
     head, meta = ModelStore(layout.models_dir(pid)).load(report.version)
     assert meta["strategy"] == "relevance" and head.dropout == settings.mc_dropout
-    index = EmbeddingIndex(tables_storage(settings))
+    storage = tables_storage(settings)
+    index = CellFeatures(EmbeddingIndex(storage), storage, ContextSpec.from_meta(meta))  # the features it was fit on
     score = {}
     for task in gateway.iter_tasks(pid):
         if task["annotations"]:

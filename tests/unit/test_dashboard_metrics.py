@@ -23,8 +23,9 @@ from ml_backend.dashboard.page import render_page
 from ml_backend.dashboard.snapshot import STATUS_MARK, build_snapshot, status_line, with_status_line
 from ml_backend.dashboard.summary import prometheus_text, summary
 from ml_backend.labels.records import record_from_annotation
-from ml_backend.model.gold import gold_cells, gold_scores, is_gold, training_labels
-from ml_backend.retrain.run import _gather_cells
+from ml_backend.model.gold import gold_scores, is_gold, training_labels
+from ml_backend.retrain.run import _gather_cells, _gold_metrics
+from ml_backend.settings import BackendSettings
 
 LABELS = LabelSet(("Tumor", "Other"))
 
@@ -119,13 +120,18 @@ def test_the_gold_set_is_deterministic_about_its_share_and_kept_out_of_training(
 
 
 class _Index:
-    """Features of a cell: its number, so rows can be traced back to cells."""
+    """Cell features (``CellFeatures``' interface): a cell's number, so rows can be traced back to cells; its
+    shown class: the cell's number modulo 2 (Tumor for odd, Other for even), as one-hot probabilities."""
 
-    def tile_features(self, tile):
-        return self.features(tile.slide_id, [c.cell_id for c in tile.cells])
+    def rows(self, tile):
+        return np.array([int(c.cell_id.rsplit("-", 1)[1]) for c in tile.cells], np.int64)
 
-    def features(self, slide_id, cell_ids):
-        return np.array([[float(c.rsplit("-", 1)[1])] for c in cell_ids], np.float32)
+    def features(self, slide_id, rows):
+        return np.asarray(rows, np.float32)[:, None]
+
+    def tile_proba(self, head, tile, suggest=True):
+        odd = self.rows(tile) % 2
+        return np.stack([odd, 1 - odd, np.zeros_like(odd)], axis=1).astype(np.float32)
 
 
 def test_the_retrains_fit_rows_hold_no_gold_cell_and_gold_cells_are_scored():
@@ -136,8 +142,11 @@ def test_the_retrains_fit_rows_hold_no_gold_cell_and_gold_cells_are_scored():
     cells = _gather_cells({1: tile}, [], training_labels(labels, 0.25), list(LABELS.targets), _Index())
     fitted = {tile.cells[int(v)].cell_id for v in cells.features[cells.y >= 0, 0]}
     assert fitted == set(labels) - gold
-    features, y = gold_cells({1: tile}, labels, 0.25, list(LABELS.targets), _Index())
-    assert {tile.cells[int(v)].cell_id for v in features[:, 0]} == gold and len(y) == len(gold)
+    settings = BackendSettings(gold_share=0.25)
+    scored = _gold_metrics({1: tile}, labels, list(LABELS.targets), None, settings, _Index())["gold"]
+    assert scored == {"n": len(gold), "accuracy": 1.0, "balanced_accuracy": 1.0}
+    wrong = {c: ("Other" if lab == "Tumor" else "Tumor") for c, lab in labels.items()}
+    assert _gold_metrics({1: tile}, wrong, list(LABELS.targets), None, settings, _Index())["gold"]["accuracy"] == 0.0
 
 
 def test_gold_scores_accuracy_and_balanced_accuracy():
