@@ -66,7 +66,7 @@ class BackendSettings(SharedSettings):
     )
     query_budget: int = Field(100, ge=1, description="cells the strategy picks before they roll up to tiles")
     gold_share: float = Field(
-        0.1, ge=0.0, lt=1.0, description="share of labelled cells held out of training (chosen by a hash of the "
+        0.05, ge=0.0, lt=1.0, description="share of labelled cells held out of training (chosen by a hash of the "
         "cell id, so fixed) to score each model version on: the dashboard's learning curve; 0 turns it off"
     )
     public_url: str = Field(
