@@ -10,6 +10,7 @@
 # local debootstrap base (HALI_DOCKER_LOCAL=1 or 0 forces the choice).
 # Environment: HALI_DOCKER_STATE (default /work/docker-state when /work exists, else /var/tmp/hali-docker),
 # SLIDE (default: ../shared/data/wsi/CMU-1-Small-Region.svs when present, else scikit-image's IHC image),
+# Exit status 3: no Docker daemon can run on this machine (nothing was tested); .ci/run reports it as skipped.
 # HALI_DOCKER_KEEP=1 (leave the stack up; `down -v` yourself), HALI_DOCKER_TIMEOUT_S (first model version, 900).
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -30,15 +31,16 @@ command -v docker >/dev/null || missing+=(docker.io)
 { command -v dockerd >/dev/null || docker info >/dev/null 2>&1; } || missing+=(docker.io)
 if [ "${HALI_DOCKER_LOCAL:-}" != 0 ]; then command -v debootstrap >/dev/null || missing+=(debootstrap); fi  # local base only
 if [ ${#missing[@]} -gt 0 ]; then
-    [ "$(id -u)" -eq 0 ] || { echo "ERROR: missing ${missing[*]}: apt-get install -y ${missing[*]} (as root)" >&2; exit 1; }
+    [ "$(id -u)" -eq 0 ] || { echo "NO DOCKER: missing ${missing[*]}: apt-get install -y ${missing[*]} (as root)" >&2; exit 3; }
     say "apt-get install ${missing[*]}"
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null \
-        || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null; }
+        || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null; } \
+        || { echo "NO DOCKER: apt-get could not install ${missing[*]}" >&2; exit 3; }
 fi
 STARTED_DOCKERD=""
 start_dockerd() {
-    command -v dockerd >/dev/null || { echo "ERROR: no docker daemon answers and dockerd is missing: apt-get install -y docker.io" >&2; exit 1; }
-    [ "$(id -u)" -eq 0 ] || { echo "ERROR: no docker daemon answers, and starting one needs root" >&2; exit 1; }
+    command -v dockerd >/dev/null || { echo "NO DOCKER: no docker daemon answers and dockerd is missing: apt-get install -y docker.io" >&2; exit 3; }
+    [ "$(id -u)" -eq 0 ] || { echo "NO DOCKER: no docker daemon answers, and starting one needs root" >&2; exit 3; }
     mkdir -p "$STATE/data" "$STATE/exec" "$STATE/run"
     export DOCKER_HOST="unix://$STATE/run/docker.sock"
     say "starting dockerd (data root $STATE/data, socket $DOCKER_HOST, no bridge, no iptables)"
@@ -46,7 +48,8 @@ start_dockerd() {
         --bridge=none --iptables=false --ip6tables=false >"$STATE/dockerd.log" 2>&1 &
     STARTED_DOCKERD=$!
     for _ in $(seq 60); do docker info >/dev/null 2>&1 && return 0; sleep 1; done
-    echo "ERROR: dockerd did not answer within 60 s; its log: $STATE/dockerd.log" >&2; tail -20 "$STATE/dockerd.log" >&2; exit 1
+    echo "NO DOCKER: dockerd did not answer within 60 s; its log: $STATE/dockerd.log" >&2; tail -20 "$STATE/dockerd.log" >&2
+    kill "$STARTED_DOCKERD" 2>/dev/null || true; exit 3
 }
 if ! docker info >/dev/null 2>&1; then
     if [ -S "$STATE/run/docker.sock" ] && DOCKER_HOST="unix://$STATE/run/docker.sock" docker info >/dev/null 2>&1; then
