@@ -52,6 +52,11 @@ class BackendSettings(SharedSettings):
         100, ge=1, description="open tasks that get each new version's prediction: the top of the queue, which "
         "all annotators open before the next retrain (about one task per retrain each)"
     )
+    prune_after_s: float = Field(
+        1800.0, ge=0, description="a superseded model version's predictions are deleted from Label Studio this long "
+        "after the next version went live: an annotator who opened a task under it can still submit (Label Studio "
+        "refuses an annotation whose parent prediction is gone); 0 prunes at once"
+    )
     reconcile_s: float = Field(
         20.0, ge=0, description="the worker reads the tasks Label Studio updated since its last look this often, so "
         "labels whose webhook was lost (backend or Redis down) reach a retrain without another submit; 0: never"

@@ -9,8 +9,11 @@ For version v of project p, in order:
 2. **push** v's prediction to the top-K open tasks (score = rank, lowest served first).
 3. **save** the model files (``latest.json`` -> v: ``/setup`` and ``/predict`` answer v from now on).
 4. **switch** the project to v (``project.model_version``): "Label All Tasks" serves v's ranking.
-5. **prune** every other HALI version from 1 up (one ``DELETE /api/projects/<p>/model-versions/`` each):
-   the superseded one, and any left by a failed or killed run. ``hali-v0000``, the neutral boxes imported
+5. **prune** the other HALI versions from 1 up (one ``DELETE /api/projects/<p>/model-versions/`` each):
+   any left by a failed or killed run (never live, so never shown), and those superseded more than
+   ``keep_superseded_s`` (``HALI_PRUNE_AFTER_S``) ago. The grace matters: an annotator who opened a task under
+   version n submits with ``parent_prediction`` = n's prediction, and Label Studio refuses that submit (400,
+   "Invalid pk") once the prediction is gone: the label would be lost. ``hali-v0000``, the neutral boxes imported
    with the tasks (one per task), stays: deleting a row costs Label Studio about 10 ms, and those boxes are
    what a task opened from the Data Manager shows until a model predicts it.
 6. **live**: the project's HALI ML backend is renamed v. Label Studio then treats v as the backend's live
@@ -21,12 +24,14 @@ For version v of project p, in order:
 
 An exception in steps 2-4 deletes v's predictions (best effort) and propagates; a run killed there leaves
 them to step 5 of the next run. A Label Studio failure in steps 5-7 is logged: v is live by then. So Label Studio holds about one prediction per task: ``hali-v0000``'s, plus
-the live version's top K and the tasks ``/predict`` answered since it went live.
+the live version's top K and the tasks ``/predict`` answered since it went live, plus the versions superseded
+within the grace.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -53,10 +58,11 @@ class Publication:
 def publish_version(
     project_id: int, gateway: LabelStudioGateway, models: ModelStore,
     predictions_for: Callable[[str], list[dict[str, Any]]], save: Callable[[int], Any],
-    lap: Callable[[str], None] = lambda _phase: None,
+    lap: Callable[[str], None] = lambda _phase: None, keep_superseded_s: float = 0.0,
 ) -> Publication:
     """Steps 1-7 above. ``predictions_for(name)``: the top-K predictions carrying the version ``name``;
-    ``save(version)``: writes the model files; ``lap(phase)`` is called after push, switch and prune."""
+    ``save(version)``: writes the model files; ``lap(phase)`` is called after push, switch and prune;
+    ``keep_superseded_s``: how long a superseded version's predictions stay (0: pruned at once)."""
     version = reserve_version(project_id, gateway, models)
     name = version_name(version)
     try:
@@ -68,16 +74,30 @@ def publish_version(
     except Exception:  # clean up, then let it propagate: the job fails and the labels stay pending
         discard_version(project_id, gateway, name)
         raise
-    pruned = _after_switch(project_id, gateway, name)
+    pruned = _after_switch(project_id, gateway, name, _still_kept(models, version, keep_superseded_s))
     lap("prune")
     return Publication(version, name, pruned)
 
 
-def _after_switch(project_id: int, gateway: LabelStudioGateway, name: str) -> dict[str, int]:
+def _still_kept(models: ModelStore, live: int, keep_superseded_s: float) -> set[str]:
+    """Names of the versions below ``live`` that went live (a saved model) and were superseded less than
+    ``keep_superseded_s`` ago: version n was superseded when the next saved version was written."""
+    if keep_superseded_s <= 0:
+        return set()
+    saved = {v: models.sidecar_path(v).stat().st_mtime for v in range(1, live + 1) if models.sidecar_path(v).exists()}
+    cutoff, kept, superseded_at = time.time() - keep_superseded_s, set(), None
+    for v in sorted(saved, reverse=True):
+        if superseded_at is not None and superseded_at > cutoff:
+            kept.add(version_name(v))
+        superseded_at = saved[v]
+    return kept
+
+
+def _after_switch(project_id: int, gateway: LabelStudioGateway, name: str, keep: set[str]) -> dict[str, int]:
     """Steps 5-7. ``name`` is live already: a failure here is logged, never raised (the ranking stands, and
-    the next run prunes and renames again)."""
+    the next run prunes and renames again). ``keep``: superseded versions still within their grace."""
     try:
-        pruned = prune_versions(project_id, gateway, live=name)
+        pruned = prune_versions(project_id, gateway, live=name, keep=keep)
         go_live(project_id, gateway, name)
         gateway.order_first_tab(project_id, RANKED_ORDERING)
     except LabelStudioError as exc:
@@ -95,10 +115,12 @@ def reserve_version(project_id: int, gateway: LabelStudioGateway, models: ModelS
     return version
 
 
-def prune_versions(project_id: int, gateway: LabelStudioGateway, live: str) -> dict[str, int]:
-    """Delete the predictions of every HALI version from 1 up but ``live`` (the project's model version)."""
+def prune_versions(project_id: int, gateway: LabelStudioGateway, live: str,
+                   keep: set[str] | frozenset[str] = frozenset()) -> dict[str, int]:
+    """Delete the predictions of every HALI version from 1 up but ``live`` (the project's model version) and
+    ``keep``."""
     stale = [n for n in gateway.model_versions(project_id)
-             if n != live and (parse_version_name(n) or 0) >= 1]
+             if n != live and n not in keep and (parse_version_name(n) or 0) >= 1]
     if not stale:
         return {}
     with _backend_not_live(project_id, gateway):

@@ -53,8 +53,9 @@ def _project(label_studio, ihc_slide, new_annotator, backend_url: str | None = N
     return result.project_id, annotator
 
 
-def _retrain(project_id: int, gateway: LabelStudioGateway, redis_conn, k: int = 3):
-    return run_retrain(project_id, BackendSettings(predictions_top_k=k), gateway, RedisLabelStore(redis_conn))
+def _retrain(project_id: int, gateway: LabelStudioGateway, redis_conn, k: int = 3, prune_after_s: float = 0.0):
+    settings = BackendSettings(predictions_top_k=k, prune_after_s=prune_after_s)
+    return run_retrain(project_id, settings, gateway, RedisLabelStore(redis_conn))
 
 
 def _gateway(label_studio, cls=LabelStudioGateway) -> LabelStudioGateway:
@@ -106,6 +107,21 @@ def test_superseded_versions_are_pruned_to_about_one_prediction_per_task(
     assert counts == {version_name(0): n_tasks, version_name(3): 3}
     assert sum(counts.values()) <= n_tasks + 3
     assert ModelStore(DataLayout(hali_environ, hali_environ / "unused").models_dir(project_id)).latest_version() == 3
+
+
+def test_a_superseded_version_stays_for_its_grace_so_a_task_opened_under_it_can_be_submitted(
+        hali_environ, label_studio, redis_conn, ihc_slide, new_annotator):
+    project_id, annotator = _project(label_studio, ihc_slide, new_annotator)
+    gateway = _gateway(label_studio)
+    _retrain(project_id, gateway, redis_conn, prune_after_s=600)
+    task = annotator.next_task(project_id)  # opened under v1
+    (shown,) = [p for p in task["predictions"] if p["model_version"] == version_name(1)]
+    _retrain(project_id, gateway, redis_conn, prune_after_s=600)  # v2 goes live while the task is open
+    assert version_name(1) in gateway.model_versions(project_id), "v1 was pruned within its grace"
+    # what the labeling UI sends on Submit: Label Studio refuses it (400) once the parent prediction is gone
+    annotator.submit(task["id"], shown["result"], lead_time=5.0, parent_prediction=shown["id"], project_id=project_id)
+    _retrain(project_id, gateway, redis_conn, prune_after_s=0)
+    assert set(gateway.model_versions(project_id)) == {version_name(0), version_name(3)}
 
 
 @pytest.mark.parametrize("password", ["", "pw-4-ls"], ids=["open", "basic-auth"])
