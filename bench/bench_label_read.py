@@ -48,7 +48,7 @@ from ml_backend.labels.redis_store import RedisLabelStore
 from ml_backend.retrain.job import frozen_gc
 from ml_backend.retrain.run import run_retrain
 from ml_backend.settings import BackendSettings
-from preprocess.layout import DataLayout, write_slide_meta, write_task_map
+from preprocess.layout import DataLayout, write_task_map
 from scripts import services
 
 CELLS_PER_TASK = 20
@@ -84,7 +84,6 @@ def _run(settings: BackendSettings, args: argparse.Namespace) -> None:
     slide = make_slide(args.tasks * CELLS_PER_TASK, 46, cells_per_tile=CELLS_PER_TASK, seed=46)
     tables = LocalStorage(settings.data_dir)
     slide.save_cell_table(DataLayout(settings.data_dir, settings.ls_files_root))
-    write_slide_meta(tables, slide.slide_id, {"slide_id": slide.slide_id, "tiles": [t.to_task_data() for t in slide.tiles]})
     seconds, pid = benchutil.timed(lambda: _make_project(gateway, slide, args.labelled, tables))
     n_labels = args.labelled * CELLS_PER_TASK
     print(f"project {pid}: {args.tasks:,} tasks, {args.labelled:,} labelled ({n_labels:,} cell labels), "

@@ -43,11 +43,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from adapters.label_studio import LabelStudioGateway  # noqa: E402
+from adapters.storage import LocalStorage  # noqa: E402
 from bench import benchutil  # noqa: E402
 from bench.live_retrain import _start_label_studio  # noqa: E402
 from bench.synthetic import CLASSES, SyntheticSlide, make_slide  # noqa: E402
 from label_config import TileTask, build_label_config, cell_to_region, parse_label_set, version_name  # noqa: E402
-from preprocess.layout import DataLayout  # noqa: E402
+from preprocess.layout import DataLayout, write_task_map  # noqa: E402
 from preprocess.tiles.tasks import task_payloads  # noqa: E402
 from scripts import services  # noqa: E402
 
@@ -84,8 +85,9 @@ def _row(n_cells: int, n_labels: int, retrains: int, top_k: int) -> str:
                    "HALI_REDIS_URL": f"redis://{services.LOOPBACK}:{redis_port}/0"}
             slide = make_slide(n_cells, 46, cells_per_tile=CELLS_PER_TASK, seed=46)
             slide.save_cell_table(DataLayout(root / "data", root / "ls-files"))
+            tables = LocalStorage(root / "data")
             gateway = LabelStudioGateway.connect(url, token, timeout_s=600)
-            import_s, project_id = benchutil.timed(lambda: _make_project(gateway, slide, n_labels))
+            import_s, project_id = benchutil.timed(lambda: _make_project(gateway, slide, n_labels, tables))
             out = _run_worker(env, {"project_id": project_id, "retrains": retrains})
             rows = sum(gateway.model_versions(project_id).values())
             n_tasks = gateway.get_project(project_id).task_number
@@ -100,7 +102,7 @@ def _row(n_cells: int, n_labels: int, retrains: int, top_k: int) -> str:
             f"{out['peak_rss_mb']:.0f} |")
 
 
-def _make_project(gateway: LabelStudioGateway, slide: SyntheticSlide, n_labels: int) -> int:
+def _make_project(gateway: LabelStudioGateway, slide: SyntheticSlide, n_labels: int, tables: LocalStorage) -> int:
     """A project as ``hali preprocess`` makes it (neutral boxes as ``hali-v0000``), the first ``n_labels``
     cells labelled by imported annotations; serves ``hali-v0000``."""
     config = build_label_config(CLASSES)
@@ -113,7 +115,8 @@ def _make_project(gateway: LabelStudioGateway, slide: SyntheticSlide, n_labels: 
         rows = range(first, min(first + CELLS_PER_TASK, n_labels))
         task["annotations"] = [{"result": [cell_to_region(tile.cells[r - first], tile, CLASSES[slide.y[r]])
                                            for r in rows]}]
-    gateway.import_tasks(project.id, tasks)
+    ids = gateway.import_tasks(project.id, tasks)
+    write_task_map(tables, project.id, slide.slide_id, {t.tile_id: i for t, i in zip(slide.tiles, ids)})
     gateway.serve_version(project.id, version_name(0))
     return project.id
 

@@ -8,6 +8,7 @@ square tiles of level-0 pixels; every tile becomes one Label Studio task.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,12 +37,15 @@ class SyntheticSlide:
     tiles: list[TileTask]
 
     def save_cell_table(self, layout: DataLayout) -> Path:
-        """Write the slide's cell table where the backend looks for it; returns its path."""
+        """Write the slide's cell table and its ``tasks.json`` (every tile's task data, from which a retrain
+        builds the tiles) where the backend looks for them, as ``hali preprocess`` does; returns the table's path."""
         ids = [c.cell_id for t in self.tiles for c in t.cells]
         boxes = np.array([[c.x0, c.y0, c.w, c.h] for t in self.tiles for c in t.cells], dtype=np.int32)
         tile_ids = [t.tile_id for t in self.tiles for _ in t.cells]
         path = layout.cells_path(self.slide_id)
         CellTable(np.array(ids), boxes, np.array(tile_ids), self.features).save(path)
+        meta = {"slide_id": self.slide_id, "tiles": [t.to_task_data() for t in self.tiles]}
+        layout.tasks_path(self.slide_id).write_text(json.dumps(meta))
         return path
 
 
