@@ -6,7 +6,7 @@ from __future__ import annotations
 import csv
 
 import pytest
-from hali_backend import preprocess_settings
+from hali_backend import label_next_task, preprocess_settings
 from PIL import Image
 
 from adapters.label_studio import LabelStudioGateway
@@ -25,11 +25,7 @@ def test_classify_writes_every_cell_densities_and_an_overlay(hali_environ, label
     result = run_preprocess(ihc_slide, "HALI classify", preprocess_settings(classes="Positive,Negative", mpp=0.25,
                                                                               cells_per_task=10), gateway)
     annotator = new_annotator()
-    task = annotator.next_task(result.project_id)
-    regions = [dict(r, value=dict(r["value"])) for r in task["predictions"][0]["result"]]
-    for i, region in enumerate(regions):
-        region["value"]["rectanglelabels"] = ["Positive" if i % 2 else "Negative"]
-    annotator.submit(task["id"], regions, lead_time=4.0, project_id=result.project_id)
+    label_next_task(annotator, result.project_id, n_cells=None)
     run_retrain(result.project_id, BackendSettings(), gateway, RedisLabelStore(redis_conn))
 
     out = tmp_path / "classified"

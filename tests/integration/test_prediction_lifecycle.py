@@ -9,7 +9,7 @@ import uuid
 from typing import Any
 
 import pytest
-from hali_backend import preprocess_settings, serve_backend
+from hali_backend import label_next_task, preprocess_settings, serve_backend
 
 from adapters.label_studio import LabelStudioGateway
 from label_config import version_name
@@ -45,11 +45,7 @@ def _project(label_studio, ihc_slide, new_annotator, backend_url: str | None = N
         classes="Positive,Negative", mpp=0.25, cells_per_task=8, backend_url=backend_url), gateway)
     assert result.n_tiles > 6
     annotator = new_annotator()
-    task = annotator.next_task(result.project_id)
-    regions = [dict(r, value=dict(r["value"])) for r in task["predictions"][0]["result"]]
-    for i, region in enumerate(regions[:6]):
-        region["value"]["rectanglelabels"] = ["Positive" if i % 2 else "Negative"]
-    annotator.submit(task["id"], regions, lead_time=4.0, project_id=result.project_id)
+    label_next_task(annotator, result.project_id)
     return result.project_id, annotator
 
 

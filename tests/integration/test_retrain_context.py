@@ -4,7 +4,7 @@ model's sidecar records the context it was trained with, and ``/predict`` shows 
 from __future__ import annotations
 
 import pytest
-from hali_backend import preprocess_settings
+from hali_backend import label_next_task, preprocess_settings
 
 from adapters.label_studio import LabelStudioGateway
 from label_config import TileTask, version_name
@@ -27,11 +27,7 @@ def test_predict_shows_what_the_context_retrain_pushed(hali_environ, label_studi
     result = run_preprocess(ihc_slide, "HALI context", preprocess_settings(classes="Positive,Negative", mpp=0.25,
                                                                              cells_per_task=8), gateway)
     annotator = new_annotator()
-    task = annotator.next_task(result.project_id)
-    regions = [dict(r, value=dict(r["value"])) for r in task["predictions"][0]["result"]]
-    for i, region in enumerate(regions[:6]):
-        region["value"]["rectanglelabels"] = ["Positive" if i % 2 else "Negative"]
-    annotator.submit(task["id"], regions, lead_time=4.0, project_id=result.project_id)
+    task = label_next_task(annotator, result.project_id)
 
     settings = BackendSettings(predictions_top_k=3, context=True)
     report = run_retrain(result.project_id, settings, gateway, RedisLabelStore(redis_conn))

@@ -4,7 +4,7 @@ and Label Studio still serves the top-ranked task."""
 from __future__ import annotations
 
 import pytest
-from hali_backend import preprocess_settings
+from hali_backend import label_next_task, preprocess_settings
 
 from adapters.label_studio import LabelStudioGateway
 from label_config import version_name
@@ -23,11 +23,7 @@ def test_only_the_top_k_open_tasks_get_the_new_version(hali_environ, label_studi
                                                                            cells_per_task=8), gateway)
     assert result.n_tiles > 6
     annotator = new_annotator()
-    task = annotator.next_task(result.project_id)
-    regions = [dict(r, value=dict(r["value"])) for r in task["predictions"][0]["result"]]
-    for i, region in enumerate(regions[:6]):
-        region["value"]["rectanglelabels"] = ["Positive" if i % 2 else "Negative"]
-    annotator.submit(task["id"], regions, lead_time=4.0, project_id=result.project_id)
+    label_next_task(annotator, result.project_id)
 
     report = run_retrain(result.project_id, BackendSettings(predictions_top_k=3), gateway,
                          RedisLabelStore(redis_conn))
