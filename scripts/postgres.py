@@ -85,12 +85,23 @@ def _hand_over(binaries: PostgresBinaries, path: Path) -> None:
     if binaries.run_as is None:
         return
     shutil.chown(path, user=binaries.run_as, group=binaries.run_as)
+    problem = unreachable(binaries, path)
+    if problem:
+        raise StackError(problem)
+
+
+def unreachable(binaries: PostgresBinaries, path: Path) -> str | None:
+    """Why the user PostgreSQL runs as cannot reach ``path`` (a folder on the way it may not enter), with the
+    fix; None when it can."""
+    if binaries.run_as is None:
+        return None
     uid = pwd.getpwnam(binaries.run_as).pw_uid
     for parent in path.resolve().parents:
-        if os.stat(parent).st_uid != uid and not os.stat(parent).st_mode & 0o001:
-            raise StackError(f"the `{binaries.run_as}` user cannot enter {parent} (mode "
-                             f"{oct(os.stat(parent).st_mode & 0o777)}), so PostgreSQL cannot use {path}: "
-                             f"`chmod o+x {parent}`, or move the state dir (HALI_STATE_DIR)")
+        if parent.exists() and os.stat(parent).st_uid != uid and not os.stat(parent).st_mode & 0o001:
+            return (f"the `{binaries.run_as}` user cannot enter {parent} (mode "
+                    f"{oct(os.stat(parent).st_mode & 0o777)}), so PostgreSQL cannot use {path}: "
+                    f"`chmod o+x {parent}`, or move the state dir (HALI_STATE_DIR)")
+    return None
 
 
 def init_cluster(binaries: PostgresBinaries, data_dir: Path, password: str) -> bool:

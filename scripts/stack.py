@@ -36,7 +36,13 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as `python scripts/stack.py`: make `scripts` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from scripts.postgres import find_postgres, label_studio_db_env, start_postgres, stop_postgres  # noqa: E402
+from scripts.postgres import (  # noqa: E402
+    find_postgres,
+    label_studio_db_env,
+    start_postgres,
+    stop_postgres,
+    unreachable,
+)
 from scripts.services import (  # noqa: E402
     LOOPBACK,
     REPO_ROOT,
@@ -158,16 +164,21 @@ def start_worker(cfg: StackConfig, env: Mapping[str, str]) -> subprocess.Popen:
 def ensure_database(cfg: StackConfig, creds: Mapping[str, str]) -> dict[str, str] | None:
     """Start our PostgreSQL unless ``HALI_LS_DB=sqlite``; its variables for Label Studio, or None for SQLite.
 
-    With ``auto`` (the default) and no PostgreSQL installed, say so and fall back to SQLite."""
+    With ``auto`` (the default) and no PostgreSQL installed, or a state dir the ``postgres`` user cannot reach
+    (a checkout inside a mode-700 home), say so and fall back to SQLite."""
     if cfg.ls_db == "sqlite":
         return None
     try:
         binaries = find_postgres()
+        problem = unreachable(binaries, cfg.pg_data_dir)
+        if problem:
+            raise ServiceUnavailable(problem)
     except ServiceUnavailable as exc:
         if cfg.ls_db == "postgres":
             raise
         print(f"    NOTE: {exc}. Label Studio runs on SQLite with its development server: fine for one "
-              "annotator; with several, some tasks are served to two people at once (README).")
+              "annotator; with several, some tasks are served to two people at once (README). "
+              "HALI_LS_DB=postgres makes this an error instead.")
         return None
     ensure_service(cfg, "postgres", lambda: start_postgres(binaries, cfg.pg_port, cfg.pg_data_dir,
                                                            creds["postgres_password"]))
