@@ -65,6 +65,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--port", type=int, default=9090)
     s.add_argument("--workers", type=int, default=2, help="gunicorn worker processes (default 2)")
     s.add_argument("--threads", type=int, default=4, help="threads per worker (default 4)")
+    s.add_argument("--access-log", metavar="FILE", help="log one line per request to FILE ('-': stderr), the "
+                                                         "microseconds it took last; default: none")
     s.add_argument("--dev", action="store_true", help="Flask's development server instead of gunicorn "
                                                       "(one process; for debugging)")
     s.set_defaults(func=_serve)
@@ -94,7 +96,7 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"hali serve: error: --workers and --threads must be at least 1, got {args.workers} and "
               f"{args.threads}", file=sys.stderr)
         return 2
-    return serve_gunicorn(settings, args.host, args.port, args.workers, args.threads)
+    return serve_gunicorn(settings, args.host, args.port, args.workers, args.threads, args.access_log)
 
 
 def _worker(args: argparse.Namespace) -> int:

@@ -20,6 +20,9 @@ from ml_backend.settings import BackendSettings
 
 # Label Studio waits up to 100 s for /predict; a worker silent for longer than this is restarted.
 WORKER_TIMEOUT_S = 120
+# gunicorn's default access line plus %(D)s: the microseconds the worker spent on the request (bench_crowd.py
+# reads /webhook's latency from it).
+ACCESS_LOG_FORMAT = '%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s" %(D)s'
 
 
 class _BackendApplication(BaseApplication):
@@ -37,19 +40,22 @@ class _BackendApplication(BaseApplication):
         return create_app(self._settings)
 
 
-def gunicorn_options(host: str, port: int, workers: int, threads: int) -> dict[str, Any]:
-    """The gunicorn settings ``hali serve`` uses: ``workers`` processes of ``threads`` threads each."""
+def gunicorn_options(host: str, port: int, workers: int, threads: int, access_log: str | None = None) -> dict[str, Any]:
+    """The gunicorn settings ``hali serve`` uses: ``workers`` processes of ``threads`` threads each; ``access_log``:
+    a file (``-``: stderr) for one line per request, its duration in microseconds last (``ACCESS_LOG_FORMAT``)."""
     if workers < 1 or threads < 1:
         raise ValueError(f"--workers and --threads must be at least 1, got {workers} and {threads}")
     return {"bind": f"{host}:{port}", "workers": workers, "threads": threads, "worker_class": "gthread",
-            "timeout": WORKER_TIMEOUT_S, "graceful_timeout": 10, "accesslog": None, "errorlog": "-",
+            "timeout": WORKER_TIMEOUT_S, "graceful_timeout": 10, "accesslog": access_log or None, "errorlog": "-",
+            "access_log_format": ACCESS_LOG_FORMAT,
             "proc_name": "hali-serve", "control_socket_disable": True}  # one per user by default: shared
 
 
-def serve_gunicorn(settings: BackendSettings, host: str, port: int, workers: int = 2, threads: int = 4) -> int:
+def serve_gunicorn(settings: BackendSettings, host: str, port: int, workers: int = 2, threads: int = 4,
+                   access_log: str | None = None) -> int:
     """Run the backend under gunicorn until it is stopped; returns gunicorn's exit status."""
     try:
-        _BackendApplication(settings, gunicorn_options(host, port, workers, threads)).run()
+        _BackendApplication(settings, gunicorn_options(host, port, workers, threads, access_log)).run()
     except SystemExit as done:  # the arbiter exits the process when it halts
         return int(done.code or 0)
     return 0

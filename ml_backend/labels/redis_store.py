@@ -43,24 +43,23 @@ log = logging.getLogger(__name__)
 class RedisLabelStore:
     def __init__(self, redis: Redis) -> None:
         self._r = redis
+        self._record = redis.register_script(_RECORD_LUA)  # loaded on first use (EVALSHA, then EVAL once)
+        self._claim = redis.register_script(_CLAIM_LUA)
 
     @classmethod
     def from_url(cls, url: str) -> RedisLabelStore:
         return cls(Redis.from_url(url))
 
     def record(self, project_id: int, annotation_id: int, rec: AnnotationRecord) -> int:
-        """Store one annotation; returns the project's pending count after adding its new or changed labels."""
-        key = _key(project_id, "annotations")
-        old_raw = self._r.hget(key, str(annotation_id))
-        old = _decode(old_raw).labels if old_raw else {}
-        changed = count_changed(old, rec.labels)
-        pipe = self._r.pipeline()
-        pipe.hset(key, str(annotation_id), json.dumps(asdict(rec)))
-        pipe.incrby(_key(project_id, "pending"), changed)
-        pipe.sadd(_PROJECTS, project_id)
-        if changed:
-            pipe.set(_key(project_id, "pending-since"), time.time(), nx=True)
-        return int(pipe.execute()[1])
+        """Store one annotation; returns the project's pending count after adding its new or changed labels.
+
+        One round trip (a Lua script compares the stored labels with ``rec``'s): the webhook's Redis time is
+        mostly round trips, each a wake-up of redis-server that a busy machine makes wait (docs/serving.md)."""
+        changed_args = [x for cell, label in rec.labels.items() for x in (cell, label)]
+        keys = [_key(project_id, "annotations"), _key(project_id, "pending"), _key(project_id, "pending-since"),
+                _PROJECTS]
+        return int(self._record(keys=keys, args=[str(annotation_id), json.dumps(asdict(rec)), project_id, time.time(),
+                                                 *changed_args]))
 
     def apply(self, project_id: int, upserts: Mapping[int, AnnotationRecord], deletes: Iterable[int] = ()) -> int:
         """Write ``upserts`` and remove ``deletes`` (annotation ids); returns the cell labels they change."""
@@ -156,6 +155,16 @@ class RedisLabelStore:
         holds ``job_id``, the job that will clear it when it starts."""
         return bool(self._r.set(_key(project_id, "queued"), job_id, nx=True, ex=ttl_s))
 
+    def claim_or_peek(self, project_id: int, ttl_s: int, job_id: str, job_key_prefix: str) -> tuple[str | None, str | None]:
+        """:meth:`claim_retrain` and, when another job holds the flag, a look at it, in one round trip: (None, None)
+        when ``job_id`` now holds the flag; else the holder's job id and its rq status (the ``status`` field of
+        the hash ``job_key_prefix + id``; None when that job is gone)."""
+        held, status = (list(self._claim(keys=[_key(project_id, "queued")], args=[job_id, ttl_s, job_key_prefix]))
+                        + [None, None])[:2]
+        if held is None:
+            return None, None
+        return _text(held), None if status is None else _text(status)
+
     def queued_job(self, project_id: int) -> str | None:
         """The job id the queued flag names, or None when no retrain is queued."""
         raw = self._r.get(_key(project_id, "queued"))
@@ -234,11 +243,42 @@ def _renew(lock: Lock, every_s: float, done: threading.Event) -> None:
 
 
 _PROJECTS = "hali:projects"
+
+# KEYS: annotations hash, pending, pending-since, projects set. ARGV: annotation id, record JSON, project id, now,
+# then cell, label, cell, label, ... of the record. Returns the pending count.
+_RECORD_LUA = """
+local old = redis.call('HGET', KEYS[1], ARGV[1])
+local before = {}
+if old then
+  local labels = cjson.decode(old)['labels']
+  if type(labels) == 'table' then before = labels end
+end
+local changed = 0
+for i = 5, #ARGV, 2 do
+  if before[ARGV[i]] ~= ARGV[i + 1] then changed = changed + 1 end
+end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+local pending = redis.call('INCRBY', KEYS[2], changed)
+redis.call('SADD', KEYS[4], ARGV[3])
+if changed > 0 then redis.call('SET', KEYS[3], ARGV[4], 'NX') end
+return pending
+"""
+# KEYS: the queued flag. ARGV: job id, ttl s, rq's job key prefix. Returns {} when claimed, else {holder, status}.
+_CLAIM_LUA = """
+local held = redis.call('GET', KEYS[1])
+if held then return {held, redis.call('HGET', ARGV[3] .. held, 'status')} end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+return {}
+"""
 _RECORD_FIELDS = frozenset(f.name for f in fields(AnnotationRecord))
 
 
 def _key(project_id: int, name: str) -> str:
     return f"hali:p:{project_id}:{name}"
+
+
+def _text(raw: bytes | str) -> str:
+    return raw.decode() if isinstance(raw, bytes) else str(raw)
 
 
 def _decode(raw: bytes | str) -> AnnotationRecord:

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from redis import Redis
 from rq import Queue
-from rq.job import JobStatus
+from rq.job import Job, JobStatus
 
 from adapters.label_studio import LabelStudioGateway
 from ml_backend.labels.redis_store import RedisLabelStore
@@ -25,6 +25,9 @@ from ml_backend.retrain.run import run_retrain
 from ml_backend.settings import BackendSettings
 
 log = logging.getLogger(__name__)
+
+# rq statuses of a job that still waits to run (queued, deferred or scheduled) or runs now
+_WILL_RUN = frozenset(s.value for s in (JobStatus.QUEUED, JobStatus.DEFERRED, JobStatus.SCHEDULED, JobStatus.STARTED))
 
 
 def retrain_job(project_id: int) -> dict[str, Any]:
@@ -61,9 +64,9 @@ def enqueue_retrain(queue: Queue, store: RedisLabelStore, project_id: int, setti
     started is cleared, so a crash never blocks retraining until the flag expires.
     """
     job_id = f"hali-retrain-{project_id}-{uuid.uuid4().hex[:12]}"
-    if not store.claim_retrain(project_id, ttl_s=settings.job_timeout_s, job_id=job_id):
-        waiting = store.queued_job(project_id)
-        if waiting is None or _will_run(queue, waiting):
+    waiting, status = store.claim_or_peek(project_id, settings.job_timeout_s, job_id, Job.redis_job_namespace_prefix)
+    if waiting is not None:  # every webhook past the threshold lands here while a retrain waits: one round trip
+        if status in _WILL_RUN:
             return None
         log.warning("project %s: queued retrain %s will never run; enqueueing another", project_id, waiting)
         store.release_claim(project_id, waiting)
@@ -80,11 +83,3 @@ def enqueue_retrain(queue: Queue, store: RedisLabelStore, project_id: int, setti
     )
     log.info("project %s: retrain queued as job %s", project_id, job.id)
     return job.id
-
-
-def _will_run(queue: Queue, job_id: str) -> bool:
-    """Whether the job ``job_id`` still waits to run (queued, deferred or scheduled) or runs now."""
-    job = queue.fetch_job(job_id)
-    if job is None:
-        return False
-    return job.get_status() in (JobStatus.QUEUED, JobStatus.DEFERRED, JobStatus.SCHEDULED, JobStatus.STARTED)

@@ -19,3 +19,9 @@ def test_gunicorn_binds_loopback_with_threads_and_outlasts_label_studios_predict
 def test_serve_refuses_fewer_than_one_worker_or_thread(capsys, flag):
     assert main(["serve", "--port", "1", flag, "0"]) == 2
     assert "must be at least 1" in capsys.readouterr().err
+
+
+def test_access_log_is_off_by_default_and_ends_each_line_with_the_microseconds_taken():
+    assert gunicorn_options("127.0.0.1", 9090, workers=1, threads=1)["accesslog"] is None
+    options = gunicorn_options("127.0.0.1", 9090, workers=1, threads=1, access_log="/tmp/access.log")
+    assert options["accesslog"] == "/tmp/access.log" and options["access_log_format"].endswith("%(D)s")
