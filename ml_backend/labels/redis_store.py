@@ -155,15 +155,17 @@ class RedisLabelStore:
         holds ``job_id``, the job that will clear it when it starts."""
         return bool(self._r.set(_key(project_id, "queued"), job_id, nx=True, ex=ttl_s))
 
-    def claim_or_peek(self, project_id: int, ttl_s: int, job_id: str, job_key_prefix: str) -> tuple[str | None, str | None]:
-        """:meth:`claim_retrain` and, when another job holds the flag, a look at it, in one round trip: (None, None)
-        when ``job_id`` now holds the flag; else the holder's job id and its rq status (the ``status`` field of
-        the hash ``job_key_prefix + id``; None when that job is gone)."""
-        held, status = (list(self._claim(keys=[_key(project_id, "queued")], args=[job_id, ttl_s, job_key_prefix]))
-                        + [None, None])[:2]
-        if held is None:
-            return None, None
-        return _text(held), None if status is None else _text(status)
+    def claim_or_peek(self, project_id: int, ttl_s: int, job_id: str,
+                      job_key_prefix: str) -> tuple[str | None, str | None, float]:
+        """:meth:`claim_retrain` and, when another job holds the flag, a look at it, in one round trip: (None, None,
+        0) when ``job_id`` now holds the flag; else the holder's job id, its rq status (the ``status`` field of the
+        hash ``job_key_prefix + id``; None when there is no such job) and the flag's age in seconds (from its TTL,
+        so ``ttl_s`` must be what every claimer passes)."""
+        reply = list(self._claim(keys=[_key(project_id, "queued")], args=[job_id, ttl_s, job_key_prefix]))
+        if not reply:
+            return None, None, 0.0
+        held, age_ms, status = reply[0], reply[1], reply[2] if len(reply) > 2 else None
+        return _text(held), None if status is None else _text(status), max(0.0, int(age_ms) / 1000)
 
     def queued_job(self, project_id: int) -> str | None:
         """The job id the queued flag names, or None when no retrain is queued."""
@@ -263,10 +265,14 @@ redis.call('SADD', KEYS[4], ARGV[3])
 if changed > 0 then redis.call('SET', KEYS[3], ARGV[4], 'NX') end
 return pending
 """
-# KEYS: the queued flag. ARGV: job id, ttl s, rq's job key prefix. Returns {} when claimed, else {holder, status}.
+# KEYS: the queued flag. ARGV: job id, ttl s, rq's job key prefix. Returns {} when claimed, else
+# {holder, the flag's age in ms, the holder's rq status (absent when it has no job hash)}.
 _CLAIM_LUA = """
 local held = redis.call('GET', KEYS[1])
-if held then return {held, redis.call('HGET', ARGV[3] .. held, 'status')} end
+if held then
+  local age = tonumber(ARGV[2]) * 1000 - redis.call('PTTL', KEYS[1])
+  return {held, age, redis.call('HGET', ARGV[3] .. held, 'status')}
+end
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
 return {}
 """

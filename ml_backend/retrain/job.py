@@ -26,6 +26,9 @@ from ml_backend.settings import BackendSettings
 
 log = logging.getLogger(__name__)
 
+# A flag younger than this whose job does not exist yet belongs to a caller between its claim and its enqueue: not a
+# lost job. (Replacing it queued a second retrain when two webhooks came within a millisecond: bench_crowd.py.)
+ENQUEUE_GRACE_S = 30.0
 # rq statuses of a job that still waits to run (queued, deferred or scheduled) or runs now
 _WILL_RUN = frozenset(s.value for s in (JobStatus.QUEUED, JobStatus.DEFERRED, JobStatus.SCHEDULED, JobStatus.STARTED))
 
@@ -60,14 +63,15 @@ def frozen_gc() -> Iterator[None]:
 def enqueue_retrain(queue: Queue, store: RedisLabelStore, project_id: int, settings: BackendSettings) -> str | None:
     """Enqueue a retrain unless one is already waiting; returns the job id, or None when one waits.
 
-    The queued flag names its job: a flag whose job is gone (Redis lost it), failed or was stopped before it
-    started is cleared, so a crash never blocks retraining until the flag expires.
+    The queued flag names its job: a flag whose job is gone (Redis lost it; after ``ENQUEUE_GRACE_S``), failed or
+    was stopped before it started is cleared, so a crash never blocks retraining until the flag expires.
     """
     job_id = f"hali-retrain-{project_id}-{uuid.uuid4().hex[:12]}"
-    waiting, status = store.claim_or_peek(project_id, settings.job_timeout_s, job_id, Job.redis_job_namespace_prefix)
+    waiting, status, age_s = store.claim_or_peek(project_id, settings.job_timeout_s, job_id,
+                                                 Job.redis_job_namespace_prefix)
     if waiting is not None:  # every webhook past the threshold lands here while a retrain waits: one round trip
-        if status in _WILL_RUN:
-            return None
+        if status in _WILL_RUN or (status is None and age_s < ENQUEUE_GRACE_S):
+            return None  # it will run, or its claimer is enqueueing it right now
         log.warning("project %s: queued retrain %s will never run; enqueueing another", project_id, waiting)
         store.release_claim(project_id, waiting)
         if not store.claim_retrain(project_id, ttl_s=settings.job_timeout_s, job_id=job_id):

@@ -56,7 +56,8 @@ def test_a_killed_workers_training_lease_frees_within_the_lease(redis_url, redis
 def test_a_queued_flag_whose_job_is_gone_does_not_block_retraining(redis_url, redis_conn):
     store, queue = RedisLabelStore(redis_conn), Queue("hali-crash", connection=Redis.from_url(redis_url))
     settings = BackendSettings(queue_name="hali-crash", redis_url=redis_url)
-    assert store.claim_retrain(7, ttl_s=1800, job_id="hali-retrain-7-lost")  # its job died with Redis' data
+    # claimed a minute ago (the TTL tells its age); its job died with Redis' data
+    assert store.claim_retrain(7, ttl_s=1800 - 60, job_id="hali-retrain-7-lost")
     first = enqueue_retrain(queue, store, 7, settings)
     assert first is not None and queue.count == 1 and store.queued_job(7) == first
     assert enqueue_retrain(queue, store, 7, settings) is None, "a retrain that will run is not doubled"

@@ -67,7 +67,15 @@ def test_a_flag_whose_job_failed_is_replaced(redis_url, redis_conn):
     store, queue = RedisLabelStore(redis_conn), Queue("hali-peek", connection=redis_conn)
     settings = BackendSettings(queue_name="hali-peek", redis_url=redis_url)
     first = enqueue_retrain(queue, store, 9, settings)
-    assert store.claim_or_peek(9, 60, "other", "rq:job:") == (first, "queued")
+    assert store.claim_or_peek(9, settings.job_timeout_s, "other", "rq:job:")[:2] == (first, "queued")
     queue.fetch_job(first).set_status("failed")
     second = enqueue_retrain(queue, store, 9, settings)
     assert second not in (None, first) and store.queued_job(9) == second
+
+
+def test_a_flag_claimed_a_moment_ago_whose_job_is_not_enqueued_yet_is_left_to_its_claimer(redis_url, redis_conn):
+    store, queue = RedisLabelStore(redis_conn), Queue("hali-race", connection=redis_conn)
+    settings = BackendSettings(queue_name="hali-race", redis_url=redis_url)
+    assert store.claim_retrain(6, ttl_s=settings.job_timeout_s, job_id="hali-retrain-6-mine")  # enqueue comes next
+    assert enqueue_retrain(queue, store, 6, settings) is None, "a second webhook must not queue a second retrain"
+    assert queue.count == 0 and store.queued_job(6) == "hali-retrain-6-mine"
