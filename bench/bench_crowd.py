@@ -79,6 +79,7 @@ class Ledger:
     submitted: dict[int, list[str]] = field(default_factory=dict)  # annotation id -> cell ids labelled
     submit_s: list[float] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    no_task: int = 0  # `next` answered 404 (no task left for this user) while the project had open tasks
     last_submit_at: float = 0.0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -120,9 +121,11 @@ def label_task(annotator: Annotator, pid: int, task: dict, ledger: Ledger) -> No
 
 
 def work(annotator: Annotator, pid: int, submits: int, think_s: float, ledger: Ledger, rng: random.Random) -> None:
-    """Take, think, submit, ``submits`` times (or until no task is left); failed calls go to ``ledger.errors``."""
-    done = tries = 0
-    while done < submits and tries < 3 * submits:
+    """Take, think, submit, ``submits`` times; failed calls go to ``ledger.errors``. A 404 from ``next`` (Label Studio
+    found no task for this user) is counted, and the user tries again 2 s later, as one clicks "Label All Tasks"
+    again, five times in a row at most."""
+    done = tries = in_a_row = 0
+    while done < submits and tries < 3 * submits and in_a_row < 5:
         tries += 1
         try:
             task = annotator.next_task(pid)
@@ -130,9 +133,12 @@ def work(annotator: Annotator, pid: int, submits: int, think_s: float, ledger: L
                 ledger.served[task["id"]].add(annotator.user_id)
             time.sleep(rng.uniform(0.5, 1.5) * think_s)
             label_task(annotator, pid, task, ledger)
-            done += 1
+            done, in_a_row = done + 1, 0
         except LookupError:
-            return
+            with ledger.lock:
+                ledger.no_task += 1
+            in_a_row += 1
+            time.sleep(2.0)
         except (RuntimeError, requests.RequestException) as exc:
             with ledger.lock:
                 ledger.errors.append(f"{annotator.email}: {exc}"[:300])
@@ -264,7 +270,7 @@ def crowd(stack: CrowdStack, pid: int, annotators: list[Annotator], args: argpar
         "webhook_ms_p95": benchutil.percentile(ms, 95) if ms else None, "webhook_ms_max": max(ms, default=None),
         "submit_s_p50": statistics.median(ledger.submit_s) if ledger.submit_s else None,
         "submit_s_p95": benchutil.percentile(ledger.submit_s, 95) if ledger.submit_s else None,
-        "tasks_served": len(ledger.served), "served_to_2": twice,
+        "tasks_served": len(ledger.served), "served_to_2": twice, "next_404": ledger.no_task,
         "dup_pct": 100 * twice / max(1, len(ledger.served)),
     }
 
@@ -302,7 +308,8 @@ def main() -> int:
     root = Path(tempfile.mkdtemp(prefix="hali-crowd-"))
     root.chmod(0o755)  # PostgreSQL runs as its own user and must reach its data dir
     try:
-        with crowd_stack(root, n_workers=args.workers, reconcile_s=args.reconcile_s) as stack:
+        extra = {"HALI_PREDICTIONS_TOP_K": str(args.top_k)} if args.top_k else {}
+        with crowd_stack(root, n_workers=args.workers, reconcile_s=args.reconcile_s, extra_env=extra) as stack:
             t0 = time.monotonic()
             pid, truth = make_project(stack, n_tasks)
             print(f"  project {pid}: {n_tasks} tasks of {CELLS_PER_TASK} cells imported, backend connected in "
@@ -331,6 +338,7 @@ def _parse_args() -> argparse.Namespace:
     parser.add_argument("--submits", type=int, default=10, help="tasks each submits (issue: 50)")
     parser.add_argument("--tasks", type=int, default=1000, help="tasks in the project (at least what is submitted)")
     parser.add_argument("--think-s", type=float, default=0.5, help="mean seconds between next and submit")
+    parser.add_argument("--top-k", type=int, default=0, help="HALI_PREDICTIONS_TOP_K (0: the default, 100)")
     parser.add_argument("--workers", type=int, default=2, help="hali worker processes")
     parser.add_argument("--reconcile-s", type=float, default=20.0, help="HALI_RECONCILE_S of the workers")
     parser.add_argument("--settle-s", type=float, default=300.0, help="longest wait for labels to reach a model")

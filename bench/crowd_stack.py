@@ -61,13 +61,14 @@ class CrowdStack:
     def start_redis(self) -> None:
         self.procs["redis"] = services.start_redis(self.redis_port, self.root / "redis", persist=True)
 
-    def start_backend(self) -> None:
+    def start_backend(self, wait: bool = True) -> None:
         argv = hali_argv("serve", "--host", services.LOOPBACK, "--port", str(self.backend_port), "--workers", "2",
                          "--threads", "4", "--access-log", str(self.access_log))
         proc = services.spawn(argv, self.root / "logs" / "backend.log", env=self.env, cwd=services.REPO_ROOT,
                               name="hali serve")
         self.procs["backend"] = proc
-        services.wait_http(f"{self.backend_url}/health", 120, proc)
+        if wait:
+            services.wait_http(f"{self.backend_url}/health", 120, proc)
 
     def start_workers(self) -> None:
         for i in range(self.n_workers):
@@ -98,16 +99,24 @@ class CrowdStack:
                     services.stop_process(proc)
 
     def start(self, *names: str) -> None:
-        """Start the named processes again, in the order given (redis first, then the backend and workers)."""
-        for name in names:
-            if name == "workers":
-                self._worker_starts += 1
-            {"redis": self.start_redis, "backend": self.start_backend, "workers": self.start_workers}[name]()
+        """Start the named processes again (Redis first; the backend and the workers at once, as a supervisor or
+        Docker Compose does), returning when Redis answers and the backend's /health does."""
+        if "redis" in names:
+            self.start_redis()
+        if "backend" in names:
+            self.start_backend(wait=False)
+        if "workers" in names:
+            self._worker_starts += 1
+            self.start_workers()
+        if "backend" in names:
+            services.wait_http(f"{self.backend_url}/health", 120, self.procs["backend"])
 
 
 @contextmanager
-def crowd_stack(root: Path, n_workers: int = 2, ls_workers: int = 2, reconcile_s: float = 20.0) -> Iterator[CrowdStack]:
-    """The whole stack under ``root`` (mode 755: the postgres user must reach it); stopped on exit."""
+def crowd_stack(root: Path, n_workers: int = 2, ls_workers: int = 2, reconcile_s: float = 20.0,
+                extra_env: dict[str, str] | None = None) -> Iterator[CrowdStack]:
+    """The whole stack under ``root`` (mode 755: the postgres user must reach it); stopped on exit. ``extra_env``:
+    more HALI_* settings for the backend and workers."""
     token, ls_password = secrets.token_hex(20), secrets.token_urlsafe(12)
     ls_bin = services.find_label_studio()
     with ExitStack() as stop:
@@ -131,7 +140,7 @@ def crowd_stack(root: Path, n_workers: int = 2, ls_workers: int = 2, reconcile_s
                      "HALI_LS_FILES_ROOT": str(root / "files"), "HALI_REDIS_URL": stack.redis_url,
                      "HALI_BACKEND_URL": stack.backend_url, "HALI_BACKEND_PASSWORD": stack.password,
                      "HALI_WEBHOOK_SECRET": stack.secret, "HALI_RECONCILE_S": str(reconcile_s),
-                     "OMP_NUM_THREADS": "1", "PYTHONPATH": str(services.REPO_ROOT)}
+                     "OMP_NUM_THREADS": "1", "PYTHONPATH": str(services.REPO_ROOT), **(extra_env or {})}
         stop.callback(lambda: stack.stop("workers", "backend", "redis"))
         t0 = time.monotonic()
         stack.start("redis", "backend", "workers")

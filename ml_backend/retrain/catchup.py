@@ -3,7 +3,10 @@
 ``hali worker`` runs :func:`catch_up_forever` in a thread: every ``HALI_RECONCILE_S`` seconds, for every project
 the backend knows (the Redis set of projects, plus the project folders of the data dir), one worker (a Redis
 lock) reads the tasks updated since the mirror's sync mark (:func:`~ml_backend.labels.reconcile.
-reconcile_incremental`), or every task when the worker has just started or ``HALI_FULL_RECONCILE_S`` has passed.
+reconcile_incremental`), or every task in the second round after the worker started and whenever
+``HALI_FULL_RECONCILE_S`` has passed. The first round after a start is incremental (a full one when the mirror has
+no sync mark): it finds the labels an outage left behind in one request, where listing every task first took
+20 s of a 60 s budget on 1,100 tasks (``bench/bench_crowd.py``, docs/serving.md).
 Labels it finds new or changed count as pending, and a retrain is enqueued when it found any (they came in while
 the backend or Redis was down) or when the pending count reached ``HALI_RETRAIN_EVERY`` (a lost enqueue).
 It also logs the stale-retrain warning (:func:`stale_warning`).
@@ -71,23 +74,24 @@ def catch_up_forever(settings: BackendSettings, store: RedisLabelStore, queue: Q
     """Run :func:`catch_up` on every known project every ``settings.reconcile_s`` until ``stop`` is set."""
     layout = DataLayout(settings.data_dir, settings.ls_files_root)
     gateway: LabelStudioGateway | None = None
-    started, delay = time.time(), 1.0  # the first round soon after start: a full reconcile of every project
+    started, delay, first = time.time(), 1.0, True  # the first round soon after start
     while not stop.wait(delay):
         delay = settings.reconcile_s
         try:
             gateway = gateway or LabelStudioGateway.connect(settings.ls_url, settings.ls_api_key.get_secret_value())
             for project_id in known_projects(store, layout):
-                _tick(project_id, settings, gateway, store, queue, started)
+                _tick(project_id, settings, gateway, store, queue, started, first)
+            first = False
         except Exception as exc:  # noqa: BLE001  (the thread's edge: LS or Redis down must not end the loop)
             log.warning("reconcile paused (%s: %s); trying again in %g s", exc.__class__.__name__, exc, delay)
 
 
 def _tick(project_id: int, settings: BackendSettings, gateway: LabelStudioGateway, store: RedisLabelStore,
-          queue: Queue, started: float) -> None:
+          queue: Queue, started: float, first: bool = False) -> None:
     if not store.try_lock(f"reconcile:{project_id}", settings.reconcile_s * 0.9):
         return  # another worker reconciles it in this round
     last_full = store.full_reconcile_at(project_id) or 0.0
-    full = last_full < started or time.time() - last_full > settings.full_reconcile_s
+    full = not first and (last_full < started or time.time() - last_full > settings.full_reconcile_s)
     try:
         catch_up(project_id, settings, gateway, store, queue, full)
     except LabelStudioError as exc:
