@@ -300,6 +300,44 @@ def outage(stack: CrowdStack, pid: int, annotator: Annotator, args: argparse.Nam
             "restart_to_model_s": None if to_model is None else round(to_model, 1), "model": state}
 
 
+def table(c: dict | None, o: dict | None) -> str:
+    """The figures against the issue's targets, as the table in docs/serving.md."""
+    rows = []
+    if c:
+        m, ok = c["model"].get("metrics", {}), c["model_matches"] and c["mirror_matches"]
+        rows += [
+            ("submits / cell labels", "", f"{c['submitted']:,} / {c['cell_labels_submitted']:,} in {c['wall_s']:.0f} s"),
+            ("label mirror: annotations, cell labels", "= submitted",
+             (f"{c['mirror_annotations']:,}, {c['mirror_cell_labels']:,} ({'each' if c['mirror_matches'] else 'NOT'} "
+             "the same as submitted)")),
+            ("final model: labels, snapshot; /metrics labels, annotations", "= submitted",
+             (f"{c['model'].get('n_labels', 0):,}, {'equal' if ok else 'DIFFERENT'}; {m.get('labels', 0):,}, "
+             f"{m.get('annotations', 0):,}")),
+            ("last Submit -> a model trained on every label", "", _s(c["last_submit_to_model_s"])),
+            ("model versions / retrain jobs run / failed", "",
+             f"{c['versions']} / {c['retrain_jobs_finished']} / {c['retrain_jobs_failed']}"),
+            ("retrain jobs started at once / waiting in the queue", "<= 1 training",
+             f"{c['max_jobs_started_at_once']} / {c['max_jobs_waiting']}"),
+            ("training leases lost", "0", str(c["lease_warnings"])),
+            ("/webhook p50 / p95 / max (ms), backend side", "p95 < 20",
+             f"{c['webhook_ms_p50']:.1f} / {c['webhook_ms_p95']:.1f} / {c['webhook_ms_max']:.0f} ({c['webhooks']})"),
+            ("Submit p50 / p95 (s)", "", f"{c['submit_s_p50']:.1f} / {c['submit_s_p95']:.1f}"),
+            ("tasks served to two annotators", "<= 1 %", (f"{c['served_to_2']} of {c['tasks_served']:,} "
+                                                         f"({c['dup_pct']:.1f} %)")),
+            ("next answered 404 while tasks were open", "", str(c["next_404"])),
+        ]
+    if o:
+        rows.append(((f"outage ({', '.join(o['stopped'])} down for {o['submitted_while_down']} submits): restart -> "
+                     "a new version with all of them"), "<= 60 s",
+                     (f"{_s(o['restart_to_model_s'])} (services up {o['services_started_s']} s, workers ready "
+                     f"{o['workers_ready_s']} s)")))
+    return "\n| figure | target | measured |\n|---|---|---|\n" + "\n".join(f"| {a} | {b} | {v} |" for a, b, v in rows)
+
+
+def _s(seconds: float | None) -> str:
+    return "NOT within --settle-s" if seconds is None else f"{seconds:.1f} s"
+
+
 def main() -> int:
     args = _parse_args()
     print(benchutil.header("Many annotators, one project; and an outage (full stack)",
@@ -317,12 +355,14 @@ def main() -> int:
             annotators = make_annotators(Server(stack.ls_url, stack.token, stack.ls_env, stack.ls_bin),
                                          max(1, args.annotators))
             ledger, redis = Ledger(truth), Redis.from_url(stack.redis_url)
+            found = {}
             if "crowd" in args.phases:
-                print("\ncrowd: " + json.dumps(crowd(stack, pid, annotators, args, ledger, redis), default=str),
-                      flush=True)
+                found["crowd"] = crowd(stack, pid, annotators, args, ledger, redis)
+                print("\ncrowd: " + json.dumps(found["crowd"], default=str), flush=True)
             if "outage" in args.phases:
-                print("\noutage: " + json.dumps(outage(stack, pid, annotators[0], args, ledger, redis),
-                                                 default=str), flush=True)
+                found["outage"] = outage(stack, pid, annotators[0], args, ledger, redis)
+                print("\noutage: " + json.dumps(found["outage"], default=str), flush=True)
+            print(table(found.get("crowd"), found.get("outage")))
     finally:
         if args.keep:
             print(f"  kept {root}")
