@@ -20,7 +20,7 @@ from ml_backend.cli import main
 from ml_backend.labels.agreement import agreement_report
 from ml_backend.labels.lineage import cell_labels
 from ml_backend.labels.mirror import read_labels
-from ml_backend.labels.reconcile import reconcile_incremental
+from ml_backend.labels.reconcile import reconcile_full, reconcile_incremental
 from ml_backend.labels.redis_store import RedisLabelStore
 from ml_backend.retrain.run import run_retrain
 from ml_backend.settings import BackendSettings
@@ -141,6 +141,32 @@ def test_labels_submitted_while_the_backend_is_down_reach_a_retrain_without_anot
         print(f"label -> new version without a webhook: {time.monotonic() - start:.1f} s")
         assert store.status(pid)["n_labels"] == 3
         assert ls_client.projects.get(id=pid).model_version == version_name(1)
+    finally:
+        os.killpg(worker.pid, signal.SIGTERM)
+        worker.wait(timeout=30)
+
+
+def test_a_worker_started_after_an_outage_finds_its_labels_in_its_first_round_without_listing_every_task(
+        hali_environ, label_studio, ls_client, redis_conn, ihc_slide, new_annotator, tmp_path):
+    gateway = LabelStudioGateway.connect(label_studio.url, label_studio.api_key)
+    pid = _project(gateway, ihc_slide, "HALI mirror restart").project_id
+    store = RedisLabelStore(redis_conn)
+    labels = parse_label_set(ls_client.projects.get(id=pid).label_config)
+    assert reconcile_full(pid, gateway, store, labels).kind == "full"  # the mirror as workers left it: a sync mark
+    annotator = new_annotator()  # then everything HALI runs is down: no webhook, no worker
+    task = annotator.next_task(pid)
+    regions, parent = _labelled(task, ["Negative", "Positive"])
+    annotator.submit(task["id"], regions, lead_time=2.0, parent_prediction=parent, project_id=pid)
+    env = {**os.environ, "PYTHONPATH": str(services.REPO_ROOT), "HALI_RECONCILE_S": "60", "OMP_NUM_THREADS": "1"}
+    with open(tmp_path / "worker.log", "wb") as log:  # a round every 60 s: only the first round can find it
+        worker = subprocess.Popen([sys.executable, "-m", "ml_backend.cli", "worker", "--queues", "hali-test"],
+                                  cwd=services.REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                  start_new_session=True)
+    try:
+        _wait(lambda: store.status(pid).get("model_version") == version_name(1), 60,
+              "a retrain from the restarted worker's first reconcile", tmp_path)
+        assert store.status(pid)["n_labels"] == 2
+        assert "incremental reconcile found 2 cell labels" in (tmp_path / "worker.log").read_text()
     finally:
         os.killpg(worker.pid, signal.SIGTERM)
         worker.wait(timeout=30)
