@@ -32,7 +32,6 @@ import hashlib
 import json
 import os
 import random
-import re
 import shutil
 import statistics
 import sys
@@ -58,16 +57,16 @@ from adapters.storage import LocalStorage
 from bench import benchutil
 from bench.annotator import Annotator
 from bench.bench_overlap import Server, make_annotators
-from bench.crowd_stack import BACKEND_USER, CrowdStack, crowd_stack
+from bench.crowd_stack import BACKEND_USER, CrowdStack, crowd_stack, webhook_latencies
 from bench.synthetic import CLASSES, make_slide
 from label_config import TileTask, build_label_config, cells_to_regions, parse_label_set, version_name
 from ml_backend.labels.redis_store import RedisLabelStore
 from preprocess.layout import DataLayout, write_task_map
 from preprocess.tiles.tasks import task_payloads
+from scripts import services
 
 CELLS_PER_TASK = 20
 QUEUE = "hali"
-_WEBHOOK_LINE = re.compile(r'"POST /webhook[^"]*" (\d{3}) .* (\d+)$')
 
 
 @dataclass
@@ -212,18 +211,6 @@ def wait_idle(redis: Redis, pid: int, timeout_s: float) -> None:
         time.sleep(0.5)
 
 
-def webhook_latencies(path: Path, offset: int = 0) -> tuple[list[float], dict[str, int]]:
-    """Milliseconds of each ``POST /webhook`` in the access log after byte ``offset``; and the status counts."""
-    ms, codes = [], defaultdict(int)
-    with open(path, "rb") as log:
-        log.seek(offset)
-        for line in log.read().decode(errors="replace").splitlines():
-            if m := _WEBHOOK_LINE.search(line):
-                codes[m.group(1)] += 1
-                ms.append(int(m.group(2)) / 1000)
-    return ms, dict(codes)
-
-
 def crowd(stack: CrowdStack, pid: int, annotators: list[Annotator], args: argparse.Namespace, ledger: Ledger,
           redis: Redis) -> dict:
     store, offset = RedisLabelStore(redis), stack.access_log.stat().st_size
@@ -346,28 +333,36 @@ def main() -> int:
     root = Path(tempfile.mkdtemp(prefix="hali-crowd-"))
     root.chmod(0o755)  # PostgreSQL runs as its own user and must reach its data dir
     try:
-        extra = {"HALI_PREDICTIONS_TOP_K": str(args.top_k)} if args.top_k else {}
-        with crowd_stack(root, n_workers=args.workers, reconcile_s=args.reconcile_s, extra_env=extra) as stack:
-            t0 = time.monotonic()
-            pid, truth = make_project(stack, n_tasks)
-            print(f"  project {pid}: {n_tasks} tasks of {CELLS_PER_TASK} cells imported, backend connected in "
-                  f"{time.monotonic() - t0:.0f} s", flush=True)
-            annotators = make_annotators(Server(stack.ls_url, stack.token, stack.ls_env, stack.ls_bin),
-                                         max(1, args.annotators))
-            ledger, redis = Ledger(truth), Redis.from_url(stack.redis_url)
-            found = {}
-            if "crowd" in args.phases:
-                found["crowd"] = crowd(stack, pid, annotators, args, ledger, redis)
-                print("\ncrowd: " + json.dumps(found["crowd"], default=str), flush=True)
-            if "outage" in args.phases:
-                found["outage"] = outage(stack, pid, annotators[0], args, ledger, redis)
-                print("\noutage: " + json.dumps(found["outage"], default=str), flush=True)
-            print(table(found.get("crowd"), found.get("outage")))
+        return _run(root, n_tasks, args)
+    except services.StackError as exc:  # PostgreSQL or Label Studio missing, a service that did not start
+        print(f"ERROR: {exc}", file=sys.stderr)
+        return 2
     finally:
         if args.keep:
             print(f"  kept {root}")
         else:
             shutil.rmtree(root, ignore_errors=True)
+
+
+def _run(root: Path, n_tasks: int, args: argparse.Namespace) -> int:
+    """The stack under ``root``, the project, the annotators, then the phases; prints the figures."""
+    extra = {"HALI_PREDICTIONS_TOP_K": str(args.top_k)} if args.top_k else {}
+    with crowd_stack(root, n_workers=args.workers, reconcile_s=args.reconcile_s, extra_env=extra) as stack:
+        t0 = time.monotonic()
+        pid, truth = make_project(stack, n_tasks)
+        print(f"  project {pid}: {n_tasks} tasks of {CELLS_PER_TASK} cells imported, backend connected in "
+              f"{time.monotonic() - t0:.0f} s", flush=True)
+        annotators = make_annotators(Server(stack.ls_url, stack.token, stack.ls_env, stack.ls_bin),
+                                     max(1, args.annotators))
+        ledger, redis = Ledger(truth), Redis.from_url(stack.redis_url)
+        found = {}
+        if "crowd" in args.phases:
+            found["crowd"] = crowd(stack, pid, annotators, args, ledger, redis)
+            print("\ncrowd: " + json.dumps(found["crowd"], default=str), flush=True)
+        if "outage" in args.phases:
+            found["outage"] = outage(stack, pid, annotators[0], args, ledger, redis)
+            print("\noutage: " + json.dumps(found["outage"], default=str), flush=True)
+        print(table(found.get("crowd"), found.get("outage")))
     print(benchutil.footer())
     return 0
 

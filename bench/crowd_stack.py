@@ -4,15 +4,17 @@ Not a bench itself. :func:`crowd_stack` starts PostgreSQL, Label Studio on it un
 its append-only file, ``hali serve`` under gunicorn (basic auth, the webhook secret, an access log whose last
 field is each request's microseconds) and ``hali worker`` processes, all from ``scripts/services.py`` and
 ``scripts/stack.py``; it stops them on exit. :class:`CrowdStack` can stop and start the HALI services again
-(the outage).
+(the outage). :func:`webhook_latencies` reads `/webhook`'s times from the backend's access log.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import subprocess
 import time
+from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
@@ -23,6 +25,7 @@ from scripts.stack import hali_argv
 
 ADMIN = "admin@hali.bench"
 BACKEND_USER = "hali"
+_WEBHOOK_LINE = re.compile(r'"POST /webhook[^"]*" (\d{3}) .* (\d+)$')  # ACCESS_LOG_FORMAT: status ... microseconds
 
 
 @dataclass
@@ -148,3 +151,15 @@ def crowd_stack(root: Path, n_workers: int = 2, ls_workers: int = 2, reconcile_s
         print(f"  redis, hali serve (gunicorn 2x4) and {n_workers} hali workers up in {time.monotonic() - t0:.0f} s",
               flush=True)
         yield stack
+
+
+def webhook_latencies(path: Path, offset: int = 0) -> tuple[list[float], dict[str, int]]:
+    """Milliseconds of each ``POST /webhook`` in the access log after byte ``offset``; and the status counts."""
+    ms, codes = [], defaultdict(int)
+    with open(path, "rb") as log:
+        log.seek(offset)
+        for line in log.read().decode(errors="replace").splitlines():
+            if m := _WEBHOOK_LINE.search(line):
+                codes[m.group(1)] += 1
+                ms.append(int(m.group(2)) / 1000)
+    return ms, dict(codes)
