@@ -1,5 +1,6 @@
 """A worker killed mid-retrain (an out-of-memory kill) does not stall the project: its training lease frees
-within seconds, and a queued flag whose job will never run is cleared by the next webhook."""
+within seconds, a queued flag whose job will never run is cleared by the next webhook, and the labels the killed
+run took are retrained by the next run, which the worker's reconcile enqueues without any further submit."""
 
 from __future__ import annotations
 
@@ -10,13 +11,19 @@ import sys
 import time
 
 import pytest
+from hali_backend import label_next_task, preprocess_settings, serve_backend
 from redis import Redis
 from redis.exceptions import LockError
 from rq import Queue
 
+from adapters.label_studio import LabelStudioGateway
+from label_config import version_name
 from ml_backend.labels.redis_store import RedisLabelStore
+from ml_backend.retrain.catchup import catch_up
 from ml_backend.retrain.job import enqueue_retrain
+from ml_backend.retrain.run import run_retrain
 from ml_backend.settings import BackendSettings
+from preprocess.run import run_preprocess
 
 pytestmark = pytest.mark.integration
 HOLD = """
@@ -77,3 +84,44 @@ def test_make_ups_redis_keeps_what_it_held_over_a_restart(tmp_path):
         assert Redis(port=port).get("hali:p:1:pending") == b"4"
     finally:
         services.stop_process(proc)
+
+
+class _Killed(BaseException):
+    """Stands for SIGKILL: no ``except Exception`` runs, so nothing is put back on the way out."""
+
+
+class _KilledMidPush(LabelStudioGateway):
+    def import_predictions(self, project_id: int, predictions) -> int:
+        super().import_predictions(project_id, predictions[:2])
+        raise _Killed
+
+
+def test_labels_a_killed_retrain_took_are_retrained_without_another_submit(
+        hali_environ, label_studio, redis_url, redis_conn, ihc_slide, new_annotator):
+    settings = BackendSettings(predictions_top_k=3, prune_after_s=0)
+    store, queue = RedisLabelStore(redis_conn), Queue(settings.queue_name, connection=redis_conn)
+    gateway = LabelStudioGateway.connect(label_studio.url, label_studio.api_key)
+    with serve_backend(settings) as backend_url:  # Label Studio's webhook records the labels as pending
+        pre = preprocess_settings(classes="Positive,Negative", mpp=0.25, cells_per_task=8, backend_url=backend_url)
+        pid = run_preprocess(ihc_slide, "HALI killed retrain", pre, gateway).project_id
+        label_next_task(new_annotator(), pid)
+    assert store.pending(pid) == 6 and queue.count == 1
+
+    with pytest.raises(_Killed):  # the job starts, takes the 6 labels, and dies mid-push
+        run_retrain(pid, settings, _KilledMidPush.connect(label_studio.url, label_studio.api_key), store)
+    assert store.pending(pid) == 0 and store.unfinished_retrain(pid) == 6
+    queue.empty()
+
+    with store.training_lease(pid, lease_s=30, wait_s=1):  # the dead worker's lease, not expired yet
+        assert catch_up(pid, settings, gateway, store, queue)[1] is None, "a retrain that may still run is left be"
+        job = catch_up(pid, settings, gateway, store, queue, full=True)[1]  # a worker that just started
+    assert job is not None and queue.count == 1, "the killed retrain was not resumed: the project stalls"
+    queue.empty()
+    store.release_claim(pid, job)
+    assert catch_up(pid, settings, gateway, store, queue)[1] is not None, "nor once its lease expired"
+
+    report = run_retrain(pid, settings, gateway, store)  # what that job runs
+    assert report.version == 2 and report.n_labels == 6, "the killed run's version name was used again"
+    assert store.unfinished_retrain(pid) is None and store.pending(pid) == 0
+    assert set(gateway.model_versions(pid)) == {version_name(0), version_name(2)}, "the killed run's rows stayed"
+    assert catch_up(pid, settings, gateway, store, queue)[1] is None, "nothing left to resume"
