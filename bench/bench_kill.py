@@ -325,6 +325,7 @@ def _summary(stack: Stack, rows: list[dict[str, Any]], live_seen: list[str]) -> 
     never_saved = sorted(int(p.name[1:5]) for p in stack.models.glob("v*.reserved"))
     rows_by_version = gateway.model_versions(pid)
     left_behind = {version_name(v): rows_by_version.get(version_name(v), 0) for v in never_saved}
+    never_live = {n: k for n, k in rows_by_version.items() if n not in live_seen and k}
     dup_tasks = _tasks_with_two_predictions_of_one_version(stack)
     saved = sorted(int(p.name[1:5]) for p in stack.models.glob("v*.json"))
     listed = requests.get(f"{stack.backend_url}/versions", params={"project": pid}, auth=(USER, PASSWORD),
@@ -337,11 +338,12 @@ def _summary(stack: Stack, rows: list[dict[str, Any]], live_seen: list[str]) -> 
     print(f"version numbers taken: {len(reserved)} ({reserved[0] if reserved else '-'}..{reserved[-1] if reserved else '-'}), "
           f"each once (reservation is exclusive); saved {len(saved)}; reserved by a killed run and never saved "
           f"{len(never_saved)}: prediction rows left {sum(left_behind.values())} {left_behind or ''}")
+    print(f"versions never live that still hold prediction rows (a run killed after its save): {never_live or 0}")
     print(f"tasks holding two predictions of one version: {dup_tasks}")
     print(f"Label Studio's prediction rows by version: {dict(sorted(rows_by_version.items()))}")
     print(f"backend /versions lists the saved versions newest first: {listed_ok} ({listed[:3]}...)")
     return stalls == 0 and max(recovered) <= RECOVERY_TARGET_S and increasing and not dup_tasks \
-        and not sum(left_behind.values()) and listed_ok
+        and not sum(left_behind.values()) and not never_live and listed_ok
 
 
 def _tasks_with_two_predictions_of_one_version(stack: Stack) -> int:

@@ -125,3 +125,27 @@ def test_labels_a_killed_retrain_took_are_retrained_without_another_submit(
     assert store.unfinished_retrain(pid) is None and store.pending(pid) == 0
     assert set(gateway.model_versions(pid)) == {version_name(0), version_name(2)}, "the killed run's rows stayed"
     assert catch_up(pid, settings, gateway, store, queue)[1] is None, "nothing left to resume"
+
+
+class _KilledBeforeSwitch(LabelStudioGateway):
+    def serve_version(self, project_id: int, model_version: str) -> None:
+        raise _Killed  # the model is saved (latest.json names it), the project never served it
+
+
+def test_a_run_killed_between_its_save_and_its_switch_leaves_no_predictions(
+        hali_environ, label_studio, redis_conn, ihc_slide, new_annotator):
+    settings = BackendSettings(predictions_top_k=3, prune_after_s=1800)  # versions that were live keep their grace
+    store, gateway = RedisLabelStore(redis_conn), LabelStudioGateway.connect(label_studio.url, label_studio.api_key)
+    pre = preprocess_settings(classes="Positive,Negative", mpp=0.25, cells_per_task=8)
+    pid = run_preprocess(ihc_slide, "HALI killed before switch", pre, gateway).project_id
+    label_next_task(new_annotator(), pid)
+    with pytest.raises(_Killed):
+        run_retrain(pid, settings, _KilledBeforeSwitch.connect(label_studio.url, label_studio.api_key), store)
+    assert gateway.model_versions(pid).get(version_name(1)) == 3
+
+    assert run_retrain(pid, settings, gateway, store).version == 2
+    assert set(gateway.model_versions(pid)) == {version_name(0), version_name(2)}, \
+        "a version no annotator was ever served kept its predictions for the grace"
+    assert run_retrain(pid, settings, gateway, store).version == 3
+    assert set(gateway.model_versions(pid)) == {version_name(0), version_name(2), version_name(3)}, \
+        "a version that was live keeps its grace"
