@@ -88,10 +88,14 @@ def _fuzz(root: Path, redis_url: str, world: World, args: argparse.Namespace) ->
     finally:
         services.stop_process(server)
     log = (root / "backend.log").read_text(errors="replace")
+    kept = ROOT / ".state" / "bench-fuzz-backend.log"  # outlives the temporary dir
+    kept.parent.mkdir(parents=True, exist_ok=True)
+    kept.write_text(log)
     crashes = log.count("Booting worker") - 1 if args.server == "gunicorn" else 0
+    in_log = [s for s in world.secrets if s and s in log]
     print(f"server workers that died and were restarted: {crashes}; tracebacks in the server log: "
-          f"{log.count('Traceback')}")
-    return ok and crashes <= 0
+          f"{log.count('Traceback')} ({kept}); secrets in the server log: {len(in_log)}")
+    return ok and crashes <= 0 and not in_log
 
 
 def _serve(root: Path, env: dict[str, str], port: int, kind: str) -> tuple[subprocess.Popen, int]:

@@ -331,8 +331,9 @@ def _summary(stack: Stack, rows: list[dict[str, Any]], live_seen: list[str]) -> 
     listed = requests.get(f"{stack.backend_url}/versions", params={"project": pid}, auth=(USER, PASSWORD),
                           timeout=10).json()["versions"]
     listed_ok = listed == [version_name(v) for v in range(max(saved, default=0), -1, -1)]
-    print(f"\nrecovery (kill -> every label in a live version): median {statistics.median(finite):.1f} s, "
-          f"max {max(finite):.1f} s over {len(finite)} kills; {stalls} stalls (> {GIVE_UP_S:.0f} s); "
+    median, worst = (statistics.median(finite), max(finite)) if finite else (float("nan"), float("nan"))
+    print(f"\nrecovery (kill -> every label in a live version): median {median:.1f} s, "
+          f"max {worst:.1f} s over {len(finite)} recovered kills; {stalls} stalls (> {GIVE_UP_S:.0f} s); "
           f"over {RECOVERY_TARGET_S:.0f} s: {sum(r > RECOVERY_TARGET_S for r in recovered)}")
     print(f"versions live, in order: {' '.join(live_seen)} -> strictly increasing: {increasing}")
     print(f"version numbers taken: {len(reserved)} ({reserved[0] if reserved else '-'}..{reserved[-1] if reserved else '-'}), "

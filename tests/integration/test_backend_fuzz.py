@@ -4,6 +4,8 @@ of the same requests to a served backend and watches its memory; this sends 300 
 
 from __future__ import annotations
 
+import base64
+
 import pytest
 from hypothesis import HealthCheck, given, settings
 from pydantic import SecretStr
@@ -14,6 +16,7 @@ from ml_backend.settings import BackendSettings
 
 pytestmark = pytest.mark.integration
 PASSWORD, SECRET, LS_KEY = "fuzz-test-pw-41c2", "fuzz-test-hook-8e1f", "fuzzlskey" + "1" * 31
+AUTH = {"Authorization": "Basic " + base64.b64encode(f"hali:{PASSWORD}".encode()).decode()}
 
 
 @pytest.fixture
@@ -43,3 +46,20 @@ def test_fuzzed_requests_get_no_5xx_and_show_no_secret_or_path(world_and_client)
         assert not problems(req, r.status_code, r.get_data(), world), r.get_data(as_text=True)[:500]
 
     one()
+
+
+@pytest.mark.parametrize("body", [{"tasks": [1]}, {"tasks": [None, {}]}, {"tasks": [], "label_config": ["x"]},
+                                  {"tasks": [], "label_config": {"a": 1}}, {"tasks": [], "label_config": 5}],
+                         ids=["task-int", "task-null", "config-list", "config-object", "config-int"])
+def test_predict_with_a_task_or_a_label_config_of_the_wrong_type_is_a_400(world_and_client, body):
+    """Found by bench/bench_fuzz.py: these were 500s (AttributeError, TypeError in the XML parser)."""
+    _, client, _ = world_and_client
+    r = client.post("/predict", json={"project": "7.1", **body}, headers=AUTH)
+    assert r.status_code == 400 and ("tasks" in r.get_json()["error"] or "label_config" in r.get_json()["error"])
+
+
+def test_a_coverage_map_with_a_slide_id_too_long_for_a_file_name_is_a_404(world_and_client):
+    """Found by bench/bench_fuzz.py: a 300-character slide id was a 500 (OSError: file name too long)."""
+    _, client, _ = world_and_client
+    r = client.get(f"/dashboard/7/coverage/{'x' * 300}.png", headers=AUTH)
+    assert r.status_code == 404 and "no coverage map" in r.get_json()["error"]
