@@ -17,8 +17,8 @@ second measures a retrain's duration D (from the training lease appearing in Red
 4. **recovery**: seconds from the kill until a version trained on every label submitted so far is live
    (the backend's last-retrain status names it and Label Studio's project serves it). Target 60 s.
 
-The phase a kill landed in is read from the clean round's phase times (read, cells, fit, rank, push, switch,
-prune), so it is approximate. At the end:
+The phase a kill landed in is the clean round's phase at that delay (read, cells, fit, rank, push, switch, prune),
+corrected by what the killed run left: a reserved version number (it had passed rank) or its status (it was live). At the end:
 
 - the versions that went live, round after round, must be strictly increasing, and every reserved version
   number must appear once (the ``vNNNN.reserved`` markers and saved models);
@@ -218,13 +218,14 @@ def _kill_round(stack: Stack, rng: random.Random, i: int, duration: float, laps:
     stack.kill_worker()
     killed_at = time.monotonic()
     stack.start_worker()
+    phase = _phase_killed(stack, labels, reserved_before, _phase_at(delay, laps, duration))
     try:
         status = _wait_recovered(stack, labels, killed_at)
         recovered = time.monotonic() - killed_at
     except TimeoutError:
         status, recovered = {}, float("inf")
     _poll("the new worker's start", lambda: stack.worker_up_s == stack.worker_up_s, GIVE_UP_S, every_s=0.2)
-    return {"i": i, "labels": labels, "delay": delay, "phase": _phase_at(delay, laps, duration),
+    return {"i": i, "labels": labels, "delay": delay, "phase": phase,
             "worker_up": stack.worker_up_s, "recovered": recovered, "live": status.get("model_version", "-"),
             "reserved": sorted(set(_reserved(stack)) - set(reserved_before))}
 
@@ -296,6 +297,16 @@ def _reserved(stack: Stack) -> list[int]:
         if path.suffix in (".reserved", ".json"):
             found.add(int(path.name[1:].split(".")[0]))
     return sorted(found)
+
+
+def _phase_killed(stack: Stack, labels: int, reserved_before: list[int], by_timing: str) -> str:
+    """The phase the run was killed in: the clean run's phase at that delay, corrected by what the run left (a
+    new version number is reserved after rank, before push; the status is written once the version is live)."""
+    if stack.status().get("n_labels", 0) >= labels:
+        return "after live (status, dashboard)"
+    if set(_reserved(stack)) - set(reserved_before):
+        return by_timing if by_timing in ("push", "switch", "prune") else "push"
+    return by_timing if by_timing in ("read", "cells", "fit", "rank") else "rank"
 
 
 def _phase_at(delay: float, laps: dict[str, float], duration: float) -> str:

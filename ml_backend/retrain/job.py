@@ -18,6 +18,7 @@ import torch
 from redis import Redis
 from rq import Queue
 from rq.job import JobStatus
+from rq.utils import now as rq_now
 
 from adapters.label_studio import LabelStudioGateway
 from ml_backend.labels.redis_store import RedisLabelStore
@@ -25,14 +26,16 @@ from ml_backend.retrain.run import run_retrain
 from ml_backend.settings import BackendSettings
 
 log = logging.getLogger(__name__)
+FLAG_CLEARED_WITHIN_S = 10.0  # a started retrain clears its queued flag well within this (a fork and a Redis call)
 
 
 def retrain_job(project_id: int) -> dict[str, Any]:
     """rq job: retrain the head of ``project_id`` and re-rank its queue."""
     settings = BackendSettings()
+    store = RedisLabelStore(Redis.from_url(settings.redis_url))
+    store.clear_queued(project_id)  # first: a job killed before this leaves the flag to _will_run's age check
     torch.set_num_threads(settings.torch_threads)
     gateway = LabelStudioGateway.connect(settings.ls_url, settings.ls_api_key.get_secret_value())
-    store = RedisLabelStore(Redis.from_url(settings.redis_url))
     with frozen_gc():
         return asdict(run_retrain(project_id, settings, gateway, store))
 
@@ -57,8 +60,8 @@ def frozen_gc() -> Iterator[None]:
 def enqueue_retrain(queue: Queue, store: RedisLabelStore, project_id: int, settings: BackendSettings) -> str | None:
     """Enqueue a retrain unless one is already waiting; returns the job id, or None when one waits.
 
-    The queued flag names its job: a flag whose job is gone (Redis lost it), failed or was stopped before it
-    started is cleared, so a crash never blocks retraining until the flag expires.
+    The queued flag names its job: a flag whose job is gone (Redis lost it), failed, was stopped before it
+    started, or was killed as it started is cleared, so a crash never blocks retraining until the flag expires.
     """
     job_id = f"hali-retrain-{project_id}-{uuid.uuid4().hex[:12]}"
     if not store.claim_retrain(project_id, ttl_s=settings.job_timeout_s, job_id=job_id):
@@ -83,8 +86,16 @@ def enqueue_retrain(queue: Queue, store: RedisLabelStore, project_id: int, setti
 
 
 def _will_run(queue: Queue, job_id: str) -> bool:
-    """Whether the job ``job_id`` still waits to run (queued, deferred or scheduled) or runs now."""
+    """Whether the job ``job_id`` still waits to run (queued, deferred or scheduled) or runs now.
+
+    A retrain clears the queued flag as it starts (:func:`retrain_job`), so a job that started more than
+    :data:`FLAG_CLEARED_WITHIN_S` ago and still holds the flag was killed first (rq keeps it "started" until its
+    registry is next cleaned, minutes later): the flag must not hold retraining back until it expires.
+    """
     job = queue.fetch_job(job_id)
     if job is None:
         return False
-    return job.get_status() in (JobStatus.QUEUED, JobStatus.DEFERRED, JobStatus.SCHEDULED, JobStatus.STARTED)
+    status = job.get_status()
+    if status == JobStatus.STARTED:
+        return job.started_at is None or (rq_now() - job.started_at).total_seconds() < FLAG_CLEARED_WITHIN_S
+    return status in (JobStatus.QUEUED, JobStatus.DEFERRED, JobStatus.SCHEDULED)

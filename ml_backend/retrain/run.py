@@ -95,8 +95,8 @@ def run_retrain(
         except Exception:
             store.end_retrain(project_id, failed=True)
             raise
+        store.set_status(project_id, asdict(report))  # before the labels are let go: a kill between leaves no gap
         store.end_retrain(project_id)
-    store.set_status(project_id, asdict(report))
     if publish is not None:  # outside the lease: the next retrain need not wait for the dashboard
         publish()
     log.info("project %s: %s trained on %d labels, %d open tasks ranked in %.2f s (%s)", project_id,

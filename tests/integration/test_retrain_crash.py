@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from hali_backend import label_next_task, preprocess_settings, serve_backend
@@ -20,7 +21,7 @@ from adapters.label_studio import LabelStudioGateway
 from label_config import version_name
 from ml_backend.labels.redis_store import RedisLabelStore
 from ml_backend.retrain.catchup import catch_up
-from ml_backend.retrain.job import enqueue_retrain
+from ml_backend.retrain.job import FLAG_CLEARED_WITHIN_S, enqueue_retrain
 from ml_backend.retrain.run import run_retrain
 from ml_backend.settings import BackendSettings
 from preprocess.run import run_preprocess
@@ -149,3 +150,22 @@ def test_a_run_killed_between_its_save_and_its_switch_leaves_no_predictions(
     assert run_retrain(pid, settings, gateway, store).version == 3
     assert set(gateway.model_versions(pid)) == {version_name(0), version_name(2), version_name(3)}, \
         "a version that was live keeps its grace"
+
+
+def test_a_queued_flag_whose_job_was_killed_as_it_started_does_not_block_retraining(redis_url, redis_conn):
+    """Found by bench/bench_kill.py: a worker killed between rq marking the job started and the job clearing the
+    flag left the flag naming a "started" job, and no label could enqueue a retrain until it expired (30 min)."""
+    store, queue = RedisLabelStore(redis_conn), Queue("hali-crash", connection=Redis.from_url(redis_url))
+    settings = BackendSettings(queue_name="hali-crash", redis_url=redis_url)
+    first = enqueue_retrain(queue, store, 7, settings)
+    job = queue.fetch_job(first)
+    pipe = redis_conn.pipeline()
+    job.prepare_for_execution("killed-worker", pipe)  # what rq does as the job starts ...
+    pipe.execute()
+    job.started_at = datetime.now(UTC)
+    job.save()  # ... and the worker dies before the job clears the flag
+    assert enqueue_retrain(queue, store, 7, settings) is None, "a job that just started will clear it"
+    job.started_at = datetime.now(UTC) - timedelta(seconds=FLAG_CLEARED_WITHIN_S + 1)
+    job.save()
+    second = enqueue_retrain(queue, store, 7, settings)
+    assert second not in (None, first) and store.queued_job(7) == second
