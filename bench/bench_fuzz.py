@@ -15,7 +15,7 @@ nesting, wrong content types and methods. Each answer is checked for:
   that the request did not send itself.
 
 It prints the answers per route and status, every problem found (the first 20), and the serving process's RSS
-(the gunicorn worker's, or the dev server's) at start, after the first 1,000 requests, and at the end.
+(the gunicorn worker's, or the dev server's) at start, after the first 1,000 requests, every 5,000, and at the end.
 """
 
 from __future__ import annotations
@@ -142,8 +142,8 @@ def _send_all(url: str, world: World, rules: list[tuple[str, list[str]]], args: 
         sent += 1
         by_route[req.rule][r.status_code] += 1
         found.extend(problems(req, r.status_code, r.content, world))
-        if sent == 1000:
-            rss["after 1,000"] = rss_mb(rss_pid)
+        if sent == 1000 or sent % 5000 == 0:
+            rss[f"after {sent:,}"] = rss_mb(rss_pid)
 
     one()
     seconds = time.perf_counter() - t0

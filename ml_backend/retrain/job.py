@@ -89,8 +89,10 @@ def _will_run(queue: Queue, job_id: str) -> bool:
     """Whether the job ``job_id`` still waits to run (queued, deferred or scheduled) or runs now.
 
     A retrain clears the queued flag as it starts (:func:`retrain_job`), so a job that started more than
-    :data:`FLAG_CLEARED_WITHIN_S` ago and still holds the flag was killed first (rq keeps it "started" until its
-    registry is next cleaned, minutes later): the flag must not hold retraining back until it expires.
+    :data:`FLAG_CLEARED_WITHIN_S` ago and still holds the flag was killed first, and a "queued" job no longer in
+    the queue was taken by a worker that died before starting it (rq fails both only when it next cleans its
+    registries, minutes later): the flag must not hold retraining back until it expires. At worst (a job taken a
+    moment ago) one retrain more is queued.
     """
     job = queue.fetch_job(job_id)
     if job is None:
@@ -98,4 +100,6 @@ def _will_run(queue: Queue, job_id: str) -> bool:
     status = job.get_status()
     if status == JobStatus.STARTED:
         return job.started_at is None or (rq_now() - job.started_at).total_seconds() < FLAG_CLEARED_WITHIN_S
-    return status in (JobStatus.QUEUED, JobStatus.DEFERRED, JobStatus.SCHEDULED)
+    if status == JobStatus.QUEUED:
+        return queue.get_job_position(job_id) is not None
+    return status in (JobStatus.DEFERRED, JobStatus.SCHEDULED)

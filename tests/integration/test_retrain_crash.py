@@ -169,3 +169,15 @@ def test_a_queued_flag_whose_job_was_killed_as_it_started_does_not_block_retrain
     job.save()
     second = enqueue_retrain(queue, store, 7, settings)
     assert second not in (None, first) and store.queued_job(7) == second
+
+
+def test_a_queued_flag_whose_job_a_dead_worker_took_does_not_block_retraining(redis_url, redis_conn):
+    """Found by bench/bench_kill.py: a worker killed after taking the job off the queue and before starting it left
+    the job "queued" but in no queue, and the flag naming it blocked every retrain."""
+    store, queue = RedisLabelStore(redis_conn), Queue("hali-crash", connection=Redis.from_url(redis_url))
+    settings = BackendSettings(queue_name="hali-crash", redis_url=redis_url)
+    first = enqueue_retrain(queue, store, 7, settings)
+    job, _ = Queue.dequeue_any([queue], None, connection=queue.connection)  # the worker takes it, then dies
+    assert job.id == first and job.get_status() == "queued" and queue.count == 0
+    second = enqueue_retrain(queue, store, 7, settings)
+    assert second not in (None, first) and store.queued_job(7) == second and queue.count == 1
