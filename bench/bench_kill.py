@@ -24,7 +24,7 @@ corrected by what the killed run left: a reserved version number (it had passed 
   number must appear once (the ``vNNNN.reserved`` markers and saved models);
 - no task may hold two predictions of one version (Label Studio's prediction rows by task and model_version);
 - a version reserved by a killed run and never saved must have no prediction rows left once a later run pruned;
-- the backend's ``/versions`` list must be the saved versions, newest first.
+- the backend's ``/versions`` must count down from the latest saved version.
 """
 
 from __future__ import annotations
@@ -353,7 +353,7 @@ def _summary(stack: Stack, rows: list[dict[str, Any]], live_seen: list[str]) -> 
     print(f"versions never live that still hold prediction rows (a run killed after its save): {never_live or 0}")
     print(f"tasks holding two predictions of one version: {dup_tasks}")
     print(f"Label Studio's prediction rows by version: {dict(sorted(rows_by_version.items()))}")
-    print(f"backend /versions lists the saved versions newest first: {listed_ok} ({listed[:3]}...)")
+    print(f"backend /versions counts down from the latest saved version: {listed_ok} ({listed[:3]}...)")
     return stalls == 0 and max(recovered) <= RECOVERY_TARGET_S and increasing and not dup_tasks \
         and not sum(left_behind.values()) and not never_live and listed_ok
 
