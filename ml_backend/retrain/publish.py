@@ -23,7 +23,8 @@ For version v of project p, in order:
    (a reload, a bookmark) serves the same next task as "Label All Tasks".
 
 An exception in steps 2-4 deletes v's predictions (best effort) and propagates; a run killed there leaves
-them to step 5 of the next run. A Label Studio failure in steps 5-7 is logged: v is live by then. So Label Studio holds about one prediction per task: ``hali-v0000``'s, plus
+them to step 5 of the next run, which gives no grace to a saved version above the one the project served before
+it (killed between its save and its switch, it was never live). A Label Studio failure in steps 5-7 is logged: v is live by then. So Label Studio holds about one prediction per task: ``hali-v0000``'s, plus
 the live version's top K and the tasks ``/predict`` answered since it went live, plus the versions superseded
 within the grace.
 """
