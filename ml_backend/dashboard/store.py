@@ -21,7 +21,7 @@ from PIL import Image
 
 from adapters.atomic import write_atomic
 
-_SAFE_SLIDE = re.compile(r"^[A-Za-z0-9._-]+$")
+_SAFE_SLIDE = re.compile(r"^[A-Za-z0-9._-]{1,200}$")  # a plain file name, short enough for any filesystem
 _SIDECAR = re.compile(r"^v\d{4,}\.json$")
 
 

@@ -70,10 +70,8 @@ def create_app(settings: BackendSettings | None = None, redis: Redis | None = No
     def predict():
         body = _json_body()
         project_id = _project_id(body.get("project"))
-        tasks = body.get("tasks")
-        if not isinstance(tasks, list):
-            raise WebhookError("'tasks' must be a list of Label Studio tasks")
-        results = predictor.predict(project_id, tasks, body.get("label_config") or "")
+        tasks, label_config = _predict_input(body)
+        results = predictor.predict(project_id, tasks, label_config)
         return jsonify(results=results, model_version=predictor.current_version(project_id))
 
     @app.post("/webhook")
@@ -155,6 +153,16 @@ def _json_body() -> dict[str, Any]:
     if not isinstance(body, dict):
         raise WebhookError("request body must be a JSON object (Content-Type: application/json)")
     return body
+
+
+def _predict_input(body: dict[str, Any]) -> tuple[list[dict[str, Any]], str]:
+    """The tasks and the label config of a /predict body; WebhookError (400) naming the bad one."""
+    tasks, label_config = body.get("tasks"), body.get("label_config") or ""
+    if not isinstance(tasks, list) or not all(isinstance(t, dict) for t in tasks):
+        raise WebhookError("'tasks' must be a list of Label Studio task objects")
+    if not isinstance(label_config, str):
+        raise WebhookError("'label_config' must be the project's label config, an XML string")
+    return tasks, label_config
 
 
 def _project_id(value: Any) -> int:

@@ -16,6 +16,8 @@ Keys, per project ``p``::
     hali:p:<p>:pending      int   cell labels new or changed since the last retrain started
     hali:p:<p>:pending-since str  unix s when the oldest of those arrived (the stale-retrain warning)
     hali:p:<p>:queued       str   the id of the retrain job queued and not started yet (a flag)
+    hali:p:<p>:training     int   labels the retrain in progress took from pending; left behind when its worker is
+                                  killed, and then taken again by the next run (:meth:`RedisLabelStore.start_retrain`)
     hali:p:<p>:train-lock   lock  held by the worker training the project, a lease renewed while it runs
     hali:p:<p>:status       hash  what the last retrain did (version, labels, seconds, ...)
 """
@@ -185,13 +187,30 @@ class RedisLabelStore:
             except WatchError:  # someone else changed it meanwhile: theirs stands
                 pass
 
+    def clear_queued(self, project_id: int) -> None:
+        """Called when a retrain job starts: the next labels may queue another."""
+        self._r.delete(_key(project_id, "queued"))
+
     def start_retrain(self, project_id: int) -> int:
-        """Called when a retrain starts: clears the queued flag and returns (and resets) the pending count."""
-        pipe = self._r.pipeline(transaction=True)
-        pipe.delete(_key(project_id, "queued"))
-        pipe.getset(_key(project_id, "pending"), 0)
-        pipe.delete(_key(project_id, "pending-since"))
-        return int(pipe.execute()[1] or 0)
+        """Called by the training lease's holder as its retrain starts: moves the pending count, plus whatever a
+        run that never finished (a killed worker) left in ``training``, into ``training``; returns that count."""
+        keys = [_key(project_id, k) for k in ("pending", "training", "queued", "pending-since")]
+        return int(self._r.eval(_TAKE_PENDING, len(keys), *keys))
+
+    def end_retrain(self, project_id: int, failed: bool = False) -> None:
+        """The retrain's version is live (or ``failed``: its labels go back to pending, so the next label or
+        reconcile retries rather than waiting for ``HALI_RETRAIN_EVERY`` more)."""
+        keys = [_key(project_id, k) for k in ("training", "pending", "pending-since")]
+        self._r.eval(_GIVE_BACK, len(keys), *keys, "1" if failed else "0", time.time())
+
+    def unfinished_retrain(self, project_id: int) -> int | None:
+        """The labels a retrain took and has not finished with (running, or its worker was killed), else None."""
+        raw = self._r.get(_key(project_id, "training"))
+        return None if raw is None else int(raw)
+
+    def training_lease_held(self, project_id: int) -> bool:
+        """Whether a live worker holds the project's training lease (a killed one's expires within the lease)."""
+        return bool(self._r.exists(_key(project_id, "train-lock")))
 
     def add_pending(self, project_id: int, n: int) -> None:
         if n:
@@ -275,6 +294,23 @@ if held then
 end
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
 return {}
+"""
+# KEYS: pending, training, queued, pending-since. Atomic, so a kill can never lose the count between two calls.
+_TAKE_PENDING = """
+local taken = tonumber(redis.call('GETSET', KEYS[1], 0) or 0) + tonumber(redis.call('GET', KEYS[2]) or 0)
+redis.call('SET', KEYS[2], taken)
+redis.call('DEL', KEYS[3], KEYS[4])
+return taken
+"""
+# KEYS: training, pending, pending-since; ARGV: failed ("1"/"0"), now (unix s).
+_GIVE_BACK = """
+local n = tonumber(redis.call('GET', KEYS[1]) or 0)
+redis.call('DEL', KEYS[1])
+if ARGV[1] == '1' and n > 0 then
+  redis.call('INCRBY', KEYS[2], n)
+  redis.call('SET', KEYS[3], ARGV[2], 'NX')
+end
+return n
 """
 _RECORD_FIELDS = frozenset(f.name for f in fields(AnnotationRecord))
 

@@ -8,7 +8,9 @@ reconcile_incremental`), or every task in the second round after the worker star
 no sync mark): it finds the labels an outage left behind in one request, where listing every task first took
 20 s of a 60 s budget on 1,100 tasks (``bench/bench_crowd.py``, docs/serving.md).
 Labels it finds new or changed count as pending, and a retrain is enqueued when it found any (they came in while
-the backend or Redis was down) or when the pending count reached ``HALI_RETRAIN_EVERY`` (a lost enqueue).
+the backend or Redis was down), when the pending count reached ``HALI_RETRAIN_EVERY`` (a lost enqueue), or when a
+retrain took labels and never finished (its worker was killed: the next run takes them, see
+:meth:`~ml_backend.labels.redis_store.RedisLabelStore.start_retrain`).
 It also logs the stale-retrain warning (:func:`stale_warning`).
 """
 
@@ -41,16 +43,28 @@ def catch_up(project_id: int, settings: BackendSettings, gateway: LabelStudioGat
     labels = parse_label_set(gateway.get_project(project_id).label_config)
     reconcile = reconcile_full if full else reconcile_incremental
     report = reconcile(project_id, gateway, store, labels, count_pending=True)
-    pending = store.pending(project_id)
+    pending, killed = store.pending(project_id), _killed_retrain(store, project_id, full)
     job = None
-    if (report.changed and pending > 0) or pending >= settings.retrain_every:
+    if (report.changed and pending > 0) or pending >= settings.retrain_every or killed:
         job = enqueue_retrain(queue, store, project_id, settings)
+    if killed:
+        log.warning("project %s: a retrain did not finish (its worker was killed?); retrain %s resumes it",
+                    project_id, job or "already queued")
     if report.changed:
         log.info("project %s: %s reconcile found %d cell labels no webhook announced (%d tasks read); retrain %s",
                  project_id, report.kind, report.changed, report.tasks_read, job or "already queued")
     if warning := stale_warning(store, project_id, settings.stale_retrain_s):
         log.warning("project %s: %s", project_id, warning)
     return report, job
+
+
+def _killed_retrain(store: RedisLabelStore, project_id: int, full: bool) -> bool:
+    """Whether a retrain took labels and never finished, its worker gone: its lease has expired, or this is a full
+    round (a worker that just started: the likeliest moment after a crash; the job it enqueues waits for the
+    lease, so a retrain still running is at worst followed by one more)."""
+    if store.unfinished_retrain(project_id) is None:
+        return False
+    return full or not store.training_lease_held(project_id)
 
 
 def stale_warning(store: RedisLabelStore, project_id: int, stale_s: float, now: float | None = None) -> str | None:

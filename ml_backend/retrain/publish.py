@@ -23,7 +23,8 @@ For version v of project p, in order:
    (a reload, a bookmark) serves the same next task as "Label All Tasks".
 
 An exception in steps 2-4 deletes v's predictions (best effort) and propagates; a run killed there leaves
-them to step 5 of the next run. A Label Studio failure in steps 5-7 is logged: v is live by then. So Label Studio holds about one prediction per task: ``hali-v0000``'s, plus
+them to step 5 of the next run, which gives no grace to a saved version above the one the project served before
+it (killed between its save and its switch, it was never live). A Label Studio failure in steps 5-7 is logged: v is live by then. So Label Studio holds about one prediction per task: ``hali-v0000``'s, plus
 the live version's top K and the tasks ``/predict`` answered since it went live, plus the versions superseded
 within the grace.
 """
@@ -63,6 +64,7 @@ def publish_version(
     """Steps 1-7 above. ``predictions_for(name)``: the top-K predictions carrying the version ``name``;
     ``save(version)``: writes the model files; ``lap(phase)`` is called after push, switch and prune;
     ``keep_superseded_s``: how long a superseded version's predictions stay (0: pruned at once)."""
+    served = parse_version_name(gateway.get_project(project_id).model_version or "")  # before this run
     version = reserve_version(project_id, gateway, models)
     name = version_name(version)
     try:
@@ -74,17 +76,21 @@ def publish_version(
     except Exception:  # clean up, then let it propagate: the job fails and the labels stay pending
         discard_version(project_id, gateway, name)
         raise
-    pruned = _after_switch(project_id, gateway, name, _still_kept(models, version, keep_superseded_s))
+    pruned = _after_switch(project_id, gateway, name, _still_kept(models, version, keep_superseded_s, served))
     lap("prune")
     return Publication(version, name, pruned)
 
 
-def _still_kept(models: ModelStore, live: int, keep_superseded_s: float) -> set[str]:
-    """Names of the versions below ``live`` that went live (a saved model) and were superseded less than
-    ``keep_superseded_s`` ago: version n was superseded when the next saved version was written."""
+def _still_kept(models: ModelStore, live: int, keep_superseded_s: float, served: int | None = None) -> set[str]:
+    """Names of the versions below ``live`` that went live (a saved model, not above ``served``, the version the
+    project served before this run) and were superseded less than ``keep_superseded_s`` ago: version n was
+    superseded when the next saved version was written. A saved version above ``served`` never went live (its run
+    was killed between its save and its switch): no annotator saw it, so it gets no grace."""
     if keep_superseded_s <= 0:
         return set()
-    saved = {v: models.sidecar_path(v).stat().st_mtime for v in range(1, live + 1) if models.sidecar_path(v).exists()}
+    top = live if served is None else min(live, served)
+    saved = {v: models.sidecar_path(v).stat().st_mtime for v in range(1, live + 1)
+             if models.sidecar_path(v).exists() and (v <= top or v == live)}
     cutoff, kept, superseded_at = time.time() - keep_superseded_s, set(), None
     for v in sorted(saved, reverse=True):
         if superseded_at is not None and superseded_at > cutoff:

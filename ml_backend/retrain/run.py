@@ -85,15 +85,18 @@ class _Cells:
 def run_retrain(
     project_id: int, settings: BackendSettings, gateway: LabelStudioGateway, store: RedisLabelStore
 ) -> RetrainReport:
-    """Retrain ``project_id`` and re-rank its queue; on failure the pending label count is put back."""
-    pending = store.start_retrain(project_id)
-    try:
-        with store.training_lease(project_id, settings.retrain_lease_s, wait_s=settings.job_timeout_s):
+    """Retrain ``project_id`` and re-rank its queue. The labels it takes from pending go back on failure; a run
+    killed mid-way (no ``except`` runs) leaves them for the next, which the worker's reconcile enqueues (catchup.py)."""
+    store.clear_queued(project_id)
+    with store.training_lease(project_id, settings.retrain_lease_s, wait_s=settings.job_timeout_s):
+        store.start_retrain(project_id)
+        try:
             report, publish = _retrain(project_id, settings, gateway, store)
-    except Exception:
-        store.add_pending(project_id, pending)  # so the next webhook retries rather than waiting 5 labels
-        raise
-    store.set_status(project_id, asdict(report))
+        except Exception:
+            store.end_retrain(project_id, failed=True)
+            raise
+        store.set_status(project_id, asdict(report))  # before the labels are let go: a kill between leaves no gap
+        store.end_retrain(project_id)
     if publish is not None:  # outside the lease: the next retrain need not wait for the dashboard
         publish()
     log.info("project %s: %s trained on %d labels, %d open tasks ranked in %.2f s (%s)", project_id,
