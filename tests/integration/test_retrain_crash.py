@@ -166,6 +166,8 @@ def test_a_queued_flag_whose_job_was_killed_as_it_started_does_not_block_retrain
     job.started_at = datetime.now(UTC)
     job.save()  # ... and the worker dies before the job clears the flag
     assert enqueue_retrain(queue, store, 7, settings) is None, "a job that just started will clear it"
+    _age_the_flag(redis_conn, 7, settings, FLAG_CLEARED_WITHIN_S + 1)
+    assert enqueue_retrain(queue, store, 7, settings) is None, "it started a moment ago: it will clear it"
     job.started_at = datetime.now(UTC) - timedelta(seconds=FLAG_CLEARED_WITHIN_S + 1)
     job.save()
     second = enqueue_retrain(queue, store, 7, settings)
@@ -180,5 +182,12 @@ def test_a_queued_flag_whose_job_a_dead_worker_took_does_not_block_retraining(re
     first = enqueue_retrain(queue, store, 7, settings)
     job, _ = Queue.dequeue_any([queue], None, connection=queue.connection)  # the worker takes it, then dies
     assert job.id == first and job.get_status() == "queued" and queue.count == 0
+    assert enqueue_retrain(queue, store, 7, settings) is None, "a flag this young is not even checked"
+    _age_the_flag(redis_conn, 7, settings, FLAG_CLEARED_WITHIN_S + 1)
     second = enqueue_retrain(queue, store, 7, settings)
     assert second not in (None, first) and store.queued_job(7) == second and queue.count == 1
+
+
+def _age_the_flag(redis_conn, project_id: int, settings: BackendSettings, age_s: float) -> None:
+    """Make the queued flag look claimed ``age_s`` ago (its age is read from its TTL), as a real wait would."""
+    redis_conn.expire(f"hali:p:{project_id}:queued", int(settings.job_timeout_s - age_s))
