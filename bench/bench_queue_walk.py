@@ -35,8 +35,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from adapters.storage import LocalStorage  # noqa: E402
 from bench.bench_context_walk import NOT_NUCLEUS, _tiles, _truth  # noqa: E402
-from bench.bench_replay import PRESETS  # noqa: E402
+from bench.bench_replay import PRESETS, RAW_CLASSES  # noqa: E402
 from bench.replay.consep import load_consep_split  # noqa: E402
+from bench.replay.scoring import map_classes  # noqa: E402
 from bench.replay.walk import source_of_slides  # noqa: E402
 from ml_backend.model.gold import is_gold  # noqa: E402
 from ml_backend.model.linear import LogisticClassifier  # noqa: E402
@@ -56,6 +57,7 @@ class Arm:
     exploit: float = 0.0           # HALI_EXPLOIT_SHARE: share of tasks served for confident suggestions
     exploit_top: int = 10          # among this many of the strategy's top tasks
     C: float = 1.0
+    balanced: bool = True
     alpha: float = 0.5
     seq_tasks: bool = False
 
@@ -66,10 +68,19 @@ ARMS = {
     "random tasks": Arm(queue="random-tasks"),
     "spread, C 0.1": Arm(C=0.1),
     "spread, smooth 0.3": Arm(alpha=0.3),
+    "spread, unweighted": Arm(balanced=False),
     "spread + exploit 0.5": Arm(exploit=0.5),
     "spread + exploit 1.0": Arm(exploit=1.0),
     "spread + exploit 0.5, C 0.1": Arm(exploit=0.5, C=0.1),
     "spread + exploit 1.0 all": Arm(exploit=1.0, exploit_top=0),
+    "spread + exploit 1.0 all, C 0.1": Arm(exploit=1.0, exploit_top=0, C=0.1),
+    "spread + exploit 0.5 all": Arm(exploit=0.5, exploit_top=0),
+    "spread + exploit 1.0, C 0.1": Arm(exploit=1.0, C=0.1),
+    "spread + exploit 1.0 top 20": Arm(exploit=1.0, exploit_top=20),
+    "spread + exploit 1.0 top 5": Arm(exploit=1.0, exploit_top=5),
+    "spread + exploit 1.0 top 40": Arm(exploit=1.0, exploit_top=40),
+    "cluster": Arm(queue="cluster"),
+    "random cells": Arm(queue="random"),
 }
 
 
@@ -87,19 +98,24 @@ class Project:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("stack_dir", type=Path)
-    p.add_argument("replay_json", type=Path)
+    p.add_argument("replay_json", type=Path, nargs="?", help="the run's --out (else --classes-map, project 1)")
+    p.add_argument("--classes-map", default="4class")
     p.add_argument("--consep", type=Path, default=Path(__file__).resolve().parents[2] / "shared/data/consep_patches")
     p.add_argument("--seeds", type=int, default=10)
     p.add_argument("--tasks", type=int, default=40)
-    p.add_argument("--arms", help="comma-separated arm names (default: all)")
+    p.add_argument("--arms", help="arm names separated by ';' (default: all)")
     p.add_argument("--out", type=Path)
     args = p.parse_args()
-    run = json.loads(args.replay_json.read_text())["runs"][0]
+    if args.replay_json:
+        run = json.loads(args.replay_json.read_text())["runs"][0]
+    else:
+        cmap = parse_class_map(PRESETS.get(args.classes_map, args.classes_map))
+        run = {"classes_map": args.classes_map, "project_id": 1, "classes": map_classes(cmap, RAW_CLASSES)}
     data_dir = args.stack_dir / "hali-data"
     storage = LocalStorage(data_dir)
     index = EmbeddingIndex(storage)
     proj = _project(args, run, index)
-    arms = {k: v for k, v in ARMS.items() if not args.arms or k in args.arms.split(",")}
+    arms = {k: v for k, v in ARMS.items() if not args.arms or k in args.arms.split(";")}
     print(f"{run['classes_map']}: {len(proj.task_ids)} tasks, {len(proj.y)} cells, targets {proj.n_targets}; "
           f"{args.seeds} seeds x {args.tasks} tasks", flush=True)
     results = {}
@@ -115,7 +131,8 @@ def main() -> int:
         base = np.mean([r["auc200"] for r in seq])
         for name, per_seed in results.items():
             gain = [r["auc200"] / base - 1 for r in per_seed]
-            print(f"  AUC N<=200 vs sequential: {name:34s} {np.mean(gain):+.1%} +- {np.std(gain) / np.sqrt(len(gain)):.1%}")
+            se = np.std(gain) / np.sqrt(len(gain))
+            print(f"  AUC N<=200 vs sequential: {name:34s} {np.mean(gain):+.1%} +- {se:.1%}")
     if args.out:
         args.out.write_text(json.dumps(results, indent=1))
     return 0
@@ -178,7 +195,8 @@ def _walk(proj: Project, feats: CellFeatures, arm: Arm, seed: int, n_tasks: int)
         fit = trained & ~proj.gold
         head = None
         if fit.any():
-            head = LogisticClassifier(proj.n_targets, C=arm.C).fit(x[fit], proj.y[fit])
+            head = LogisticClassifier(proj.n_targets, C=arm.C,
+                                      class_weight="balanced" if arm.balanced else None).fit(x[fit], proj.y[fit])
         open_mask = np.ones(n_t, bool)
         open_mask[served] = False
         if head is None or arm.queue in ("tasks", "random-tasks"):
