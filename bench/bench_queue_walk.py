@@ -63,14 +63,14 @@ class Arm:
 
 
 ARMS = {
-    "spread (main)": Arm(),
+    "spread (before)": Arm(),
     "tasks in id order (sequential)": Arm(queue="tasks"),
     "random tasks": Arm(queue="random-tasks"),
     "spread, C 0.1": Arm(C=0.1),
     "spread, smooth 0.3": Arm(alpha=0.3),
     "spread, unweighted": Arm(balanced=False),
     "spread + exploit 0.5": Arm(exploit=0.5),
-    "spread + exploit 1.0": Arm(exploit=1.0),
+    "spread + exploit 1.0 (default)": Arm(exploit=1.0),
     "spread + exploit 0.5, C 0.1": Arm(exploit=0.5, C=0.1),
     "spread + exploit 1.0 all": Arm(exploit=1.0, exploit_top=0),
     "spread + exploit 1.0 all, C 0.1": Arm(exploit=1.0, exploit_top=0, C=0.1),
@@ -82,6 +82,9 @@ ARMS = {
     "cluster": Arm(queue="cluster"),
     "random cells": Arm(queue="random"),
 }
+# measured in docs/replay.md, "Exploitation in the queue" (about 6 min per arm and class map on 2 busy cores)
+DEFAULT_ARMS = ("spread (before)", "tasks in id order (sequential)", "spread + exploit 0.5",
+                "spread + exploit 1.0 (default)", "spread + exploit 1.0 all")
 
 
 @dataclass
@@ -103,7 +106,7 @@ def main() -> int:
     p.add_argument("--consep", type=Path, default=Path(__file__).resolve().parents[2] / "shared/data/consep_patches")
     p.add_argument("--seeds", type=int, default=10)
     p.add_argument("--tasks", type=int, default=40)
-    p.add_argument("--arms", help="arm names separated by ';' (default: all)")
+    p.add_argument("--arms", help=f"arm names separated by ';' (of {list(ARMS)}); default {list(DEFAULT_ARMS)}")
     p.add_argument("--out", type=Path)
     args = p.parse_args()
     if args.replay_json:
@@ -115,7 +118,11 @@ def main() -> int:
     storage = LocalStorage(data_dir)
     index = EmbeddingIndex(storage)
     proj = _project(args, run, index)
-    arms = {k: v for k, v in ARMS.items() if not args.arms or k in args.arms.split(";")}
+    wanted = args.arms.split(";") if args.arms else DEFAULT_ARMS
+    unknown = set(wanted) - set(ARMS)
+    if unknown:
+        p.error(f"unknown arms {sorted(unknown)}; choose from {list(ARMS)}")
+    arms = {k: ARMS[k] for k in wanted}
     print(f"{run['classes_map']}: {len(proj.task_ids)} tasks, {len(proj.y)} cells, targets {proj.n_targets}; "
           f"{args.seeds} seeds x {args.tasks} tasks", flush=True)
     results = {}
