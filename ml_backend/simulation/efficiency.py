@@ -174,7 +174,7 @@ def _next_task(
     picks, weights = query(strategy, space, proba, labeled, budget, config.random_state, groups)
     open_tasks = np.unique(task_of_cell[~labeled]).tolist()
     order = rank_tiles(task_of_cell, picks, open_tasks, weights)
-    if shown is not None and config.exploit_share:
+    if shown is not None and config.exploit_share and config.strategy != "sequential":  # the control stays one
         unlabelled = ~labeled
         confidence = task_confidence(shown[unlabelled], task_of_cell[unlabelled])
         order = exploit_order(order, confidence, n_served, config.exploit_share, config.exploit_top)
