@@ -75,6 +75,13 @@ class BackendSettings(SharedSettings):
         "reliability per class (docs/labels.md)"
     )
     query_budget: int = Field(100, ge=1, description="cells the strategy picks before they roll up to tiles")
+    exploit_share: float = Field(
+        1.0, ge=0.0, le=1.0, description="share of tasks served for suggestions the annotator will keep: the most "
+        "confident of the strategy's first HALI_EXPLOIT_TOP tasks goes first (ml_backend/ordering/exploit.py, "
+        "docs/replay.md, \"Exploitation in the queue\"); 0: the strategy's order only (before 2026-12-01)"
+    )
+    exploit_top: int = Field(10, ge=0, description="exploit serves choose among this many of the strategy's first "
+                             "tasks; 0: among every open task")
     gold_share: float = Field(
         0.05, ge=0.0, lt=1.0, description="share of labelled cells held out of training (chosen by a hash of the "
         "cell id, so fixed) to score each model version on: the dashboard's learning curve; 0 turns it off"

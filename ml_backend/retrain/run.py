@@ -33,6 +33,7 @@ from ml_backend.labels.redis_store import RedisLabelStore
 from ml_backend.model.gold import gold_labels, gold_scores, training_labels
 from ml_backend.model.learners import Learner, make_learner
 from ml_backend.model.store import ModelStore
+from ml_backend.ordering.exploit import exploit_order, task_confidence
 from ml_backend.ordering.ranking import rank_tiles
 from ml_backend.ordering.relevance import RelevanceParams, rarest_class
 from ml_backend.ordering.strategies import Strategy, get_strategy, needs_mc_passes, query
@@ -135,6 +136,7 @@ def _retrain(project_id: int, settings: BackendSettings, gateway: LabelStudioGat
     proba, shown = (_cells_proba(cells, tiles, head, features, suggest) for suggest in (False, True))
     excluded = not_nucleus_mask(shown, targets) & (cells.y < 0)
     order = _rank_open_tasks(cells, head, proba, open_ids, settings, strategy, excluded, _slide_of_cells(cells, tiles))
+    order = _exploit(order, cells, shown, open_ids, settings, n_served=len({r.task_id for r in records.values()}))
     laps.lap("rank")
     # Only the top of the queue gets this version's prediction (the rest get theirs from /predict when opened),
     # under a version name reserved first; superseded and failed versions are pruned (publish.py).
@@ -281,6 +283,16 @@ def _rank_open_tasks(
                            settings.query_budget, settings.seed, groups=None if slides is None else slides[pool])
     picks = np.flatnonzero(pool)[picks]
     return [int(t) for t in rank_tiles(cells.task_ids, picks, open_ids, weights, excluded)]
+
+
+def _exploit(order: list[int], cells: _Cells, shown: np.ndarray, open_ids: list[int], settings: BackendSettings,
+             n_served: int) -> list[int]:
+    """``order`` with, on a ``HALI_EXPLOIT_SHARE`` of serves, the task of the most confident suggestions first."""
+    if not settings.exploit_share or not order:
+        return order
+    mine = np.isin(cells.task_ids, open_ids)
+    confidence = task_confidence(shown[mine], cells.task_ids[mine])
+    return exploit_order(order, confidence, n_served, settings.exploit_share, settings.exploit_top)
 
 
 def _slide_of_cells(cells: _Cells, tiles: dict[int, TileTask]) -> np.ndarray:

@@ -59,6 +59,9 @@ def _add_simulate_parser(sub: argparse._SubParsersAction) -> None:
     m.add_argument("--mpp", type=float, default=0.25, help="micrometres per image pixel (CoNSeP: 0.25, 40x)")
     m.add_argument("--smooth", type=float, default=1.0,
                    help="alpha < 1: p' = alpha p + (1 - alpha) mean of the 8 nearest cells' p (issue: 0.5)")
+    m.add_argument("--exploit-share", type=float, default=0.0,
+                   help="share of tasks served for confident suggestions (HALI_EXPLOIT_SHARE; docs/replay.md)")
+    m.add_argument("--exploit-top", type=int, default=10, help="among this many of the strategy's first tasks")
     m.add_argument("--protocol", default="campaign",
                    help="campaign (tasks, strategies, learning curves), paper (one balanced ~200-cell patch, "
                         "binary classes, suggestions after 20 labels), or campaign,paper")
@@ -87,7 +90,8 @@ def _simulate(args: argparse.Namespace) -> int:
         patch_px=args.patch_px, retrain_every=args.retrain_every, ready_after=args.ready_after,
         optimizer=args.optimizer, seed=args.seed, time_model=time_model, cache_dir=args.cache_dir,
         learner=args.learner, context_neighbours=args.context_neighbours, density_radius_um=args.density_radius_um,
-        mpp=args.mpp, smooth_alpha=args.smooth, protocols=tuple(args.protocol.split(",")),
+        mpp=args.mpp, smooth_alpha=args.smooth, exploit_share=args.exploit_share, exploit_top=args.exploit_top,
+        protocols=tuple(args.protocol.split(",")),
         paper_patch_cells=args.paper_patch_cells, paper_ready_after=args.paper_ready_after,
     )
     report = run_simulation(config)

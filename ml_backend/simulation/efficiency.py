@@ -29,6 +29,7 @@ import numpy as np
 
 from ml_backend.model.context import smooth_proba
 from ml_backend.model.learners import Learner, make_learner
+from ml_backend.ordering.exploit import exploit_order, task_confidence
 from ml_backend.ordering.ranking import rank_tiles
 from ml_backend.ordering.relevance import RelevanceParams, rarest_class
 from ml_backend.ordering.strategies import get_strategy, needs_mc_passes, query
@@ -68,6 +69,8 @@ class ReplayConfig:
     random_state: int = 0
     learner: str = "mlp"
     smooth_alpha: float = 1.0  # 1: no smoothing over spatial neighbours
+    exploit_share: float = 0.0  # share of tasks served for confident suggestions (ml_backend/ordering/exploit.py)
+    exploit_top: int = 10
     # relevance / hybrid only, as the backend's HALI_MC_PASSES, HALI_MC_DROPOUT and HALI_RELEVANCE_*:
     mc_passes: int = 10
     mc_dropout: float = 0.25
@@ -117,9 +120,10 @@ def replay_annotator(
     while len(order) < config.max_labels and not labeled.all():
         params = _relevance_params(y, labeled, n_classes, config)
         proba = None if head is None else _proba(head, features, neighbours, config.smooth_alpha)
-        task, cells = _next_task(features, task_of_cell, labeled, params, head, proba, groups, config)
         ready = head is not None and fitted_on >= config.ready_after
         shown = _proba(head, features, neighbours, config.smooth_alpha, suggest=True) if ready else None
+        task, cells = _next_task(features, task_of_cell, labeled, params, head, proba, groups, config,
+                                 shown, len(records))
         n_wrong = int((shown[cells].argmax(axis=1) != y[cells]).sum()) if ready else None
         records.append(TaskRecord(task, tuple(cells.tolist()), len(order), n_wrong,
                                   time_model.task_cost(len(cells), n_wrong), time_model.task_cost(len(cells), None)))
@@ -156,8 +160,10 @@ def _relevance_params(y: np.ndarray, labeled: np.ndarray, n_classes: int, config
 def _next_task(
     features: np.ndarray, task_of_cell: np.ndarray, labeled: np.ndarray, params: RelevanceParams,
     head: Learner | None, proba: np.ndarray | None, groups: np.ndarray | None, config: ReplayConfig,
+    shown: np.ndarray | None = None, n_served: int = 0,
 ) -> tuple[int, np.ndarray]:
-    """The task the ranking serves next and the cells the annotator labels in it, in order."""
+    """The task the ranking serves next and the cells the annotator labels in it, in order. With suggestions
+    ``shown`` (N, K) and ``config.exploit_share``, serve ``n_served`` may go to the most confident task."""
     strategy = get_strategy(config.strategy, params)
     if head is not None and needs_mc_passes(strategy):
         proba = head.predict_proba_mc(features, config.mc_passes, config.random_state)
@@ -167,7 +173,12 @@ def _next_task(
     budget = 1 if config.strategy == "sequential" else config.query_budget
     picks, weights = query(strategy, space, proba, labeled, budget, config.random_state, groups)
     open_tasks = np.unique(task_of_cell[~labeled]).tolist()
-    task = int(rank_tiles(task_of_cell, picks, open_tasks, weights)[0])
+    order = rank_tiles(task_of_cell, picks, open_tasks, weights)
+    if shown is not None and config.exploit_share and config.strategy != "sequential":  # the control stays one
+        unlabelled = ~labeled
+        confidence = task_confidence(shown[unlabelled], task_of_cell[unlabelled])
+        order = exploit_order(order, confidence, n_served, config.exploit_share, config.exploit_top)
+    task = int(order[0])
     in_task = (task_of_cell == task) & ~labeled
     if config.focus_cells is None:
         return task, np.flatnonzero(in_task)

@@ -78,6 +78,8 @@ class SimulationConfig:
     density_radius_um: float = 25.0
     mpp: float = 0.25  # micrometres per pixel of the images (CoNSeP: 40x)
     smooth_alpha: float = 1.0  # < 1: p' = alpha p + (1 - alpha) mean of the 8 nearest cells' p
+    exploit_share: float = 0.0  # HALI_EXPLOIT_SHARE: share of tasks served for confident suggestions
+    exploit_top: int = 10  # HALI_EXPLOIT_TOP
     protocols: tuple[str, ...] = ("campaign",)
     paper_patch_cells: int = 200
     paper_ready_after: int = 20
@@ -206,7 +208,8 @@ def _replay_once(config, split: _Split, shape, strategy, seed, grid) -> dict:
     replay_config = ReplayConfig(
         strategy=strategy, focus_cells=config.focus_cells if focused else None, max_labels=config.max_labels,
         retrain_every=config.retrain_every, ready_after=config.ready_after, query_budget=config.query_budget,
-        optimizer=config.optimizer, random_state=seed, learner=config.learner, smooth_alpha=config.smooth_alpha)
+        optimizer=config.optimizer, random_state=seed, learner=config.learner, smooth_alpha=config.smooth_alpha,
+        exploit_share=config.exploit_share, exploit_top=config.exploit_top)
     replay = replay_annotator(x, y, tasks, len(pool.class_names), replay_config, config.time_model,
                               groups=pool.source[walk], neighbours=nbr)
     curve = learning_curve(x, y, replay.order, split.x_test, split.y_test, grid, len(pool.class_names),

@@ -32,7 +32,8 @@ def test_relevance_serves_the_tile_with_the_highest_tile_score(
 ):
     # No dropout: every pass is the same, U_c = 1 and only the rare term scores, so the tile scores can be
     # recomputed here exactly (MC masks depend on the row order of the job's cell table).
-    settings = BackendSettings(strategy="relevance", mc_dropout=0.0, mc_passes=4)
+    # exploit_share 0: the strategy's own order, no task moved to the front for confident suggestions
+    settings = BackendSettings(strategy="relevance", mc_dropout=0.0, mc_passes=4, exploit_share=0.0)
     gateway = LabelStudioGateway.connect(label_studio.url, label_studio.api_key)
     pre = preprocess_settings(classes="Positive,Negative", cells_per_task=10, mpp=0.25)
     pid = run_preprocess(ihc_slide, "HALI relevance", pre, gateway).project_id

@@ -281,3 +281,24 @@ def test_cli_simulate_runs_the_paper_protocol_alone(tmp_path, capsys):
     code = main([*_tiny_table(tmp_path), "--protocol", "paper", "--paper-patch-cells", "12",
                  "--paper-ready-after", "4", "--out", str(tmp_path / "out")])
     assert code == 0 and "paper protocol (12-cell" in capsys.readouterr().out
+
+
+def test_exploit_share_serves_tasks_of_confident_suggestions():
+    x_easy, y_easy = _blobs()  # 18 one-class tasks of 10 cells, classes far apart
+    rng = np.random.default_rng(1)
+    x_hard = (x_easy.mean(axis=0) + 0.1 * rng.normal(size=(60, x_easy.shape[1]))).astype(np.float32)
+    x, y = np.vstack([x_easy, x_hard]), np.r_[y_easy, rng.integers(0, 3, 60)]  # 6 tasks the model cannot call
+    tasks = group_tasks(np.zeros(len(y), int), 10)
+    hard = set(np.unique(tasks[len(y_easy):]).tolist())
+
+    def run(share):
+        config = ReplayConfig("random", max_labels=150, retrain_every=10, ready_after=10, learner="logreg",
+                              exploit_share=share, exploit_top=0)
+        replay = replay_annotator(x, y, tasks, 3, config)
+        return replay, [t.task for t in replay.tasks if t.n_wrong is not None]
+
+    plain, plain_shown = run(0.0)
+    exploit, exploit_shown = run(1.0)
+    assert hard & set(plain_shown)  # the random queue meets tasks it cannot call
+    assert not hard & set(exploit_shown)  # exploitation serves the ones it can
+    assert summarize_replay(exploit)["acceptance_share"] > summarize_replay(plain)["acceptance_share"]
