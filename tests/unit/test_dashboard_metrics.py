@@ -24,7 +24,8 @@ from ml_backend.dashboard.snapshot import STATUS_MARK, build_snapshot, status_li
 from ml_backend.dashboard.summary import prometheus_text, summary
 from ml_backend.labels.records import record_from_annotation
 from ml_backend.model.gold import gold_scores, is_gold, training_labels
-from ml_backend.retrain.run import _gather_cells, _gold_metrics
+from ml_backend.retrain.cells import CellLayout, gather_cells
+from ml_backend.retrain.run import _gold_metrics
 from ml_backend.settings import BackendSettings
 
 LABELS = LabelSet(("Tumor", "Other"))
@@ -139,7 +140,8 @@ def test_the_retrains_fit_rows_hold_no_gold_cell_and_gold_cells_are_scored():
     labels = {c.cell_id: ("Tumor" if i % 2 else "Other") for i, c in enumerate(tile.cells)}
     gold = {c for c in labels if is_gold(c, 0.25)}
     assert gold, "the fixture must hold some gold cells"
-    cells = _gather_cells({1: tile}, [], training_labels(labels, 0.25), list(LABELS.targets), _Index())
+    layout = CellLayout.build({1: tile}, _Index())
+    cells = gather_cells(layout, {1: tile}, [], {1}, training_labels(labels, 0.25), list(LABELS.targets), _Index())
     fitted = {tile.cells[int(v)].cell_id for v in cells.features[cells.y >= 0, 0]}
     assert fitted == set(labels) - gold
     settings = BackendSettings(gold_share=0.25)
