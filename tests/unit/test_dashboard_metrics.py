@@ -228,3 +228,26 @@ def test_every_plot_draws_a_png_with_data_and_without(name):
              "acceptance": {}, "learning_curve": []}
     for snapshot in (full, empty):
         assert PLOTS[name](snapshot)[:4] == b"\x89PNG"
+
+
+def test_the_slide_file_is_read_from_tasks_json_once_per_version(tmp_path, monkeypatch):
+    from adapters.storage import LocalStorage
+    from ml_backend.dashboard import publish
+    from preprocess.layout import write_slide_meta
+
+    settings = BackendSettings(data_dir=tmp_path, ls_files_root=tmp_path / "files")
+    storage, real_read, reads = LocalStorage(tmp_path), publish.read_slide_meta, []
+
+    def counting_read(tables, slide_id):
+        reads.append(slide_id)
+        return real_read(tables, slide_id)
+
+    monkeypatch.setattr(publish, "read_slide_meta", counting_read)
+    write_slide_meta(storage, "s9", {"slide_path": "/slides/s9.svs", "mpp": 0.25, "tiles": []})
+    assert publish._slide_file(settings, "s9") == ("/slides/s9.svs", 0.25)
+    assert publish._slide_file(settings, "s9") == ("/slides/s9.svs", 0.25)
+    assert reads == ["s9"]
+    write_slide_meta(storage, "s9", {"mpp": 0.25, "tiles": [], "note": "a re-run that lost the slide file"})
+    with pytest.raises(KeyError):
+        publish._slide_file(settings, "s9")
+    assert reads == ["s9", "s9"]
