@@ -178,13 +178,16 @@ def _gold_metrics(tiles: dict[int, TileTask], labels: dict[str, str], targets: l
     """``{"gold": {n, accuracy, balanced_accuracy}}`` of ``head``'s suggestions, as shown (context and
     smoothing included), on the held-out gold cells."""
     gold, code = gold_labels(labels, settings.gold_share), {t: i for i, t in enumerate(targets)}
-    truth, said = [], []
+    rows: dict[str, list[np.ndarray]] = {}  # slide -> rows of its gold cells: one probability pass per slide
+    truth: dict[str, list[int]] = {}
     for tile in tiles.values():
         keep = np.array([gold.get(c.cell_id) in code for c in tile.cells], dtype=bool)
         if keep.any():
-            said.extend(features.tile_proba(head, tile, suggest=True)[keep].argmax(axis=1).tolist())
-            truth.extend(code[gold[c.cell_id]] for c, k in zip(tile.cells, keep) if k)
-    return {"gold": gold_scores(np.array(truth, np.int64), np.array(said, np.int64))}
+            rows.setdefault(tile.slide_id, []).append(features.rows(tile)[keep])
+            truth.setdefault(tile.slide_id, []).extend(code[gold[c.cell_id]] for c, k in zip(tile.cells, keep) if k)
+    said = [features.proba(head, slide, np.concatenate(r), suggest=True).argmax(axis=1) for slide, r in rows.items()]
+    return {"gold": gold_scores(np.array([t for slide in rows for t in truth[slide]], np.int64),
+                                np.concatenate(said).astype(np.int64) if said else np.zeros(0, np.int64))}
 
 
 def _cells_proba(cells: Cells, head: Learner, index: CellFeatures, suggest: bool) -> np.ndarray:

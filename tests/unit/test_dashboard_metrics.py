@@ -130,8 +130,8 @@ class _Index:
     def features(self, slide_id, rows):
         return np.asarray(rows, np.float32)[:, None]
 
-    def tile_proba(self, head, tile, suggest=True):
-        odd = self.rows(tile) % 2
+    def proba(self, head, slide_id, rows, suggest=True):
+        odd = np.asarray(rows) % 2
         return np.stack([odd, 1 - odd, np.zeros_like(odd)], axis=1).astype(np.float32)
 
 
