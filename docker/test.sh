@@ -10,7 +10,8 @@
 # local debootstrap base (HALI_DOCKER_LOCAL=1 or 0 forces the choice).
 # Environment: HALI_DOCKER_STATE (default /work/docker-state when /work exists, else /var/tmp/hali-docker),
 # SLIDE (default: ../shared/data/wsi/CMU-1-Small-Region.svs when present, else scikit-image's IHC image),
-# Exit status 3: no Docker daemon can run on this machine (nothing was tested); .ci/run reports it as skipped.
+# Exit status 3: no Docker daemon can run on this machine, or its disk lacks the room for the images (nothing
+# was tested); .ci/run reports it as skipped.
 # HALI_DOCKER_KEEP=1 (leave the stack up; `down -v` yourself), HALI_DOCKER_TIMEOUT_S (first model version, 900).
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -59,6 +60,24 @@ if ! docker info >/dev/null 2>&1; then
     fi
 fi
 say "docker daemon at ${DOCKER_HOST:-the default socket}: $(docker version -f '{{.Server.Version}}')"
+
+# --- disk ------------------------------------------------------------------------------------------------
+# A cold build peaks at about 12 GB on the data root's disk (2026-12-01: free space fell 11.8 GB during the
+# backend image's torch layer, which the classic builder writes once in the container and once more when it
+# commits the layer), and leaves about 8.5 GB. With the images already built it needs little. A machine
+# without the room gets exit 3 (not testable here, reported) instead of a build that dies of ENOSPC midway.
+data_root="$(docker info -f '{{.DockerRootDir}}' 2>/dev/null || echo "$STATE")"
+[ -d "$data_root" ] || data_root="$STATE"
+if docker image inspect hali-backend:latest >/dev/null 2>&1; then need_gb=3; else need_gb=14; fi
+need_gb="${HALI_DOCKER_MIN_FREE_GB:-$need_gb}"
+free_gb=$(df -Pk "$data_root" | awk 'NR == 2 { print int($4 / 1048576) }')
+say "disk: ${free_gb} GB free under $data_root, ${need_gb} GB needed"
+if [ "$free_gb" -lt "$need_gb" ]; then
+    echo "NOT ENOUGH DISK: the images need about ${need_gb} GB free under $data_root and ${free_gb} GB are:" \
+         "free space there, or point HALI_DOCKER_STATE at a larger disk (HALI_DOCKER_MIN_FREE_GB overrides the check)" >&2
+    [ -n "$STARTED_DOCKERD" ] && { kill "$STARTED_DOCKERD"; wait "$STARTED_DOCKERD" || true; }
+    exit 3
+fi
 
 # --- compose ---------------------------------------------------------------------------------------------
 if docker compose version >/dev/null 2>&1; then COMPOSE=(docker compose)

@@ -69,6 +69,11 @@ class BackendSettings(SharedSettings):
         300.0, gt=0, description="/status and the worker log warn when a project's labels have waited this long "
         "for a retrain"
     )
+    consensus: Literal["majority", "dawid-skene"] = Field(
+        "majority", description="how a cell labelled by several annotators gets the label training uses: the "
+        "majority (a tie goes to the latest save), or Dawid-Skene, which weighs each annotator by their estimated "
+        "reliability per class (docs/labels.md)"
+    )
     query_budget: int = Field(100, ge=1, description="cells the strategy picks before they roll up to tiles")
     gold_share: float = Field(
         0.05, ge=0.0, lt=1.0, description="share of labelled cells held out of training (chosen by a hash of the "

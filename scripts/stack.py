@@ -281,7 +281,8 @@ def status(cfg: StackConfig) -> int:
               "backend": lambda: _answers(f"{cfg.backend_url}/health"),
               "worker": lambda: True, "supervisor": lambda: True}
     where = {"redis": cfg.redis_url, "postgres": f"{LOOPBACK}:{cfg.pg_port} (Label Studio's database)",
-             "label-studio": f"{cfg.ls_url} ({'PostgreSQL, gunicorn' if on_postgres else 'SQLite, dev server'})",
+             "label-studio": cfg.ls_url + ("" if read_pid(cfg, "label-studio") is None  # stopped: no database to name
+                                           else " (PostgreSQL, gunicorn)" if on_postgres else " (SQLite, dev server)"),
              "backend": cfg.backend_url, "worker": str(cfg.log_file("worker")),
              "supervisor": str(cfg.log_file("supervisor"))}
     restarts = read_record(cfg.state_dir / "supervisor.json")

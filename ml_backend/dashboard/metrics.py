@@ -16,12 +16,13 @@ Times are Unix seconds (float); durations seconds.
 from __future__ import annotations
 
 import bisect
-from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from itertools import combinations
 from typing import Any
+
+from sklearn.metrics import cohen_kappa_score
 
 from label_config import NOT_NUCLEUS_LABEL, TileTask
 
@@ -134,19 +135,15 @@ def kept_share(acceptance: Mapping[str, Mapping[str, Any]]) -> float | None:
 
 
 def cohens_kappa(a: Sequence[str], b: Sequence[str]) -> float | None:
-    """Cohen's kappa of two raters' labels of the same items (equal length); None for no items, 1.0 when both
-    raters used one and the same label throughout (chance agreement 1)."""
+    """Cohen's kappa of two raters' labels of the same items (equal length), by scikit-learn; None for no
+    items, 1.0 when both raters used one and the same label throughout (where scikit-learn's is undefined)."""
     if len(a) != len(b):
         raise ValueError(f"kappa needs two label lists of one length, got {len(a)} and {len(b)}")
-    n = len(a)
-    if n == 0:
+    if not a:
         return None
-    observed = sum(x == y for x, y in zip(a, b)) / n
-    ca, cb = Counter(a), Counter(b)
-    chance = sum(ca[k] * cb[k] for k in ca) / (n * n)
-    if chance >= 1.0:
-        return 1.0 if observed == 1.0 else 0.0
-    return (observed - chance) / (1.0 - chance)
+    if len(set(a) | set(b)) == 1:
+        return 1.0
+    return float(cohen_kappa_score(list(a), list(b)))
 
 
 def agreement(facts: Iterable[AnnotationFact], min_cells: int = 1) -> dict[str, Any]:

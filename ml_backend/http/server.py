@@ -11,6 +11,8 @@ hold under either server.
 
 from __future__ import annotations
 
+import os
+import sys
 from typing import Any
 
 from gunicorn.app.base import BaseApplication
@@ -43,7 +45,25 @@ def gunicorn_options(host: str, port: int, workers: int, threads: int) -> dict[s
         raise ValueError(f"--workers and --threads must be at least 1, got {workers} and {threads}")
     return {"bind": f"{host}:{port}", "workers": workers, "threads": threads, "worker_class": "gthread",
             "timeout": WORKER_TIMEOUT_S, "graceful_timeout": 10, "accesslog": None, "errorlog": "-",
-            "proc_name": "hali-serve", "control_socket_disable": True}  # one per user by default: shared
+            "proc_name": "hali-serve", "control_socket_disable": True,  # one per user by default: shared
+            "worker_exit": exit_worker_now}
+
+
+def exit_worker_now(arbiter: Any, worker: Any) -> None:
+    """gunicorn's ``worker_exit`` hook: end a worker process at once, with the exit status it was leaving with.
+
+    A worker that had stopped serving spent its whole graceful timeout (10 s) in the interpreter's final
+    garbage collection (torch's and scikit-learn's objects; seen in gdb, 2026-12-01), so every ``make down``
+    and restart waited for gunicorn to SIGKILL it. Nothing is left to flush but the standard streams. The master
+    calls this hook too, for a worker that is already gone: there it does nothing.
+    """
+    if os.getpid() != worker.pid:
+        return
+    leaving = sys.exc_info()[1]
+    code = leaving.code if isinstance(leaving, SystemExit) else 0
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code if isinstance(code, int) else 1)
 
 
 def serve_gunicorn(settings: BackendSettings, host: str, port: int, workers: int = 2, threads: int = 4) -> int:

@@ -51,8 +51,9 @@ class LabelView:
 
 
 def read_labels(project_id: int, gateway: LabelStudioGateway, store: RedisLabelStore, label_set: LabelSet,
-                tables: Storage) -> LabelView:
-    """Reconcile the mirror incrementally, then the labels (consensus), tiles and open tasks of ``project_id``."""
+                tables: Storage, consensus: str = "majority") -> LabelView:
+    """Reconcile the mirror incrementally, then the labels (``consensus`` rule: "majority" or "dawid-skene"),
+    tiles and open tasks of ``project_id``."""
     report = reconcile_incremental(project_id, gateway, store, label_set)
     tiles = project_tiles(project_id, gateway, tables)
     if report.task_ids is not None:  # a full reconcile listed every task: tasks deleted or unknown to the maps
@@ -67,7 +68,7 @@ def read_labels(project_id: int, gateway: LabelStudioGateway, store: RedisLabelS
     overlaps = store.overlaps(project_id)
     open_ids = sorted(t for t in tiles if readers[t] < overlaps.get(t, 1))
     reread = [t for t in open_ids if readers[t] > 0]
-    return LabelView(tiles, records, consensus_labels(records), open_ids, reread, count_conflicts(records), report)
+    return LabelView(tiles, records, consensus_labels(records, consensus), open_ids, reread, count_conflicts(records), report)
 
 
 def project_tiles(project_id: int, gateway: LabelStudioGateway, tables: Storage) -> dict[int, TileTask]:

@@ -10,6 +10,8 @@ A record also keeps its lineage: who saved it and when, how long it took, and wh
 
 Training uses the **consensus** of every annotation of a cell (:func:`consensus_labels`): the label most
 annotators gave; a tie goes to the label of the most recent save (``updated_at``), the rule the export uses too.
+``HALI_CONSENSUS=dawid-skene`` trains on :mod:`ml_backend.labels.dawid_skene`'s labels instead, which weigh each
+annotator by their estimated reliability per class.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from label_config import FROM_NAME, LabelSet, TileTask, read_cell_labels
+from ml_backend.labels.dawid_skene import dawid_skene
 
 
 @dataclass(frozen=True)
@@ -65,9 +68,30 @@ def consensus(votes: Sequence[tuple[str, str]]) -> str:
     return max((v for v in votes if counts[v[0]] == top), key=lambda v: v[1])[0]
 
 
-def consensus_labels(records: Mapping[int, AnnotationRecord]) -> dict[str, str]:
-    """Cell id -> the consensus class over all annotations (:func:`consensus`): what training uses."""
-    return {cell: consensus(votes) for cell, votes in votes_by_cell(records).items()}
+CONSENSUS_RULES = ("majority", "dawid-skene")
+
+
+def consensus_labels(records: Mapping[int, AnnotationRecord], rule: str = "majority") -> dict[str, str]:
+    """Cell id -> the consensus class over all annotations: what training uses.
+
+    ``rule``: "majority" (:func:`consensus`) or "dawid-skene" (:func:`~ml_backend.labels.dawid_skene.dawid_skene`
+    over each annotator's latest label of the cell; an annotation without a known annotator counts as its own).
+    """
+    if rule == "majority":
+        return {cell: consensus(votes) for cell, votes in votes_by_cell(records).items()}
+    if rule == "dawid-skene":
+        return {cell: label for cell, (label, _) in dawid_skene(votes_by_annotator(records)).items()}
+    raise ValueError(f"unknown consensus rule {rule!r}: use one of {', '.join(CONSENSUS_RULES)}")
+
+
+def votes_by_annotator(records: Mapping[int, AnnotationRecord]) -> dict[str, dict[str, str]]:
+    """Cell id -> {annotator: that annotator's most recently saved label of the cell}."""
+    votes: dict[str, dict[str, str]] = {}
+    for ann_id, rec in sorted(records.items(), key=lambda kv: (kv[1].updated_at, kv[0])):
+        who = f"user {rec.completed_by}" if rec.completed_by is not None else f"annotation {ann_id}"
+        for cell, label in rec.labels.items():
+            votes.setdefault(cell, {})[who] = label
+    return votes
 
 
 def merge_labels(records: Mapping[int, AnnotationRecord]) -> dict[str, str]:

@@ -106,7 +106,8 @@ def _retrain(project_id: int, settings: BackendSettings, gateway: LabelStudioGat
     t0, laps = time.perf_counter(), _Laps()
     label_set = parse_label_set(gateway.get_project(project_id).label_config)
     targets = list(label_set.targets)
-    view = read_labels(project_id, gateway, store, label_set, tables_storage(settings))  # mirror, reconciled
+    view = read_labels(project_id, gateway, store, label_set, tables_storage(settings),  # mirror, reconciled
+                       settings.consensus)
     tiles, records, labels, open_ids = view.tiles, view.records, view.labels, view.open_ids
     laps.lap("read")
     models = ModelStore(DataLayout(settings.data_dir, settings.ls_files_root).models_dir(project_id))

@@ -20,6 +20,7 @@ from ml_backend.cli import main
 from ml_backend.labels.agreement import agreement_report
 from ml_backend.labels.lineage import cell_labels
 from ml_backend.labels.mirror import read_labels
+from ml_backend.labels.records import consensus_labels
 from ml_backend.labels.reconcile import reconcile_incremental
 from ml_backend.labels.redis_store import RedisLabelStore
 from ml_backend.retrain.run import run_retrain
@@ -112,6 +113,10 @@ def test_three_readers_keep_their_labels_and_the_consensus_trains(hali_environ, 
 
     trained = run_retrain(pid, settings, gateway, store)
     assert trained.metrics["per_class"]["Positive"] == sum(v == "Positive" for v in view.labels.values())
+    by_ds = consensus_labels(view.records, "dawid-skene")  # HALI_CONSENSUS=dawid-skene trains on its labels
+    assert set(by_ds) == set(view.labels)
+    trained = run_retrain(pid, BackendSettings(predictions_top_k=2, consensus="dawid-skene"), gateway, store)
+    assert trained.metrics["per_class"]["Positive"] == sum(v == "Positive" for v in by_ds.values())
 
     assert main(["labels", "--project", str(pid), "--out", str(tmp_path / "lineage.csv")]) == 0
     printed = capsys.readouterr().out
