@@ -27,7 +27,7 @@ import numpy as np
 from adapters.label_studio import LabelStudioGateway
 from label_config import LabelSet, TileTask, nuclei_only, parse_label_set, rank_to_score, version_name
 from ml_backend.dashboard.publish import publish_dashboard
-from ml_backend.labels.mirror import read_labels
+from ml_backend.labels.mirror import LabelView, read_labels
 from ml_backend.labels.redis_store import RedisLabelStore
 from ml_backend.model.gold import gold_labels, gold_scores, training_labels
 from ml_backend.model.learners import Learner, make_learner
@@ -113,11 +113,7 @@ def _retrain(project_id: int, settings: BackendSettings, gateway: LabelStudioGat
     models = ModelStore(DataLayout(settings.data_dir, settings.ls_files_root).models_dir(project_id))
     features = cell_features(settings)  # the worker's: tables and neighbour graphs kept between retrains
     labelled = {r.task_id for r in records.values()}
-    pool = sample_open_tasks(open_ids, view.reread_ids, tiles, settings.rank_pool_cells, seed=len(labels))
-    # the gold set (HALI_GOLD_SHARE, fixed by cell id) is never trained on: each version is scored on it
-    cells = gather_cells(LAYOUTS.get(project_id, tiles, features), tiles, pool, labelled,
-                         training_labels(labels, settings.gold_share), targets, features)
-    cells = add_drawn_cells(cells, records, tiles, targets, DrawnCellEmbedder(tables_storage(settings)), features)
+    cells, pool = _round_cells(project_id, view, labelled, targets, settings, features)
     strategy = get_strategy(settings.strategy)
     if needs_mc_passes(strategy):
         strategy = get_strategy(settings.strategy, _relevance_params(settings, list(label_set.classes), cells.y))
@@ -145,6 +141,19 @@ def _retrain(project_id: int, settings: BackendSettings, gateway: LabelStudioGat
                            {**meta["metrics"], "seconds_by_phase": laps.seconds}, time.perf_counter() - t0)
     return report, partial(publish_dashboard, project_id, settings, gateway, tiles, records, labels, label_set,
                            models.root)
+
+
+def _round_cells(project_id: int, view: LabelView, labelled: set[int], targets: list[str],
+                 settings: BackendSettings, features: CellFeatures) -> tuple[Cells, list[int]]:
+    """The cells this round trains on and ranks, and the open tasks it ranks (all, or a sample of about
+    ``HALI_RANK_POOL_CELLS`` cells): the labelled cells, hand-drawn ones included, and the ranked tasks' cells."""
+    pool = sample_open_tasks(view.open_ids, view.reread_ids, view.tiles, settings.rank_pool_cells,
+                             seed=len(view.labels))
+    # the gold set (HALI_GOLD_SHARE, fixed by cell id) is never trained on: each version is scored on it
+    cells = gather_cells(LAYOUTS.get(project_id, view.tiles, features), view.tiles, pool, labelled,
+                         training_labels(view.labels, settings.gold_share), targets, features)
+    drawn = DrawnCellEmbedder(tables_storage(settings))
+    return add_drawn_cells(cells, view.records, view.tiles, targets, drawn, features), pool
 
 
 def _relevance_params(settings: BackendSettings, classes: list[str], y: np.ndarray) -> RelevanceParams:
