@@ -1,21 +1,28 @@
-"""Label -> new version live at a lab's scale, in a real Label Studio and redis-server.
+"""Label -> new version live at a lab's scale, in a real Label Studio (on PostgreSQL) and redis-server.
 
     .venv/bin/python bench/bench_scale.py [--cells 10000,100000] [--labels 1000] [--retrains 20] [--top-k 100]
+                                          [--db postgres|sqlite] [--out rounds.json]
 
-Per project size C (``--cells``): a synthetic slide of C cells (46-d features, 4 classes) in tasks of 20 cells,
-imported into a fresh Label Studio project as ``hali preprocess`` does (each task with its ``hali-v0000``
-neutral boxes), the first ``--labels`` cells labelled by imported annotations, the cell table written where
-the backend reads it. Then a **worker process** (a child, so its peak RSS is the worker's alone) runs
+One Label Studio serves every size of a run: on its own PostgreSQL 15 cluster under gunicorn (2 workers x 4
+threads, as ``make up``), or ``--db sqlite`` (its embedded SQLite and development server). Per project size C
+(``--cells``): a synthetic slide of C cells (46-d features, 4 classes) in tasks of 20 cells, imported into a
+fresh project as ``hali preprocess`` does (each task with its ``hali-v0000`` neutral boxes), the first
+``--labels`` cells labelled by imported annotations, the cell table written where the backend reads it. Then a
+**worker process** (a child, so its peak RSS is the worker's alone; it runs every retrain in-process, as
+``hali worker`` does) first reconciles every task once, as a worker does when it starts, then runs
 ``--retrains`` rounds of: an annotator submits 5 labels on the top-ranked task (one API call, as the UI's
 Submit), then :func:`ml_backend.retrain.run.run_retrain` runs as the rq job would, up to and past the switch.
 
 Per size the table gives:
 
 - Label Studio's import time for the tasks (tasks per second);
-- **label -> live**: from the submit to the end of the switch (the new version and order served), median and
-  p95 over the rounds. The rq hand-off (webhook, enqueue, a worker's dequeue) is not in it: on an idle
-  worker it adds well under a second;
-- the whole retrain with its pruning, and its phases' medians;
+- the worker's start-up reconcile and its **first retrain** (cold: it reads the tiles, cell tables and
+  neighbour graph the next ones find in memory);
+- **label -> live** over the other rounds: from the submit to the end of the switch (the new version and
+  order served), median and p95. The rq hand-off (webhook, enqueue, a worker's dequeue) is not in it: on an
+  idle worker it adds well under a second;
+- the whole retrain with its pruning and its dashboard snapshot (both after the switch), its phases' medians,
+  and the phases of the slowest round;
 - the **prediction rows** in Label Studio after the rounds, against the target of tasks + K;
 - the worker's **peak RSS** (``ru_maxrss``).
 
@@ -29,11 +36,15 @@ import argparse
 import json
 import os
 import resource
+import secrets
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -50,10 +61,20 @@ from bench.synthetic import CLASSES, SyntheticSlide, make_slide  # noqa: E402
 from label_config import TileTask, build_label_config, cell_to_region, parse_label_set, version_name  # noqa: E402
 from preprocess.layout import DataLayout, write_task_map  # noqa: E402
 from preprocess.tiles.tasks import task_payloads  # noqa: E402
-from scripts import services  # noqa: E402
+from scripts import postgres, services  # noqa: E402
 
 CELLS_PER_TASK = 20
 LABELS_PER_SUBMIT = 5
+
+
+@dataclass(frozen=True)
+class Stack:
+    """The Label Studio and redis-server of a run, and where the backend's files go."""
+
+    root: Path
+    url: str
+    token: str
+    redis_url: str
 
 
 def main() -> int:
@@ -63,43 +84,66 @@ def main() -> int:
         return 0
     print(benchutil.header("Label -> new version live, by project size",
                            " ".join(["bench/bench_scale.py", *sys.argv[1:]])))
-    print(f"\n{args.labels:,} labels imported, then {args.retrains} rounds of {LABELS_PER_SUBMIT} labels + a retrain; "
-          f"K = {args.top_k}; seconds unless said")
-    print("| cells | tasks | LS import (tasks/s) | label -> live median | p95 | retrain + prune median | "
-          "phases (median s) | prediction rows after | tasks + K | worker peak RSS MB |")
-    print("|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|")
-    for n_cells in [int(c.replace("_", "")) for c in args.cells.split(",")]:
-        print(_row(n_cells, args.labels, args.retrains, args.top_k), flush=True)
+    rounds: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="hali-scale-") as tmp, _stack(Path(tmp), args.db) as stack:
+        print(f"\nLabel Studio on {args.db}; {args.labels:,} labels imported, then {args.retrains} rounds of "
+              f"{LABELS_PER_SUBMIT} labels + a retrain; K = {args.top_k}; seconds unless said")
+        print("| cells | tasks | LS import (tasks/s) | start reconcile | first retrain (cold) | label -> live median | "
+              "p95 | retrain + prune median | phases (median s) | slowest round's phases | prediction rows after | "
+              "tasks + K | worker peak RSS MB |")
+        print("|---:|---:|---:|---:|---:|---:|---:|---:|---|---|---:|---:|---:|")
+        for n_cells in [int(c.replace("_", "")) for c in args.cells.split(",")]:
+            line, rounds[str(n_cells)] = _row(stack, n_cells, args.labels, args.retrains, args.top_k)
+            print(line, flush=True)
+    if args.out:
+        Path(args.out).write_text(json.dumps(rounds, indent=1))
     print(benchutil.footer())
     return 0
 
 
-def _row(n_cells: int, n_labels: int, retrains: int, top_k: int) -> str:
-    with tempfile.TemporaryDirectory(prefix="hali-scale-") as tmp:
-        root, redis_port = Path(tmp), services.free_port()
-        redis_proc = services.start_redis(redis_port, root / "redis")
-        ls_proc, url, token, _ = _start_label_studio(root)
-        try:
-            env = {"HALI_DATA_DIR": str(root / "data"), "HALI_LS_FILES_ROOT": str(root / "ls-files"),
-                   "HALI_LS_URL": url, "HALI_LS_API_KEY": token, "HALI_PREDICTIONS_TOP_K": str(top_k),
-                   "HALI_REDIS_URL": f"redis://{services.LOOPBACK}:{redis_port}/0"}
-            slide = make_slide(n_cells, 46, cells_per_tile=CELLS_PER_TASK, seed=46)
-            slide.save_cell_table(DataLayout(root / "data", root / "ls-files"))
-            tables = LocalStorage(root / "data")
-            gateway = LabelStudioGateway.connect(url, token, timeout_s=600)
-            import_s, project_id = benchutil.timed(lambda: _make_project(gateway, slide, n_labels, tables))
-            out = _run_worker(env, {"project_id": project_id, "retrains": retrains})
-            rows = sum(gateway.model_versions(project_id).values())
-            n_tasks = gateway.get_project(project_id).task_number
-        finally:
-            services.stop_process(ls_proc)
-            services.stop_process(redis_proc)
-    live, total = out["live_s"], out["total_s"]
-    phases = ", ".join(f"{k} {statistics.median(v):.2f}" for k, v in out["phases"].items())
-    return (f"| {n_cells:,} | {n_tasks:,} | {import_s:.0f} s ({n_tasks / import_s:.0f}) | "
-            f"**{statistics.median(live):.2f}** | {benchutil.percentile(live, 95):.2f} | "
-            f"{statistics.median(total):.2f} | {phases} | **{rows:,}** | {n_tasks + top_k:,} | "
+@contextmanager
+def _stack(root: Path, db: str) -> Iterator[Stack]:
+    """Redis and a Label Studio (``db``: ``postgres``, its own cluster and gunicorn; ``sqlite``) under ``root``."""
+    root.chmod(0o755)  # PostgreSQL runs as its own user and must reach its data dir
+    with ExitStack() as stop:
+        redis_port = services.free_port()
+        stop.callback(services.stop_process, services.start_redis(redis_port, root / "redis"))
+        if db == "sqlite":
+            ls_proc, url, token, _ = _start_label_studio(root)
+        else:
+            pg_port, pg_password, token = services.free_port(), secrets.token_urlsafe(12), secrets.token_hex(20)
+            pg = postgres.start_postgres(postgres.find_postgres(), pg_port, root / "pg" / "data", pg_password)
+            stop.callback(postgres.stop_postgres, pg.pid)
+            port = services.free_port()
+            ls_proc = services.start_label_studio(
+                port, root / "label-studio", root / "ls-files", "admin@hali.test", secrets.token_urlsafe(12), token,
+                database=postgres.label_studio_db_env(pg_port, pg_password), gunicorn_workers=2)
+            url = f"http://{services.LOOPBACK}:{port}"
+        stop.callback(services.stop_process, ls_proc)
+        yield Stack(root, url, token, f"redis://{services.LOOPBACK}:{redis_port}/0")
+
+
+def _row(stack: Stack, n_cells: int, n_labels: int, retrains: int, top_k: int) -> tuple[str, dict[str, Any]]:
+    data = stack.root / f"data-{n_cells}"
+    env = {"HALI_DATA_DIR": str(data), "HALI_LS_FILES_ROOT": str(stack.root / "ls-files"),
+           "HALI_LS_URL": stack.url, "HALI_LS_API_KEY": stack.token, "HALI_PREDICTIONS_TOP_K": str(top_k),
+           "HALI_REDIS_URL": stack.redis_url}
+    slide = make_slide(n_cells, 46, cells_per_tile=CELLS_PER_TASK, seed=46, slide_id=f"bench-slide-{n_cells}")
+    slide.save_cell_table(DataLayout(data, stack.root / "ls-files"))
+    gateway = LabelStudioGateway.connect(stack.url, stack.token, timeout_s=600)
+    import_s, project_id = benchutil.timed(lambda: _make_project(gateway, slide, n_labels, LocalStorage(data)))
+    out = _run_worker(env, {"project_id": project_id, "retrains": retrains})
+    rows = sum(gateway.model_versions(project_id).values())
+    n_tasks = gateway.get_project(project_id).task_number
+    live, total = out["live_s"][1:], out["total_s"][1:]
+    phases = ", ".join(f"{k} {statistics.median(v[1:]):.2f}" for k, v in out["phases"].items())
+    slowest = 1 + int(np.argmax(live))
+    slow = ", ".join(f"{k} {v[slowest]:.2f}" for k, v in out["phases"].items() if len(v) > slowest)
+    line = (f"| {n_cells:,} | {n_tasks:,} | {import_s:.0f} s ({n_tasks / import_s:.0f}) | {out['start_s']:.1f} | "
+            f"{out['live_s'][0]:.2f} | **{statistics.median(live):.2f}** | {benchutil.percentile(live, 95):.2f} | "
+            f"{statistics.median(total):.2f} | {phases} | {slow} | **{rows:,}** | {n_tasks + top_k:,} | "
             f"{out['peak_rss_mb']:.0f} |")
+    return line, {**out, "import_s": import_s, "tasks": n_tasks, "prediction_rows": rows}
 
 
 def _make_project(gateway: LabelStudioGateway, slide: SyntheticSlide, n_labels: int, tables: LocalStorage) -> int:
@@ -136,6 +180,7 @@ def _worker(job: dict[str, Any]) -> dict[str, Any]:
     import torch
     from redis import Redis
 
+    from ml_backend.labels.reconcile import reconcile_full
     from ml_backend.labels.redis_store import RedisLabelStore
     from ml_backend.retrain.job import frozen_gc
     from ml_backend.retrain.run import run_retrain
@@ -147,21 +192,25 @@ def _worker(job: dict[str, Any]) -> dict[str, Any]:
     store = RedisLabelStore(Redis.from_url(settings.redis_url))
     project_id, rng = job["project_id"], np.random.default_rng(0)
     live, total, phases = [], [], {}
+    label_set = parse_label_set(gateway.get_project(project_id).label_config)
+    start_s, _ = benchutil.timed(lambda: reconcile_full(project_id, gateway, store, label_set))  # the worker's start
     top = _first_open_task(gateway, project_id)
     for _ in range(job["retrains"]):
         start = time.perf_counter()
         _submit_labels(gateway, top, rng)
+        called = time.perf_counter()
         with frozen_gc():
             report = run_retrain(project_id, settings, gateway, store)
         end = time.perf_counter()
-        laps = report.metrics["seconds_by_phase"]
-        live.append(end - start - laps.get("prune", 0.0))
+        laps = dict(report.metrics["seconds_by_phase"])
+        laps["dashboard"] = end - called - report.seconds  # after the lease, the new version already live
+        live.append(called - start + report.seconds - laps.get("prune", 0.0))
         total.append(end - start)
         for phase, seconds in laps.items():
             phases.setdefault(phase, []).append(seconds)
         top = report.next_task_ids[0]
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"live_s": live, "total_s": total, "phases": phases, "peak_rss_mb": peak_mb}
+    return {"start_s": start_s, "live_s": live, "total_s": total, "phases": phases, "peak_rss_mb": peak_mb}
 
 
 def _first_open_task(gateway: LabelStudioGateway, project_id: int) -> int:
@@ -184,6 +233,8 @@ def _parse_args() -> argparse.Namespace:
     parser.add_argument("--labels", type=int, default=1000, help="labels imported before the rounds")
     parser.add_argument("--retrains", type=int, default=20, help="rounds of 5 labels + a retrain per size")
     parser.add_argument("--top-k", type=int, default=100, help="HALI_PREDICTIONS_TOP_K")
+    parser.add_argument("--db", choices=("postgres", "sqlite"), default="postgres", help="Label Studio's database")
+    parser.add_argument("--out", default=None, help="write every round's figures to this JSON file")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     return parser.parse_args()
 

@@ -102,6 +102,14 @@ class BackendSettings(SharedSettings):
         0.5, ge=0.0, le=1.0, description="each cell's shown (and ranked) probabilities are this share its own and "
         "the rest the mean of its spatial neighbours'; 1 turns smoothing off"
     )
+    rank_pool_cells: int = Field(
+        100_000, ge=0, description="a retrain ranks the open tasks of a seeded random sample of about this many "
+        "cells (every open task when there are fewer; 0: always all), so its cost stops growing with the project"
+    )
+    retrain_in_process: bool = Field(
+        True, description="`hali worker` runs retrain jobs in its own process, not a forked child, so the next "
+        "retrain finds the project's tiles, cell tables and neighbour graphs in memory (docs/predictions.md)"
+    )
     seed: int = 0
     torch_threads: int = Field(
         1, ge=1, description="torch threads per process: the head is tiny, and more threads only add overhead"

@@ -26,9 +26,10 @@ from ml_backend.export.formats import label_colours
 from ml_backend.labels.records import AnnotationRecord
 from ml_backend.settings import BackendSettings
 from ml_backend.suggestions.embeddings import tables_storage
-from preprocess.layout import read_slide_meta
+from preprocess.layout import read_slide_meta, tasks_key
 
 log = logging.getLogger(__name__)
+_SLIDE_FILES: dict[str, tuple[str | None, str | None, float | None]] = {}  # tasks.json -> (version, slide, mpp)
 MAX_PREDICTION_LOOKUPS = 400  # per retrain; the rest are dated by time now and looked up next time
 
 
@@ -111,14 +112,30 @@ def _thumbnail(files: DashboardFiles, settings: BackendSettings, slide_id: str):
     if cached is not None:
         return cached
     try:
-        meta = read_slide_meta(tables_storage(settings), slide_id)
-        with OpenSlideReader(Path(meta["slide_path"]), mpp=meta.get("mpp")) as reader:
+        slide_path, mpp = _slide_file(settings, slide_id)
+        with OpenSlideReader(Path(slide_path), mpp=mpp) as reader:
             image, downsample = reader.thumbnail(MAX_SIDE_PX)
     except (AdapterError, KeyError, OSError) as exc:
         log.warning("slide %s: no thumbnail for the coverage map (%s); drawing on white", slide_id, exc)
         return None
     files.save_thumbnail(slide_id, image, downsample)
     return image, downsample
+
+
+def _slide_file(settings: BackendSettings, slide_id: str) -> tuple[str, float | None]:
+    """The slide file and mpp ``tasks.json`` records, parsed once per version of it: a slide without a readable
+    file would otherwise have its whole ``tasks.json`` (1M cells: seconds, and a GB of JSON objects) parsed
+    again by every retrain. KeyError when it records no slide file."""
+    tables = tables_storage(settings)
+    key = tables.location(tasks_key(slide_id))
+    version = tables.version(tasks_key(slide_id))
+    if key not in _SLIDE_FILES or _SLIDE_FILES[key][0] != version:
+        meta = read_slide_meta(tables, slide_id)
+        _SLIDE_FILES[key] = (version, meta.get("slide_path"), meta.get("mpp"))
+    _, slide_path, mpp = _SLIDE_FILES[key]
+    if not slide_path:
+        raise KeyError("slide_path")
+    return str(slide_path), mpp
 
 
 def _dashboard_url(settings: BackendSettings, gateway: LabelStudioGateway, project_id: int) -> str:

@@ -10,7 +10,7 @@ the next time; so does a project whose full reconcile finds tasks the maps do no
 from __future__ import annotations
 
 import logging
-from collections import Counter
+from collections import Counter, OrderedDict
 from dataclasses import dataclass
 
 from adapters.label_studio import LabelStudioGateway
@@ -19,9 +19,12 @@ from label_config import LabelSet, TileTask
 from ml_backend.labels.reconcile import ReconcileReport, reconcile_incremental
 from ml_backend.labels.records import AnnotationRecord, consensus_labels, count_conflicts
 from ml_backend.labels.redis_store import RedisLabelStore
-from preprocess.layout import read_slide_meta, read_task_maps, write_task_map
+from preprocess.layout import read_slide_meta, read_task_maps, task_map_key, tasks_key, write_task_map
 
 log = logging.getLogger(__name__)
+
+MAX_CACHED_PROJECTS = 4
+_TILES: OrderedDict[tuple[str, int], tuple[tuple[tuple[str, str | None], ...], dict[int, TileTask]]] = OrderedDict()
 
 
 @dataclass(frozen=True)
@@ -58,7 +61,8 @@ def read_labels(project_id: int, gateway: LabelStudioGateway, store: RedisLabelS
             tiles = _tiles_from_label_studio(project_id, gateway, tables)
         store.set_deleted_tasks(project_id, set(tiles) - report.task_ids)
     deleted = store.deleted_tasks(project_id)
-    tiles = {t: tile for t, tile in tiles.items() if t not in deleted}
+    if deleted & tiles.keys():
+        tiles = {t: tile for t, tile in tiles.items() if t not in deleted}
     records = {a: r for a, r in store.records(project_id).items() if r.task_id in tiles}
     readers = Counter(r.task_id for r in records.values())
     overlaps = store.overlaps(project_id)
@@ -68,7 +72,35 @@ def read_labels(project_id: int, gateway: LabelStudioGateway, store: RedisLabelS
 
 
 def project_tiles(project_id: int, gateway: LabelStudioGateway, tables: Storage) -> dict[int, TileTask]:
-    """Task id -> tile of every task of the project, from the task maps and the slides' ``tasks.json``."""
+    """Task id -> tile of every task of the project, from the task maps and the slides' ``tasks.json``.
+
+    The process keeps the tiles of its last :data:`MAX_CACHED_PROJECTS` projects and hands out the same dict
+    until a task map or a ``tasks.json`` is rewritten (their versions: mtime or ETag), so a worker parses
+    them once (1M cells: about 10 s and 1 GB of JSON objects) and not on every retrain. Do not mutate it.
+    """
+    stamp = _files_stamp(project_id, tables)
+    key = (tables.location(task_map_key(project_id, "")), project_id)
+    cached = _TILES.get(key)
+    if stamp and cached is not None and cached[0] == stamp:
+        _TILES.move_to_end(key)
+        return cached[1]
+    tiles = _read_project_tiles(project_id, gateway, tables)
+    if stamp:
+        _TILES[key] = (stamp, tiles)
+        while len(_TILES) > MAX_CACHED_PROJECTS:
+            _TILES.popitem(last=False)
+    return tiles
+
+
+def _files_stamp(project_id: int, tables: Storage) -> tuple[tuple[str, str | None], ...]:
+    """The versions of the project's task maps and of their slides' ``tasks.json``; empty without task maps."""
+    prefix = task_map_key(project_id, "").removesuffix(".json")
+    maps = sorted(k for k in tables.keys(prefix) if k.endswith(".json"))
+    slides = [k[len(prefix) : -len(".json")] for k in maps]
+    return tuple((k, tables.version(k)) for k in [*maps, *(tasks_key(s) for s in slides)])
+
+
+def _read_project_tiles(project_id: int, gateway: LabelStudioGateway, tables: Storage) -> dict[int, TileTask]:
     maps = read_task_maps(tables, project_id)
     if not maps:
         return _tiles_from_label_studio(project_id, gateway, tables)

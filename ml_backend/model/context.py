@@ -170,10 +170,22 @@ def smooth_rows(proba_of: Callable[[np.ndarray], np.ndarray], neighbours: np.nda
     if alpha == 1.0:
         return np.asarray(proba_of(idx), dtype=np.float32)
     nbrs = np.asarray(neighbours)[idx]
+    if len(idx) * (nbrs.shape[1] + 1) >= len(neighbours):  # most of the slide: every cell, no sort
+        return _smooth_all(np.asarray(proba_of(np.arange(len(neighbours))), np.float32), nbrs, idx, alpha)
     needed = np.unique(np.concatenate([idx, nbrs.reshape(-1)]))
     p = np.asarray(proba_of(needed), dtype=np.float32)
     own, theirs = p[np.searchsorted(needed, idx)], p[np.searchsorted(needed, nbrs)].mean(axis=1)
     return alpha * own + (1.0 - alpha) * theirs
+
+
+def _smooth_all(p: np.ndarray, nbrs: np.ndarray, idx: np.ndarray, alpha: float) -> np.ndarray:
+    """``alpha`` p[idx] + (1 - alpha) mean_j p[nbrs[:, j]]: (M, K) float32, one (M, K) temporary at a time."""
+    theirs = p[nbrs[:, 0]]
+    for j in range(1, nbrs.shape[1]):
+        theirs += p[nbrs[:, j]]
+    theirs *= (1.0 - alpha) / nbrs.shape[1]
+    theirs += alpha * p[idx]
+    return theirs
 
 
 def context_at(xy_px: np.ndarray, features: np.ndarray, table_xy_px: np.ndarray, table_features: np.ndarray,

@@ -25,6 +25,7 @@ from threadpoolctl import threadpool_limits
 
 _DENSITY_REFERENCE_ROWS = 2_000  # density is measured against a seeded sample: O(N x 2000), not O(N^2)
 _KMEANS_FIT_ROWS_PER_CLUSTER = 50  # k-means is fit on at most this x k rows, then every row is assigned
+_ASSIGN_ROWS = 65_536  # rows assigned to their cluster at a time: 65,536 x k float64 distances
 
 
 def uncertainty(proba: np.ndarray | None, n_rows: int) -> np.ndarray:
@@ -120,6 +121,9 @@ def _kmeans(x: np.ndarray, k: int, random_state: int) -> tuple[np.ndarray, np.nd
     with warnings.catch_warnings(), threadpool_limits(limits=1):
         warnings.simplefilter("ignore")  # duplicate rows: fewer distinct points than clusters is fine here
         model.fit(fit_rows)
-        dist = model.transform(x)
-    cluster = dist.argmin(axis=1).astype(np.int64)
-    return cluster, dist[np.arange(len(x)), cluster].astype(np.float64)
+        cluster, centre_dist = np.empty(len(x), np.int64), np.empty(len(x), np.float64)
+        for s in range(0, len(x), _ASSIGN_ROWS):  # (chunk, k) distances at a time, not (N, k)
+            dist = model.transform(x[s : s + _ASSIGN_ROWS])
+            cluster[s : s + _ASSIGN_ROWS] = dist.argmin(axis=1)
+            centre_dist[s : s + _ASSIGN_ROWS] = dist[np.arange(len(dist)), cluster[s : s + _ASSIGN_ROWS]]
+    return cluster, centre_dist

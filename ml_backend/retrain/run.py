@@ -27,8 +27,7 @@ import numpy as np
 from adapters.label_studio import LabelStudioGateway
 from label_config import LabelSet, TileTask, nuclei_only, parse_label_set, rank_to_score, version_name
 from ml_backend.dashboard.publish import publish_dashboard
-from ml_backend.errors import NotPreprocessedError
-from ml_backend.labels.mirror import read_labels
+from ml_backend.labels.mirror import LabelView, read_labels
 from ml_backend.labels.redis_store import RedisLabelStore
 from ml_backend.model.gold import gold_labels, gold_scores, training_labels
 from ml_backend.model.learners import Learner, make_learner
@@ -37,11 +36,20 @@ from ml_backend.ordering.exploit import exploit_order, task_confidence
 from ml_backend.ordering.ranking import rank_tiles
 from ml_backend.ordering.relevance import RelevanceParams, rarest_class
 from ml_backend.ordering.strategies import Strategy, get_strategy, needs_mc_passes, query
+from ml_backend.retrain.cells import (
+    LAYOUTS,
+    Cells,
+    add_drawn_cells,
+    cell_features,
+    first_rows,
+    gather_cells,
+    sample_open_tasks,
+)
 from ml_backend.retrain.publish import publish_version
 from ml_backend.settings import BackendSettings
 from ml_backend.suggestions.context import CellFeatures, ContextSpec
 from ml_backend.suggestions.drawn_cells import DrawnCellEmbedder
-from ml_backend.suggestions.embeddings import EmbeddingIndex, tables_storage
+from ml_backend.suggestions.embeddings import tables_storage
 from ml_backend.suggestions.predictions import not_nucleus_mask, tile_prediction
 from preprocess.layout import DataLayout
 
@@ -71,16 +79,6 @@ class _Laps:
         now = time.perf_counter()
         self.seconds[phase] = round(now - self._last, 3)
         self._last = now
-
-
-@dataclass(frozen=True)
-class _Cells:
-    """Every cell of the project that matters for this round, in one array per field."""
-
-    features: np.ndarray  # float32 (N, D)
-    task_ids: np.ndarray  # int (N,)
-    y: np.ndarray  # int (N,): target index (classes, then "Not a nucleus"), -1 when unlabelled
-    rows: np.ndarray | None = None  # int (N,): row in its slide's cell table, -1 for a cell drawn by hand
 
 
 def run_retrain(
@@ -116,13 +114,10 @@ def _retrain(project_id: int, settings: BackendSettings, gateway: LabelStudioGat
                        settings.consensus)
     tiles, records, labels, open_ids = view.tiles, view.records, view.labels, view.open_ids
     laps.lap("read")
-    layout = DataLayout(settings.data_dir, settings.ls_files_root)
-    models = ModelStore(layout.models_dir(project_id))
-    tables = tables_storage(settings)
-    features = CellFeatures(EmbeddingIndex(tables), tables, ContextSpec.from_settings(settings))
-    # the gold set (HALI_GOLD_SHARE, fixed by cell id) is never trained on: each version is scored on it
-    cells = _gather_cells(tiles, open_ids, training_labels(labels, settings.gold_share), targets, features)
-    cells = _add_drawn_cells(cells, records, tiles, targets, DrawnCellEmbedder(tables), features)
+    models = ModelStore(DataLayout(settings.data_dir, settings.ls_files_root).models_dir(project_id))
+    features = cell_features(settings)  # the worker's: tables and neighbour graphs kept between retrains
+    labelled = {r.task_id for r in records.values()}
+    cells, pool = _round_cells(project_id, view, labelled, targets, settings, features)
     strategy = get_strategy(settings.strategy)
     if needs_mc_passes(strategy):
         strategy = get_strategy(settings.strategy, _relevance_params(settings, list(label_set.classes), cells.y))
@@ -133,16 +128,16 @@ def _retrain(project_id: int, settings: BackendSettings, gateway: LabelStudioGat
         log.info("project %s: no cell labels yet, nothing to retrain", project_id)
         current = models.latest_version()
         return RetrainReport(project_id, current, version_name(current), 0, len(open_ids), [], {}, 0.0), None
-    proba, shown = (_cells_proba(cells, tiles, head, features, suggest) for suggest in (False, True))
+    proba, shown = (_cells_proba(cells, head, features, suggest) for suggest in (False, True))
     excluded = not_nucleus_mask(shown, targets) & (cells.y < 0)
-    order = _rank_open_tasks(cells, head, proba, open_ids, settings, strategy, excluded, _slide_of_cells(cells, tiles))
-    order = _exploit(order, cells, shown, open_ids, settings, n_served=len({r.task_id for r in records.values()}))
+    order = _rank_open_tasks(cells, head, proba, pool, settings, strategy, excluded, cells.slides)
+    order = _exploit(order, cells, shown, open_ids, settings, n_served=len(labelled))
     laps.lap("rank")
     # Only the top of the queue gets this version's prediction (the rest get theirs from /predict when opened),
     # under a version name reserved first; superseded and failed versions are pruned (publish.py).
     top = view.first(order)[: settings.predictions_top_k]  # a task's further reader (overlap) sees boxes
     meta = _meta(label_set, labels, head, settings, n_drawn=int((cells.task_ids == -1).sum()), spec=features.spec)
-    meta["metrics"].update(_gold_metrics(tiles, labels, targets, head, settings, features),
+    meta["metrics"].update(_gold_metrics({t: tiles[t] for t in labelled}, labels, targets, head, settings, features),
                            n_train=int((cells.y >= 0).sum()))
     version = publish_version(
         project_id, gateway, models, lambda name: _predictions(top, tiles, cells, shown, targets, name),
@@ -153,61 +148,17 @@ def _retrain(project_id: int, settings: BackendSettings, gateway: LabelStudioGat
                            models.root)
 
 
-def _gather_cells(
-    tiles: dict[int, TileTask], open_ids: list[int], labels: dict[str, str], targets: list[str], index: CellFeatures
-) -> _Cells:
-    """Labelled cells (any task) plus every cell of an open task; ``y`` indexes ``targets``."""
-    open_set = set(open_ids)
-    class_index = {c: i for i, c in enumerate(targets)}
-    feats, task_ids, ys, rows = [], [], [], []
-    for task_id, tile in tiles.items():
-        y = np.array([class_index.get(labels.get(c.cell_id, ""), -1) for c in tile.cells], dtype=np.int64)
-        keep = np.ones(len(y), bool) if task_id in open_set else y >= 0
-        if not keep.any():
-            continue
-        rows.append(index.rows(tile)[keep])
-        feats.append(index.features(tile.slide_id, rows[-1]))
-        task_ids.append(np.full(int(keep.sum()), task_id))
-        ys.append(y[keep])
-    if not feats:
-        empty = np.zeros(0, np.int64)
-        return _Cells(np.zeros((0, 0), np.float32), empty, empty, empty)
-    dims = {f.shape[1] for f in feats}
-    if len(dims) > 1:
-        raise NotPreprocessedError(
-            f"the project's slides were embedded with different featurizers ({sorted(dims)} features); "
-            "re-run `hali preprocess` on every slide with the same --featurizer and --checkpoint"
-        )
-    return _Cells(np.concatenate(feats).astype(np.float32), np.concatenate(task_ids), np.concatenate(ys),
-                  np.concatenate(rows))
-
-
-def _add_drawn_cells(cells: _Cells, records, tiles: dict[int, TileTask], targets: list[str],
-                     embedder: DrawnCellEmbedder, index: CellFeatures) -> _Cells:
-    """``cells`` plus the labelled boxes annotators drew by hand (task id -1: they are never ranked)."""
-    by_slide: dict[str, list[tuple[list[int], str]]] = {}
-    for rec in records.values():
-        for drawn in rec.drawn:
-            by_slide.setdefault(tiles[rec.task_id].slide_id, []).append((drawn["box"], drawn["label"]))
-    class_index = {c: i for i, c in enumerate(targets)}
-    feats, ys = [cells.features], [cells.y]
-    for slide_id, items in by_slide.items():
-        f = embedder.embed(slide_id, [box for box, _ in items])
-        if f is None:
-            continue
-        f = index.drawn_features(slide_id, np.array([box for box, _ in items], np.float64), f)
-        if cells.features.size and f.shape[1] != cells.features.shape[1]:
-            log.warning("slide %s: %d hand-drawn cells skipped: %d features, the project's cells have %d",
-                        slide_id, len(items), f.shape[1], cells.features.shape[1])
-            continue
-        feats.append(f)
-        ys.append(np.array([class_index[label] for _, label in items], dtype=np.int64))
-    n_new = sum(len(y) for y in ys[1:])
-    if n_new == 0:
-        return cells
-    features = np.concatenate([f for f in feats if f.size]).astype(np.float32)
-    return _Cells(features, np.concatenate([cells.task_ids, np.full(n_new, -1)]), np.concatenate(ys),
-                  None if cells.rows is None else np.concatenate([cells.rows, np.full(n_new, -1)]))
+def _round_cells(project_id: int, view: LabelView, labelled: set[int], targets: list[str],
+                 settings: BackendSettings, features: CellFeatures) -> tuple[Cells, list[int]]:
+    """The cells this round trains on and ranks, and the open tasks it ranks (all, or a sample of about
+    ``HALI_RANK_POOL_CELLS`` cells): the labelled cells, hand-drawn ones included, and the ranked tasks' cells."""
+    pool = sample_open_tasks(view.open_ids, view.reread_ids, view.tiles, settings.rank_pool_cells,
+                             seed=len(view.labels))
+    # the gold set (HALI_GOLD_SHARE, fixed by cell id) is never trained on: each version is scored on it
+    cells = gather_cells(LAYOUTS.get(project_id, view.tiles, features), view.tiles, pool, labelled,
+                         training_labels(view.labels, settings.gold_share), targets, features)
+    drawn = DrawnCellEmbedder(tables_storage(settings))
+    return add_drawn_cells(cells, view.records, view.tiles, targets, drawn, features), pool
 
 
 def _relevance_params(settings: BackendSettings, classes: list[str], y: np.ndarray) -> RelevanceParams:
@@ -227,7 +178,7 @@ def _relevance_params(settings: BackendSettings, classes: list[str], y: np.ndarr
         rare_min_proba=settings.relevance_rare_min_proba, rare_class=rare)
 
 
-def _fit_head(cells: _Cells, n_classes: int, settings: BackendSettings, mc: bool) -> Learner | None:
+def _fit_head(cells: Cells, n_classes: int, settings: BackendSettings, mc: bool) -> Learner | None:
     """The ``HALI_LEARNER`` model fitted on the labelled cells (dropout when ``mc``); None without labels."""
     labelled = cells.y >= 0
     if not labelled.any():
@@ -242,23 +193,25 @@ def _gold_metrics(tiles: dict[int, TileTask], labels: dict[str, str], targets: l
     """``{"gold": {n, accuracy, balanced_accuracy}}`` of ``head``'s suggestions, as shown (context and
     smoothing included), on the held-out gold cells."""
     gold, code = gold_labels(labels, settings.gold_share), {t: i for i, t in enumerate(targets)}
-    truth, said = [], []
+    rows: dict[str, list[np.ndarray]] = {}  # slide -> rows of its gold cells: one probability pass per slide
+    truth: dict[str, list[int]] = {}
     for tile in tiles.values():
         keep = np.array([gold.get(c.cell_id) in code for c in tile.cells], dtype=bool)
         if keep.any():
-            said.extend(features.tile_proba(head, tile, suggest=True)[keep].argmax(axis=1).tolist())
-            truth.extend(code[gold[c.cell_id]] for c, k in zip(tile.cells, keep) if k)
-    return {"gold": gold_scores(np.array(truth, np.int64), np.array(said, np.int64))}
+            rows.setdefault(tile.slide_id, []).append(features.rows(tile)[keep])
+            truth.setdefault(tile.slide_id, []).extend(code[gold[c.cell_id]] for c, k in zip(tile.cells, keep) if k)
+    said = [features.proba(head, slide, np.concatenate(r), suggest=True).argmax(axis=1) for slide, r in rows.items()]
+    return {"gold": gold_scores(np.array([t for slide in rows for t in truth[slide]], np.int64),
+                                np.concatenate(said).astype(np.int64) if said else np.zeros(0, np.int64))}
 
 
-def _cells_proba(cells: _Cells, tiles: dict[int, TileTask], head: Learner, index: CellFeatures,
-                 suggest: bool) -> np.ndarray:
+def _cells_proba(cells: Cells, head: Learner, index: CellFeatures, suggest: bool) -> np.ndarray:
     """(N, K) probabilities of ``cells`` (``suggest``: as shown), smoothed over each slide's spatial neighbours
     by :meth:`CellFeatures.proba`, the one ``/predict`` uses; hand-drawn cells from their own features."""
     out = head.suggest_proba(cells.features) if suggest else head.predict_proba(cells.features)
     if index.spec is None or cells.rows is None:
         return out
-    slides, drawn = _slide_of_cells(cells, tiles), cells.rows < 0
+    slides, drawn = cells.slides, cells.rows < 0
     for slide_id in np.unique(slides[~drawn]).tolist():
         mine = (slides == slide_id) & ~drawn
         out[mine] = index.proba(head, slide_id, cells.rows[mine], suggest)
@@ -266,7 +219,7 @@ def _cells_proba(cells: _Cells, tiles: dict[int, TileTask], head: Learner, index
 
 
 def _rank_open_tasks(
-    cells: _Cells, head: Learner, proba: np.ndarray, open_ids: list[int], settings: BackendSettings,
+    cells: Cells, head: Learner, proba: np.ndarray, open_ids: list[int], settings: BackendSettings,
     strategy: Strategy, excluded: np.ndarray, slides: np.ndarray | None = None,
 ) -> list[int]:
     """Open task ids, most useful first. ``excluded`` (N,) bool: unlabelled cells predicted "Not a nucleus";
@@ -285,7 +238,7 @@ def _rank_open_tasks(
     return [int(t) for t in rank_tiles(cells.task_ids, picks, open_ids, weights, excluded)]
 
 
-def _exploit(order: list[int], cells: _Cells, shown: np.ndarray, open_ids: list[int], settings: BackendSettings,
+def _exploit(order: list[int], cells: Cells, shown: np.ndarray, open_ids: list[int], settings: BackendSettings,
              n_served: int) -> list[int]:
     """``order`` with, on a ``HALI_EXPLOIT_SHARE`` of serves, the task of the most confident suggestions first."""
     if not settings.exploit_share or not order:
@@ -295,16 +248,11 @@ def _exploit(order: list[int], cells: _Cells, shown: np.ndarray, open_ids: list[
     return exploit_order(order, confidence, n_served, settings.exploit_share, settings.exploit_top)
 
 
-def _slide_of_cells(cells: _Cells, tiles: dict[int, TileTask]) -> np.ndarray:
-    """Slide id (N,) str of each cell (``spread`` deals its picks over slides); "" for hand-drawn cells."""
-    return np.array([tiles[t].slide_id if t in tiles else "" for t in cells.task_ids.tolist()], dtype=str)
-
-
 def _predictions(
-    order: list[int], tiles: dict[int, TileTask], cells: _Cells, proba: np.ndarray, targets: list[str], name: str
+    order: list[int], tiles: dict[int, TileTask], cells: Cells, proba: np.ndarray, targets: list[str], name: str
 ) -> list[dict[str, Any]]:
     """One prediction per open task in ``order``; an open task's cells are contiguous rows of ``cells``."""
-    first = {int(t): i for i, t in reversed(list(enumerate(cells.task_ids)))}
+    first = first_rows(cells)
     preds = []
     for task_id, score in zip(order, rank_to_score(len(order))):
         tile = tiles[task_id]

@@ -24,7 +24,8 @@ from ml_backend.dashboard.snapshot import STATUS_MARK, build_snapshot, status_li
 from ml_backend.dashboard.summary import prometheus_text, summary
 from ml_backend.labels.records import record_from_annotation
 from ml_backend.model.gold import gold_scores, is_gold, training_labels
-from ml_backend.retrain.run import _gather_cells, _gold_metrics
+from ml_backend.retrain.cells import CellLayout, gather_cells
+from ml_backend.retrain.run import _gold_metrics
 from ml_backend.settings import BackendSettings
 
 LABELS = LabelSet(("Tumor", "Other"))
@@ -129,8 +130,8 @@ class _Index:
     def features(self, slide_id, rows):
         return np.asarray(rows, np.float32)[:, None]
 
-    def tile_proba(self, head, tile, suggest=True):
-        odd = self.rows(tile) % 2
+    def proba(self, head, slide_id, rows, suggest=True):
+        odd = np.asarray(rows) % 2
         return np.stack([odd, 1 - odd, np.zeros_like(odd)], axis=1).astype(np.float32)
 
 
@@ -139,7 +140,8 @@ def test_the_retrains_fit_rows_hold_no_gold_cell_and_gold_cells_are_scored():
     labels = {c.cell_id: ("Tumor" if i % 2 else "Other") for i, c in enumerate(tile.cells)}
     gold = {c for c in labels if is_gold(c, 0.25)}
     assert gold, "the fixture must hold some gold cells"
-    cells = _gather_cells({1: tile}, [], training_labels(labels, 0.25), list(LABELS.targets), _Index())
+    layout = CellLayout.build({1: tile}, _Index())
+    cells = gather_cells(layout, {1: tile}, [], {1}, training_labels(labels, 0.25), list(LABELS.targets), _Index())
     fitted = {tile.cells[int(v)].cell_id for v in cells.features[cells.y >= 0, 0]}
     assert fitted == set(labels) - gold
     settings = BackendSettings(gold_share=0.25)
@@ -226,3 +228,26 @@ def test_every_plot_draws_a_png_with_data_and_without(name):
              "acceptance": {}, "learning_curve": []}
     for snapshot in (full, empty):
         assert PLOTS[name](snapshot)[:4] == b"\x89PNG"
+
+
+def test_the_slide_file_is_read_from_tasks_json_once_per_version(tmp_path, monkeypatch):
+    from adapters.storage import LocalStorage
+    from ml_backend.dashboard import publish
+    from preprocess.layout import write_slide_meta
+
+    settings = BackendSettings(data_dir=tmp_path, ls_files_root=tmp_path / "files")
+    storage, real_read, reads = LocalStorage(tmp_path), publish.read_slide_meta, []
+
+    def counting_read(tables, slide_id):
+        reads.append(slide_id)
+        return real_read(tables, slide_id)
+
+    monkeypatch.setattr(publish, "read_slide_meta", counting_read)
+    write_slide_meta(storage, "s9", {"slide_path": "/slides/s9.svs", "mpp": 0.25, "tiles": []})
+    assert publish._slide_file(settings, "s9") == ("/slides/s9.svs", 0.25)
+    assert publish._slide_file(settings, "s9") == ("/slides/s9.svs", 0.25)
+    assert reads == ["s9"]
+    write_slide_meta(storage, "s9", {"mpp": 0.25, "tiles": [], "note": "a re-run that lost the slide file"})
+    with pytest.raises(KeyError):
+        publish._slide_file(settings, "s9")
+    assert reads == ["s9", "s9"]

@@ -23,7 +23,8 @@ from ml_backend.labels.records import annotation_record, count_changed, records_
 from ml_backend.model.head import HeadClassifier
 from ml_backend.ordering.ranking import rank_tiles
 from ml_backend.ordering.strategies import get_strategy
-from ml_backend.retrain.run import _Cells, _rank_open_tasks, _relevance_params
+from ml_backend.retrain.cells import Cells
+from ml_backend.retrain.run import _rank_open_tasks, _relevance_params
 from ml_backend.settings import BackendSettings
 from ml_backend.suggestions.predictions import not_nucleus_mask, tile_prediction
 from preprocess.tiles.tasks import task_payload
@@ -204,7 +205,7 @@ def test_the_retrain_ranks_predicted_non_nuclei_last_and_never_picks_them(tmp_pa
     # open task 1: two tumour cells; task 2: debris only (far out, coreset's favourite); task 3: one lymphocyte
     x_open = np.array([[0.2, 0.1], [0.1, -0.2], [0.0, 9.0], [0.3, 8.5], [6.0, 0.4]])
     features = np.vstack([x_lab, x_open]).astype(np.float32)
-    cells = _Cells(features, np.array([0] * 30 + [1, 1, 2, 2, 3]), np.concatenate([y_lab, -np.ones(5, int)]))
+    cells = Cells(features, np.array([0] * 30 + [1, 1, 2, 2, 3]), np.concatenate([y_lab, -np.ones(5, int)]))
     head = HeadClassifier(n_classes=3, random_state=0).fit(features[:30], y_lab)
     proba = head.predict_proba(features)
     excluded = not_nucleus_mask(proba, LABELS.targets) & (cells.y < 0)
