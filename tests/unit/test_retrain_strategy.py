@@ -29,10 +29,11 @@ def test_settings_reject_a_dropout_that_cannot_train(tmp_path):
 
 
 def test_exploit_share_serves_the_open_task_of_the_most_confident_suggestions_first(tmp_path):
-    from ml_backend.retrain.run import _Cells, _exploit
+    from ml_backend.retrain.cells import Cells
+    from ml_backend.retrain.run import _exploit
 
     task_ids = np.array([1, 1, 2, 2, 3, 3, 4])  # task 4 is labelled (not open): never moved
-    cells = _Cells(np.zeros((7, 2), np.float32), task_ids, np.full(7, -1), np.arange(7))
+    cells = Cells(np.zeros((7, 2), np.float32), task_ids, np.full(7, -1), np.arange(7))
     shown = np.array([[0.6, 0.4], [0.5, 0.5], [0.9, 0.1], [0.8, 0.2], [0.7, 0.3], [0.7, 0.3], [1.0, 0.0]])
     order = [1, 3, 2]  # the strategy's order
     on = BackendSettings(data_dir=tmp_path, exploit_share=1.0, exploit_top=0)
