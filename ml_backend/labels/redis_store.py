@@ -34,7 +34,7 @@ from dataclasses import asdict, fields
 from typing import Any
 
 from redis import Redis
-from redis.exceptions import LockError, WatchError
+from redis.exceptions import LockError
 from redis.lock import Lock
 
 from ml_backend.labels.records import AnnotationRecord, count_changed
@@ -174,22 +174,12 @@ class RedisLabelStore:
         raw = self._r.get(_key(project_id, "queued"))
         return None if raw is None else raw.decode() if isinstance(raw, bytes) else str(raw)
 
-    def release_claim(self, project_id: int, job_id: str) -> None:
-        """Clear the queued flag if it still names ``job_id`` (a job that will never start: lost or failed)."""
-        key = _key(project_id, "queued")
-        with self._r.pipeline() as pipe:
-            try:
-                pipe.watch(key)
-                if self.queued_job(project_id) == job_id:
-                    pipe.multi()
-                    pipe.delete(key)
-                    pipe.execute()
-            except WatchError:  # someone else changed it meanwhile: theirs stands
-                pass
-
-    def clear_queued(self, project_id: int) -> None:
-        """Called when a retrain job starts: the next labels may queue another."""
-        self._r.delete(_key(project_id, "queued"))
+    def release_claim(self, project_id: int, job_id: str) -> bool:
+        """Clear the queued flag if it still names ``job_id``: a job that will never start (lost or failed), or one
+        that starts now, so the next labels may queue another. A flag naming a job queued since (while this one
+        waited for the training lease) stays, or every webhook would queue one more job behind it (bench_crowd
+        saw 4 waiting). True if it was cleared."""
+        return bool(self._r.eval(_CLEAR_IF_MINE, 1, _key(project_id, "queued"), job_id))
 
     def start_retrain(self, project_id: int) -> int:
         """Called by the training lease's holder as its retrain starts: moves the pending count, plus whatever a
@@ -295,12 +285,18 @@ end
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
 return {}
 """
-# KEYS: pending, training, queued, pending-since. Atomic, so a kill can never lose the count between two calls.
+# KEYS: pending, training, queued (left alone: it names a job still to run), pending-since. Atomic, so a kill
+# can never lose the count between two calls.
 _TAKE_PENDING = """
 local taken = tonumber(redis.call('GETSET', KEYS[1], 0) or 0) + tonumber(redis.call('GET', KEYS[2]) or 0)
 redis.call('SET', KEYS[2], taken)
-redis.call('DEL', KEYS[3], KEYS[4])
+redis.call('DEL', KEYS[4])
 return taken
+"""
+# KEYS: the queued flag; ARGV: a job id. Deletes the flag only if it names that job.
+_CLEAR_IF_MINE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
 """
 # KEYS: training, pending, pending-since; ARGV: failed ("1"/"0"), now (unix s).
 _GIVE_BACK = """

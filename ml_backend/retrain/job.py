@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 from redis import Redis
-from rq import Queue
+from rq import Queue, get_current_job
 from rq.job import Job, JobStatus
 from rq.utils import now as rq_now
 
@@ -39,7 +39,9 @@ def retrain_job(project_id: int) -> dict[str, Any]:
     """rq job: retrain the head of ``project_id`` and re-rank its queue."""
     settings = BackendSettings()
     store = RedisLabelStore(Redis.from_url(settings.redis_url))
-    store.clear_queued(project_id)  # first: a job killed before this leaves the flag to _will_run's age check
+    job = get_current_job()
+    if job is not None:  # first: a job killed before this leaves the flag to _will_run's age check
+        store.release_claim(project_id, job.id)
     torch.set_num_threads(settings.torch_threads)
     gateway = LabelStudioGateway.connect(settings.ls_url, settings.ls_api_key.get_secret_value())
     with frozen_gc():

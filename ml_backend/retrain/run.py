@@ -86,7 +86,6 @@ def run_retrain(
 ) -> RetrainReport:
     """Retrain ``project_id`` and re-rank its queue. The labels it takes from pending go back on failure; a run
     killed mid-way (no ``except`` runs) leaves them for the next, which the worker's reconcile enqueues (catchup.py)."""
-    store.clear_queued(project_id)
     with store.training_lease(project_id, settings.retrain_lease_s, wait_s=settings.job_timeout_s):
         store.start_retrain(project_id)
         try:

@@ -109,7 +109,8 @@ def test_labels_a_killed_retrain_took_are_retrained_without_another_submit(
         label_next_task(new_annotator(), pid)
     assert store.pending(pid) == 6 and queue.count == 1
 
-    with pytest.raises(_Killed):  # the job starts, takes the 6 labels, and dies mid-push
+    assert store.release_claim(pid, store.queued_job(pid))  # the job starts (retrain_job), takes the 6 labels,
+    with pytest.raises(_Killed):  # and dies mid-push
         run_retrain(pid, settings, _KilledMidPush.connect(label_studio.url, label_studio.api_key), store)
     assert store.pending(pid) == 0 and store.unfinished_retrain(pid) == 6
     queue.empty()
@@ -191,3 +192,17 @@ def test_a_queued_flag_whose_job_a_dead_worker_took_does_not_block_retraining(re
 def _age_the_flag(redis_conn, project_id: int, settings: BackendSettings, age_s: float) -> None:
     """Make the queued flag look claimed ``age_s`` ago (its age is read from its TTL), as a real wait would."""
     redis_conn.expire(f"hali:p:{project_id}:queued", int(settings.job_timeout_s - age_s))
+
+
+def test_a_retrain_that_starts_clears_only_its_own_queued_flag(redis_url, redis_conn):
+    """Found by bench/bench_crowd.py on the merged main: a job that waited for the training lease cleared the flag of
+    the job queued meanwhile, so each later webhook queued one more (4 waiting at once)."""
+    store, queue = RedisLabelStore(redis_conn), Queue("hali-own-flag", connection=Redis.from_url(redis_url))
+    settings = BackendSettings(queue_name="hali-own-flag", redis_url=redis_url)
+    first = enqueue_retrain(queue, store, 7, settings)
+    assert store.release_claim(7, first) and store.queued_job(7) is None  # the first job starts
+    second = enqueue_retrain(queue, store, 7, settings)  # labels come while it waits for the lease
+    store.start_retrain(7)  # it gets the lease and takes the labels
+    assert not store.release_claim(7, first) and store.queued_job(7) == second
+    assert enqueue_retrain(queue, store, 7, settings) is None, "the next labels wait for the second job"
+    assert queue.count == 2
