@@ -20,15 +20,15 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from adapters.storage import LocalStorage  # noqa: E402
-from bench.replay.consep import MPP, load_consep_split  # noqa: E402
-from bench.replay.scoring import map_class, match_boxes  # noqa: E402
-from bench.replay.walk import source_of_slides  # noqa: E402
-from ml_backend.model.context import box_centroids  # noqa: E402
-from ml_backend.model.linear import LogisticClassifier  # noqa: E402
-from ml_backend.simulation.dataset import parse_class_map  # noqa: E402
-from ml_backend.suggestions.context import CellFeatures, ContextSpec  # noqa: E402
-from ml_backend.suggestions.embeddings import EmbeddingIndex  # noqa: E402
+from adapters.storage import LocalStorage
+from bench.replay.scoring import map_class, match_boxes
+from bench.replay.walk import source_of_slides
+from ml_backend.model.context import box_centroids
+from ml_backend.model.linear import LogisticClassifier
+from ml_backend.simulation.dataset import parse_class_map
+from ml_backend.suggestions.context import CellFeatures, ContextSpec
+from ml_backend.suggestions.embeddings import EmbeddingIndex
+from preprocess.datasets.consep import MPP, load_consep_split
 
 MAPS = {"4class": None, "tils": "inflammatory=TIL,*=other"}
 VARIANTS = {"plain": None, "context": ContextSpec(smooth_alpha=1.0), "context+smooth 0.3": ContextSpec(smooth_alpha=0.3),

@@ -23,16 +23,16 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from adapters.storage import LocalStorage  # noqa: E402
-from bench.bench_replay import PRESETS  # noqa: E402
-from bench.replay.consep import MPP, load_consep_split  # noqa: E402
-from bench.replay.scoring import map_class, match_boxes  # noqa: E402
-from bench.replay.walk import source_of_slides  # noqa: E402
-from label_config import TileTask  # noqa: E402
-from ml_backend.model.linear import LogisticClassifier  # noqa: E402
-from ml_backend.simulation.dataset import parse_class_map  # noqa: E402
-from ml_backend.suggestions.context import CellFeatures, ContextSpec  # noqa: E402
-from ml_backend.suggestions.embeddings import EmbeddingIndex  # noqa: E402
+from adapters.storage import LocalStorage
+from bench.bench_replay import PRESETS
+from bench.replay.scoring import map_class, match_boxes
+from bench.replay.walk import source_of_slides
+from label_config import TileTask
+from ml_backend.model.linear import LogisticClassifier
+from ml_backend.simulation.dataset import parse_class_map
+from ml_backend.suggestions.context import CellFeatures, ContextSpec
+from ml_backend.suggestions.embeddings import EmbeddingIndex
+from preprocess.datasets.consep import MPP, load_consep_split
 
 VARIANTS = {"plain": None, "smooth only": ContextSpec(features=False), "context": ContextSpec(smooth_alpha=1.0),
             "context+smooth 0.5": ContextSpec()}

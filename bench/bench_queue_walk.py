@@ -33,22 +33,22 @@ from sklearn.metrics import balanced_accuracy_score
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from adapters.storage import LocalStorage  # noqa: E402
-from bench.bench_context_walk import NOT_NUCLEUS, _tiles, _truth  # noqa: E402
-from bench.bench_replay import PRESETS, RAW_CLASSES  # noqa: E402
-from bench.replay.consep import load_consep_split  # noqa: E402
-from bench.replay.scoring import map_classes  # noqa: E402
-from bench.replay.walk import source_of_slides  # noqa: E402
-from ml_backend.model.gold import is_gold  # noqa: E402
-from ml_backend.model.linear import LogisticClassifier  # noqa: E402
-from ml_backend.ordering.exploit import exploit_order, task_confidence  # noqa: E402
-from ml_backend.ordering.ranking import rank_tiles  # noqa: E402
-from ml_backend.ordering.strategies import get_strategy, query  # noqa: E402
-from ml_backend.simulation.dataset import parse_class_map  # noqa: E402
-from ml_backend.simulation.effectiveness import curve_area  # noqa: E402
-from ml_backend.simulation.efficiency import TimeModel  # noqa: E402
-from ml_backend.suggestions.context import CellFeatures, ContextSpec  # noqa: E402
-from ml_backend.suggestions.embeddings import EmbeddingIndex  # noqa: E402
+from adapters.storage import LocalStorage
+from bench.bench_context_walk import NOT_NUCLEUS, _tiles, _truth
+from bench.bench_replay import PRESETS, RAW_CLASSES
+from bench.replay.scoring import map_classes
+from bench.replay.walk import source_of_slides
+from ml_backend.model.gold import is_gold
+from ml_backend.model.linear import LogisticClassifier
+from ml_backend.ordering.exploit import exploit_order, task_confidence
+from ml_backend.ordering.ranking import rank_tiles
+from ml_backend.ordering.strategies import get_strategy, query
+from ml_backend.simulation.dataset import parse_class_map
+from ml_backend.simulation.effectiveness import curve_area
+from ml_backend.simulation.efficiency import TimeModel
+from ml_backend.suggestions.context import CellFeatures, ContextSpec
+from ml_backend.suggestions.embeddings import EmbeddingIndex
+from preprocess.datasets.consep import load_consep_split
 
 
 @dataclass(frozen=True)

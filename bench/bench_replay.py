@@ -32,14 +32,14 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python bench/bench_replay.py` from anywhere
 
-from bench.annotator import make_annotator  # noqa: E402
-from bench.replay.consep import MPP, load_consep_split, write_sources  # noqa: E402
-from bench.replay.scoring import map_class, map_classes, retrain_lags, summarize  # noqa: E402
-from bench.replay.stack import Stack, preprocess, running_stack  # noqa: E402
-from bench.replay.walk import GroundTruth, VersionWatch, not_nucleus_label, pool_truth, source_of_slides, walk  # noqa: E402
-from ml_backend.simulation.dataset import parse_class_map  # noqa: E402
-from ml_backend.simulation.efficiency import TimeModel  # noqa: E402
-from scripts import services  # noqa: E402
+from bench.annotator import make_annotator
+from bench.replay.scoring import map_class, map_classes, retrain_lags, summarize
+from bench.replay.stack import Stack, preprocess, running_stack
+from bench.replay.walk import GroundTruth, VersionWatch, not_nucleus_label, pool_truth, source_of_slides, walk
+from ml_backend.simulation.dataset import parse_class_map
+from ml_backend.simulation.efficiency import TimeModel
+from preprocess.datasets.consep import MPP, load_consep_split, write_sources
+from scripts import services
 
 PRESETS = {"4class": "epithelial=epithelial,inflammatory=inflammatory,spindle=spindle,other=other",
            "tils": "inflammatory=TIL,*=other"}

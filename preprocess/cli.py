@@ -58,13 +58,14 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tile-min-px", type=int, help="smallest side of a task image in pixels; default 256")
     p.add_argument("--mpp", type=float, help="microns per pixel, for slides that do not record it")
     p.add_argument("--tile-mpp", type=float, help="microns per pixel of tile images; default 0.5 (20x)")
-    p.add_argument("--checkpoint", type=Path, help="ResNet-18 backbone weights (a state_dict .pt file)")
+    p.add_argument("--checkpoint", type=Path, help="featurizer weights: cellnet's (with its .json sidecar) or a ResNet-18/encoder state_dict .pt file")
     p.add_argument("--segmenter", choices=("auto", "learned", "classical"),
                    help="nucleus segmenter: auto (default: learned on H&E, classical on IHC), learned or classical")
     p.add_argument("--segmenter-weights", type=Path,
                    help="HoVer-Net checkpoint (original repo or tiatoolbox); overrides --segmenter")
     p.add_argument("--featurizer", choices=FEATURIZERS,
-                   help="cell features: handcrafted (no weights needed), resnet18 (backbone, see --checkpoint) or "
+                   help="cell features: cellnet (default; the packaged CNN, or weights from --checkpoint), "
+                        "handcrafted (no weights needed), resnet18 (backbone, see --checkpoint) or "
                         "encoder (any torchvision/timm backbone: --encoder and --checkpoint)")
     p.add_argument("--encoder", help="with --featurizer encoder: e.g. timm:vit_small_patch16_224 or "
                                      "torchvision:resnet50 (weights from --checkpoint; nothing is downloaded)")

@@ -45,12 +45,13 @@ class PreprocessSettings(SharedSettings):
     )
     patch_um: float = Field(20.0, gt=0, description="side of the square around each nucleus that is embedded")
     mpp: float | None = Field(None, gt=0, description="microns per pixel, for slides without that metadata")
-    checkpoint: Path | None = Field(None, description="ResNet-18 backbone weights (state_dict)")
-    # Handcrafted measurements beat a random-init ResNet-18 on CoNSeP at every N (docs/features.md), so a
-    # fresh install uses them; a checkpoint given without a featurizer picks the ResNet-18 it is for.
-    featurizer: Literal["resnet18", "handcrafted", "encoder"] = Field(
-        "handcrafted", description="how cells are embedded: stain/shape/texture measurements, a ResNet-18, or "
-                                   "any torchvision/timm encoder (HALI_ENCODER) with weights from HALI_CHECKPOINT"
+    checkpoint: Path | None = Field(None, description="weights of the featurizer: cellnet, ResNet-18 or encoder")
+    # The packaged cellnet CNN beats the handcrafted measurements at every N on CoNSeP (docs/features.md), so
+    # a fresh install uses it; a checkpoint given without a featurizer picks the ResNet-18 it is for.
+    featurizer: Literal["cellnet", "handcrafted", "resnet18", "encoder"] = Field(
+        "cellnet", description="how cells are embedded: the packaged CNN (cellnet; HALI_CHECKPOINT may name other "
+                               "weights), stain/shape/texture measurements, a ResNet-18, or any torchvision/timm "
+                               "encoder (HALI_ENCODER) with weights from HALI_CHECKPOINT"
     )
     encoder: str | None = Field(None, description="featurizer 'encoder': timm:<arch> or torchvision:<arch>")
     encoder_input_px: int = Field(224, ge=16, le=1024, description="side the encoder's input patches are resized to")

@@ -28,7 +28,9 @@ from adapters.atomic import write_atomic
 from adapters.errors import SlideError
 from adapters.slide_reader import OpenSlideReader
 from preprocess.errors import PreprocessError, SegmentationError
-from preprocess.features.featurize import Featurizer, cell_patch_px, extract_patches, make_featurizer
+from preprocess.features.cellnet import DEFAULT_WEIGHTS as DEFAULT_CELLNET_WEIGHTS
+from preprocess.features.cellnet import weights_digest
+from preprocess.features.featurize import Featurizer, cell_patch_px, extract_patches, make_featurizer, patch_um_of
 from preprocess.layout import DataLayout
 from preprocess.nuclei.learned import segment_nuclei_learned
 from preprocess.nuclei.segment import Nuclei, segment_nuclei, segment_windows, tissue_windows
@@ -61,6 +63,8 @@ def part_recipe(settings: PreprocessSettings) -> dict:
     return {"featurizer": settings.featurizer, "checkpoint": str(settings.checkpoint or ""),
             **({"encoder": settings.encoder, "encoder_input_px": settings.encoder_input_px}
                if settings.featurizer == "encoder" else {}),
+            **({"cellnet_weights": weights_digest(settings.checkpoint or DEFAULT_CELLNET_WEIGHTS)}
+               if settings.featurizer == "cellnet" else {}),
             "segmenter_weights": str(settings.segmenter_weights or ""), "segmenter": settings.segmenter,
             "patch_um": settings.patch_um,
             "mpp": settings.mpp, "window_px": settings.window_px, "region_windows": settings.region_windows}
@@ -149,8 +153,8 @@ def process_region(
                              segment=segment or pick_segmenter(settings, plan.stain))
     t1 = time.perf_counter()
     featurizer = featurizer or make_featurizer_from(settings)
-    features = embed_cells(reader, featurizer, nuclei.centroids_xy, cell_patch_px(reader.require_mpp(),
-                                                                                    settings.patch_um))
+    patch_px = cell_patch_px(reader.require_mpp(), patch_um_of(featurizer, settings.patch_um))
+    features = embed_cells(reader, featurizer, nuclei.centroids_xy, patch_px)
     _save_part(path, {"centroids_xy": nuclei.centroids_xy, "boxes": nuclei.boxes, "features": features})
     stats = RegionStats(region.region_id, len(nuclei), region.area_px, t1 - t0, time.perf_counter() - t1, False)
     log.info("slide %s: region %s: %d cells (segment %.1f s, embed %.1f s)", plan.slide_id, region.region_id,

@@ -21,6 +21,8 @@ from adapters.slide_reader import OpenSlideReader
 from ml_backend.simulation import SimulationError
 from ml_backend.simulation.dataset import CellDataset
 from preprocess.errors import PreprocessError
+from preprocess.features.cellnet import DEFAULT_WEIGHTS as DEFAULT_CELLNET_WEIGHTS
+from preprocess.features.cellnet import CellNetFeaturizer
 from preprocess.features.featurize import ResNet18Featurizer, extract_patches
 from preprocess.features.handcrafted import HandcraftedFeaturizer
 
@@ -36,6 +38,8 @@ class Featurizer(Protocol):
 FEATURIZERS: dict[str, Callable[[Path | None], Featurizer]] = {
     "resnet18": lambda checkpoint: ResNet18Featurizer(checkpoint),
     "handcrafted": lambda checkpoint: HandcraftedFeaturizer(),  # 20 um patches, as --patch-px 80 at 0.25 mpp
+    # 20 um cut to 40 px, as --patch-px 80 at 0.25 mpp; the packaged weights were trained on CoNSeP's train split
+    "cellnet": lambda checkpoint: CellNetFeaturizer(checkpoint or DEFAULT_CELLNET_WEIGHTS),
 }
 
 

@@ -19,7 +19,7 @@ from adapters.errors import AdapterError
 from adapters.slide_reader import OpenSlideReader
 from adapters.storage import Storage
 from preprocess.errors import PreprocessError
-from preprocess.features.featurize import cell_patch_px, extract_patches, make_featurizer
+from preprocess.features.featurize import cell_patch_px, extract_patches, make_featurizer, patch_um_of
 from preprocess.layout import read_slide_meta
 
 log = logging.getLogger(__name__)
@@ -44,7 +44,7 @@ class DrawnCellEmbedder:
                                          patch_um=patch_um, encoder=recipe.get("encoder"),
                                          encoder_input_px=int(recipe.get("encoder_input_px", 224)))
             with OpenSlideReader(Path(meta["slide_path"]), mpp=meta.get("mpp")) as reader:
-                patches = extract_patches(reader, centroids, cell_patch_px(reader.mpp, patch_um),
+                patches = extract_patches(reader, centroids, cell_patch_px(reader.mpp, patch_um_of(featurizer, patch_um)),
                                           featurizer.patch_out_px)
             return featurizer.embed(patches).astype(np.float32)
         except (PreprocessError, AdapterError) as exc:

@@ -1,1 +1,1 @@
-"""Cells -> features: handcrafted measurements or a ResNet-18 backbone, and training that backbone (``hali pretrain``)."""
+"""Cells -> features: the packaged cellnet CNN, handcrafted measurements or a ResNet-18 backbone, and training that backbone (``hali pretrain``)."""

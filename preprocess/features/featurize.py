@@ -20,6 +20,8 @@ from torch import nn
 from torchvision.models import resnet18
 
 from preprocess.errors import FeaturizerError
+from preprocess.features.cellnet import DEFAULT_WEIGHTS as DEFAULT_CELLNET_WEIGHTS
+from preprocess.features.cellnet import CellNetFeaturizer
 from preprocess.features.encoder import EncoderFeaturizer, embed_in_batches
 from preprocess.features.handcrafted import HandcraftedFeaturizer
 from preprocess.features.weights_file import load_weights_file, sidecar_normalisation
@@ -185,8 +187,14 @@ def _check_keys(path: Path, state: Mapping[str, object], expected: Mapping[str, 
         )
 
 
-FEATURIZERS = ("resnet18", "handcrafted", "encoder")
-Featurizer = ResNet18Featurizer | HandcraftedFeaturizer | EncoderFeaturizer
+FEATURIZERS = ("cellnet", "handcrafted", "resnet18", "encoder")
+Featurizer = CellNetFeaturizer | ResNet18Featurizer | HandcraftedFeaturizer | EncoderFeaturizer
+
+
+def patch_um_of(featurizer: object, default: float) -> float:
+    """Side in micrometres of the patch ``featurizer`` reads: its own (``cellnet``'s weights fix it, the
+    handcrafted measurements are told it), else ``default`` (the ``patch_um`` setting)."""
+    return float(getattr(featurizer, "patch_um", default))
 
 
 def make_featurizer(
@@ -196,10 +204,13 @@ def make_featurizer(
     """The featurizer registered as ``name`` (one of :data:`FEATURIZERS`); each has ``embed``, ``dim``, ``name``
     and ``patch_out_px`` (the side patches are cut to).
 
-    ``checkpoint`` and ``device`` go to the ResNet-18 or the encoder; ``patch_um`` to the handcrafted
+    ``checkpoint`` is the weights of ``cellnet`` (default: the packaged CoNSeP ones), the ResNet-18 or the
+    encoder; ``device`` goes to the ResNet-18 or the encoder; ``patch_um`` to the handcrafted
     measurements, which need no weights and give a fresh install useful features; ``encoder`` (e.g.
     ``timm:vit_small_patch16_224``) and ``encoder_input_px`` name the pluggable encoder.
     """
+    if name == "cellnet":
+        return CellNetFeaturizer(Path(checkpoint) if checkpoint else DEFAULT_CELLNET_WEIGHTS)
     if name == "resnet18":
         return ResNet18Featurizer(checkpoint, device=device)
     if name == "handcrafted":

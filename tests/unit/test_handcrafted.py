@@ -86,16 +86,16 @@ def test_bad_input_is_refused(featurizer) -> None:
 def test_registry_builds_each_featurizer_by_name() -> None:
     assert isinstance(make_featurizer("handcrafted", patch_um=10.0), HandcraftedFeaturizer)
     assert isinstance(make_featurizer("resnet18"), ResNet18Featurizer)
-    with pytest.raises(FeaturizerError, match="resnet18, handcrafted"):
+    with pytest.raises(FeaturizerError, match="cellnet, handcrafted, resnet18, encoder"):
         make_featurizer("vit")
 
 
-def test_default_featurizer_is_handcrafted_unless_a_checkpoint_is_given(monkeypatch) -> None:
+def test_default_featurizer_is_cellnet_unless_a_checkpoint_is_given(monkeypatch) -> None:
     from preprocess.settings import PreprocessSettings
 
     monkeypatch.delenv("HALI_FEATURIZER", raising=False)
     monkeypatch.delenv("HALI_CHECKPOINT", raising=False)
-    assert PreprocessSettings().featurizer == "handcrafted"
+    assert PreprocessSettings().featurizer == "cellnet"
     assert PreprocessSettings(checkpoint="backbone.pt").featurizer == "resnet18"
     assert PreprocessSettings(checkpoint="backbone.pt", featurizer="handcrafted").featurizer == "handcrafted"
     monkeypatch.setenv("HALI_CHECKPOINT", "backbone.pt")

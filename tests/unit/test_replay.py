@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bench.replay.consep import StitchError, crop_origins, load_consep_split, stitch_image, stitch_nuclei
 from bench.replay.scoring import (
     NOT_NUCLEUS,
     TaskRecord,
@@ -21,6 +20,7 @@ from bench.replay.scoring import (
     summarize,
 )
 from ml_backend.simulation.efficiency import TimeModel
+from preprocess.datasets.consep import StitchError, crop_origins, load_consep_split, stitch_image, stitch_nuclei
 
 CONSEP = Path(__file__).resolve().parents[2].parent / "shared/data/consep_patches"
 
@@ -104,7 +104,7 @@ def test_answer_task_prices_as_hali_simulate():
 
 
 def test_summarize_and_lags():
-    rec = lambda wrong, cost, base, **kw: TaskRecord(  # noqa: E731
+    rec = lambda wrong, cost, base, **kw: TaskRecord(
         1, 1, "s", None, False, 10, 8, 0, 0, 10 if wrong is not None else 0, 10 - (wrong or 10), wrong, cost, base,
         {"a": 8, NOT_NUCLEUS: 2})
     records = [rec(None, 13, 13), rec(2, 6, 13)]

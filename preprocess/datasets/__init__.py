@@ -1,0 +1,1 @@
+"""Public labelled datasets read for training and benchmarks (CoNSeP)."""
