@@ -35,7 +35,7 @@ from ml_backend.suggestions.embeddings import EmbeddingIndex
 from preprocess.datasets.consep import MPP, load_consep_split
 
 VARIANTS = {"plain": None, "smooth only": ContextSpec(features=False), "context": ContextSpec(smooth_alpha=1.0),
-            "context+smooth 0.5": ContextSpec()}
+            "context+smooth 0.5": ContextSpec(smooth_alpha=0.5)}
 NOT_NUCLEUS = "not a nucleus"
 
 

@@ -171,9 +171,10 @@ def test_settings_turn_context_off_and_the_spec_round_trips_through_the_sidecar(
 
 def test_smoothing_only_keeps_the_tables_features_and_smooths_what_is_shown(tmp_path):
     table = _grid_table(np.random.default_rng(7))
-    features = _features(tmp_path, table, ContextSpec(features=False))
+    spec = ContextSpec(features=False)
+    features = _features(tmp_path, table, spec)
     head = LogisticClassifier(2).fit(table.features, (table.boxes[:, 0] >= 240).astype(int))
     rows = np.arange(len(table))
     np.testing.assert_array_equal(features.features(SLIDE, rows), table.features)
-    expected = smooth_proba(head.suggest_proba(table.features), features.graph(SLIDE).neighbours, 0.5)
+    expected = smooth_proba(head.suggest_proba(table.features), features.graph(SLIDE).neighbours, spec.smooth_alpha)
     np.testing.assert_allclose(features.proba(head, SLIDE, rows[:7], True), expected[:7], rtol=1e-5)
