@@ -58,7 +58,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tile-min-px", type=int, help="smallest side of a task image in pixels; default 256")
     p.add_argument("--mpp", type=float, help="microns per pixel, for slides that do not record it")
     p.add_argument("--tile-mpp", type=float, help="microns per pixel of tile images; default 0.5 (20x)")
-    p.add_argument("--checkpoint", type=Path, help="featurizer weights: cellnet's (with its .json sidecar) or a ResNet-18/encoder state_dict .pt file")
+    p.add_argument("--checkpoint", type=Path, help="featurizer weights: cellnet's (with its .json sidecar) or a ResNet-18/encoder "
+                        "state_dict .pt file")
     p.add_argument("--segmenter", choices=("auto", "learned", "classical"),
                    help="nucleus segmenter: auto (default: learned on H&E, classical on IHC), learned or classical")
     p.add_argument("--segmenter-weights", type=Path,

@@ -44,8 +44,8 @@ class DrawnCellEmbedder:
                                          patch_um=patch_um, encoder=recipe.get("encoder"),
                                          encoder_input_px=int(recipe.get("encoder_input_px", 224)))
             with OpenSlideReader(Path(meta["slide_path"]), mpp=meta.get("mpp")) as reader:
-                patches = extract_patches(reader, centroids, cell_patch_px(reader.mpp, patch_um_of(featurizer, patch_um)),
-                                          featurizer.patch_out_px)
+                patch_px = cell_patch_px(reader.mpp, patch_um_of(featurizer, patch_um))
+                patches = extract_patches(reader, centroids, patch_px, featurizer.patch_out_px)
             return featurizer.embed(patches).astype(np.float32)
         except (PreprocessError, AdapterError) as exc:
             log.warning("slide %s: hand-drawn cells skipped: %s", slide_id, exc)
