@@ -80,7 +80,6 @@ ARMS = {
     "spread + exploit 1.0 top 5": Arm(exploit=1.0, exploit_top=5),
     "spread + exploit 1.0 top 40": Arm(exploit=1.0, exploit_top=40),
     "spread + exploit 1.0, smooth 0.3": Arm(exploit=1.0, alpha=0.3),
-    # the product's default since the fourth session (HALI_SMOOTH_ALPHA 0.7 with cellnet features)
     "spread + exploit 1.0, smooth 0.7": Arm(exploit=1.0, alpha=0.7),
     "spread + exploit 1.0, smooth 0.8": Arm(exploit=1.0, alpha=0.8),
     "spread + exploit 1.0, smooth 0.9": Arm(exploit=1.0, alpha=0.9),

@@ -98,10 +98,10 @@ class BackendSettings(SharedSettings):
     )
     context_neighbours: int = Field(8, ge=1, le=64, description="spatial neighbours per cell (context and smoothing)")
     context_radius_um: float = Field(25.0, gt=0, description="radius of the local density count, micrometres")
-    # 0.7 with the cellnet features (0.5 was tuned on handcrafted ones): +2.5 points kept on 4 classes and +1.1
-    # on TILs in offline walks over the replay's tasks (docs/replay.md, "cellnet features").
+    # With cellnet features 0.7 kept more in offline walks over the replay's tasks but fewer end to end (one
+    # replay per class map); 0.5 stays until more replays settle it (docs/replay.md, "cellnet features").
     smooth_alpha: float = Field(
-        0.7, ge=0.0, le=1.0, description="each cell's shown (and ranked) probabilities are this share its own and "
+        0.5, ge=0.0, le=1.0, description="each cell's shown (and ranked) probabilities are this share its own and "
         "the rest the mean of its spatial neighbours'; 1 turns smoothing off"
     )
     rank_pool_cells: int = Field(

@@ -65,7 +65,7 @@ class ContextSpec:
 
     neighbours: int = 8
     radius_um: float = 25.0
-    smooth_alpha: float = 0.7
+    smooth_alpha: float = 0.5
     features: bool = True
 
     def to_meta(self) -> dict[str, Any]:
