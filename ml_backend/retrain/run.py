@@ -17,7 +17,7 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from functools import partial
 from typing import Any
@@ -187,7 +187,7 @@ def _fit_head(cells: Cells, n_classes: int, settings: BackendSettings, mc: bool)
     return head.fit(cells.features[labelled], cells.y[labelled])
 
 
-def _gold_metrics(tiles: dict[int, TileTask], labels: dict[str, str], targets: list[str], head: Learner,
+def _gold_metrics(tiles: Mapping[int, TileTask], labels: dict[str, str], targets: list[str], head: Learner,
                   settings: BackendSettings, features: CellFeatures) -> dict[str, Any]:
     """``{"gold": {n, accuracy, balanced_accuracy}}`` of ``head``'s suggestions, as shown (context and
     smoothing included), on the held-out gold cells."""
@@ -248,7 +248,7 @@ def _exploit(order: list[int], cells: Cells, shown: np.ndarray, open_ids: list[i
 
 
 def _predictions(
-    order: list[int], tiles: dict[int, TileTask], cells: Cells, proba: np.ndarray, targets: list[str], name: str
+    order: list[int], tiles: Mapping[int, TileTask], cells: Cells, proba: np.ndarray, targets: list[str], name: str
 ) -> list[dict[str, Any]]:
     """One prediction per open task in ``order``; an open task's cells are contiguous rows of ``cells``."""
     first = first_rows(cells)

@@ -48,7 +48,7 @@ from ml_backend.model.context import (
 from ml_backend.model.learners import Learner
 from ml_backend.suggestions.embeddings import EmbeddingIndex
 from preprocess.errors import PreprocessError
-from preprocess.layout import read_slide_meta
+from preprocess.layout import read_slide_meta, skip_tile
 from preprocess.tiles.cells import CellTable
 
 log = logging.getLogger(__name__)
@@ -205,7 +205,7 @@ class CellFeatures:
         """The slide's level-0 um/px: from its tasks, else its ``tasks.json``, else :data:`FALLBACK_MPP`."""
         if slide_id not in self._mpp:
             try:
-                mpp = read_slide_meta(self._storage, slide_id).get("mpp")
+                mpp = read_slide_meta(self._storage, slide_id, skip_tile).get("mpp")
             except (PreprocessError, AdapterError):
                 mpp = None
             if not mpp:

@@ -92,9 +92,8 @@ class CellTable:
 
     @classmethod
     def load(cls, path: str | Path) -> CellTable:
-        """Read a table written by :meth:`save`."""
-        with open(path, "rb") as fh:
-            return cls.from_bytes(fh.read(), str(path))
+        """Read a table written by :meth:`save`, each array straight from the file (no copy of the whole file)."""
+        return cls._from_npz(path, str(path))
 
     def to_bytes(self) -> bytes:
         """The table as ``.npz`` bytes (no pickle), for object storage."""
@@ -105,7 +104,11 @@ class CellTable:
     @classmethod
     def from_bytes(cls, data: bytes, source: str = "cell table") -> CellTable:
         """Parse :meth:`to_bytes` output; ``source`` names where it came from in error messages."""
-        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+        return cls._from_npz(io.BytesIO(data), source)
+
+    @classmethod
+    def _from_npz(cls, file: str | Path | io.BytesIO, source: str) -> CellTable:
+        with np.load(file, allow_pickle=False) as npz:
             missing = [name for name in _FIELDS if name not in npz.files]
             if missing:
                 raise ValueError(f"{source} is not a cell table: fields {missing} are missing; re-run `hali preprocess`")

@@ -238,9 +238,9 @@ def test_the_slide_file_is_read_from_tasks_json_once_per_version(tmp_path, monke
     settings = BackendSettings(data_dir=tmp_path, ls_files_root=tmp_path / "files")
     storage, real_read, reads = LocalStorage(tmp_path), publish.read_slide_meta, []
 
-    def counting_read(tables, slide_id):
+    def counting_read(tables, slide_id, tile_hook=None):
         reads.append(slide_id)
-        return real_read(tables, slide_id)
+        return real_read(tables, slide_id, tile_hook)
 
     monkeypatch.setattr(publish, "read_slide_meta", counting_read)
     write_slide_meta(storage, "s9", {"slide_path": "/slides/s9.svs", "mpp": 0.25, "tiles": []})
