@@ -112,7 +112,7 @@ def _child(job: dict) -> None:
             strategy = get_strategy(settings.strategy)
             head = run._fit_head(cells, len(targets), settings, False)
             step(f"round {round_}: fit")
-            proba, shown = (run._cells_proba(cells, head, features, s) for s in (False, True))
+            proba, shown = run._cells_proba(cells, head, features)
             excluded = not_nucleus_mask(shown, targets) & (cells.y < 0)
             order = run._rank_open_tasks(cells, head, proba, pool, settings, strategy, excluded, cells.slides)
             order = run._exploit(order, cells, shown, open_ids, settings, n_served=len(labelled))
