@@ -14,11 +14,13 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from adapters.errors import AdapterError
 from adapters.label_studio import LabelStudioGateway
 from adapters.slide_reader import OpenSlideReader
 from label_config import LabelSet, TileTask
-from ml_backend.dashboard.coverage import MAX_SIDE_PX, coverage_png
+from ml_backend.dashboard.coverage import MAX_SIDE_PX, draw_coverage, task_spans
 from ml_backend.dashboard.metrics import AnnotationFact, facts_from_records
 from ml_backend.dashboard.snapshot import build_snapshot, status_line, with_status_line
 from ml_backend.dashboard.store import DashboardFiles
@@ -95,9 +97,9 @@ def _coverage(files: DashboardFiles, settings: BackendSettings, tiles: Mapping[i
         if path.exists() and (old.get("tasks_done"), old.get("cells_labelled")) == now[slide_id]:
             continue
         thumb = _thumbnail(files, settings, slide_id)
-        items = [(task_id, tiles[task_id]) for task_id in task_ids]
-        done = {tile.tile_id for task_id, tile in items if task_id in done_tasks}
-        png = coverage_png([t for _, t in items], done, labels, colours, *(thumb or (None, None)))
+        is_done = np.array([t in done_tasks for t in task_ids], dtype=bool)
+        png = draw_coverage(task_spans(tiles, task_ids), is_done, (tiles[t] for t in task_ids if t in done_tasks),
+                            labels, colours, *(thumb or (None, None)))
         files.write_png(path, png)
     return drawn
 

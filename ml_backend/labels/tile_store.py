@@ -110,6 +110,32 @@ class TileStore(Mapping[int, TileTask]):
         """The slide id of every task, in the store's order."""
         return [h.slide_id for h in self._heads.values()]
 
+    def cell_spans(self, task_ids: Iterable[int]) -> np.ndarray:
+        """Level-0 (x0, y0, x1, y1) (T, 4) float64 around each task's cells; the task's window when it has none."""
+        at = np.fromiter((self._position[t] for t in task_ids), np.int64)
+        heads = list(self._heads.values())
+        spans = np.array([(h.x0, h.y0, h.x0 + h.width * h.downsample, h.y0 + h.height * h.downsample)
+                          for h in (heads[i] for i in at.tolist())], np.float64).reshape(-1, 4)
+        sizes = np.diff(self._starts)[at]
+        own = at[sizes > 0]
+        if len(own):
+            every = self._cell_spans()
+            spans[sizes > 0] = every[own]
+        return spans
+
+    def _cell_spans(self) -> np.ndarray:
+        """(T, 4) spans of every task's cells in store order (rows of tasks with no cell are meaningless)."""
+        b = self._boxes.astype(np.int64)
+        nonempty = np.flatnonzero(np.diff(self._starts) > 0)
+        out = np.zeros((len(self._heads), 4), np.float64)
+        if len(nonempty):
+            first = self._starts[nonempty]
+            out[nonempty, 0] = np.minimum.reduceat(b[:, 0], first)
+            out[nonempty, 1] = np.minimum.reduceat(b[:, 1], first)
+            out[nonempty, 2] = np.maximum.reduceat(b[:, 0] + b[:, 2], first)
+            out[nonempty, 3] = np.maximum.reduceat(b[:, 1] + b[:, 3], first)
+        return out
+
     def cell_counts(self, task_ids: Iterable[int]) -> np.ndarray:
         """int64: how many cells each of ``task_ids`` holds."""
         at = np.fromiter((self._position[t] for t in task_ids), np.int64)

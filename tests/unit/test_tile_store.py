@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from adapters.storage import LocalStorage
 from label_config import CellBox, TileTask
+from ml_backend.dashboard.coverage import task_spans
 from ml_backend.labels.tile_store import PackedTile, TileStore, cell_counts, slide_ids, without
 from preprocess.layout import read_slide_meta, skip_tile, write_slide_meta
 
@@ -66,3 +68,11 @@ def test_tiles_packed_as_their_task_data_is_parsed_make_the_same_store(tmp_path)
     assert meta["mpp"] == 0.5 and all(isinstance(p, PackedTile) for p in meta["tiles"])
     assert TileStore.from_tiles(zip(tiles, meta["tiles"])) == tiles
     assert read_slide_meta(storage, "s", skip_tile) == {"slide_id": "s", "mpp": 0.5, "tiles": [None] * 3}
+
+
+def test_the_spans_of_a_stores_tasks_are_those_of_their_tiles():
+    tiles = _tiles([3, 0, 1, 5])
+    store = TileStore.from_tiles(tiles.items())
+    ids = [97, 100, 98, 99, 100]
+    np.testing.assert_array_equal(task_spans(store, ids), task_spans(tiles, ids))
+    assert task_spans(store, [99])[0].tolist() == [100.0, 7.0, 100 + 64 * 2.0, 7 + 48 * 2.0]  # no cell: its window
