@@ -24,7 +24,7 @@ Per size the table gives:
 - the whole retrain with its pruning and its dashboard snapshot (both after the switch), its phases' medians,
   and the phases of the slowest round;
 - the **prediction rows** in Label Studio after the rounds, against the target of tasks + K;
-- the worker's **peak RSS** (``ru_maxrss``).
+- the worker's **peak RSS** (``VmHWM``); ``--out`` also has it after the start-up reconcile and after each round.
 
 No ML backend is connected (static mode, as a project without ``--backend-url``): the backend's renaming to
 the live version, which makes Label Studio call the backend's /health and /setup, is not timed here.
@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import secrets
 import statistics
 import subprocess
@@ -194,7 +193,8 @@ def _worker(job: dict[str, Any]) -> dict[str, Any]:
     live, total, phases = [], [], {}
     label_set = parse_label_set(gateway.get_project(project_id).label_config)
     start_s, _ = benchutil.timed(lambda: reconcile_full(project_id, gateway, store, label_set))  # the worker's start
-    top = _first_open_task(gateway, project_id)
+    start_peak_mb = _peak_rss_mb()
+    top, peaks = _first_open_task(gateway, project_id), []
     for _ in range(job["retrains"]):
         start = time.perf_counter()
         _submit_labels(gateway, top, rng)
@@ -209,8 +209,17 @@ def _worker(job: dict[str, Any]) -> dict[str, Any]:
         for phase, seconds in laps.items():
             phases.setdefault(phase, []).append(seconds)
         top = report.next_task_ids[0]
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"start_s": start_s, "live_s": live, "total_s": total, "phases": phases, "peak_rss_mb": peak_mb}
+        peaks.append(_peak_rss_mb())
+    peak_mb = _peak_rss_mb()
+    return {"start_s": start_s, "live_s": live, "total_s": total, "phases": phases, "peak_rss_mb": peak_mb,
+            "peak_rss_mb_after_start": start_peak_mb, "peak_rss_mb_after_round": peaks}
+
+
+def _peak_rss_mb() -> float:
+    """This process's peak RSS (``VmHWM``). Not ``ru_maxrss``: Linux keeps it across exec, so a child started
+    by a bench process holding a 1M-cell synthetic slide reported the bench's 2.1 GB as its own."""
+    status = Path("/proc/self/status").read_text()
+    return float(status.split("VmHWM:")[1].split()[0]) / 1024
 
 
 def _first_open_task(gateway: LabelStudioGateway, project_id: int) -> int:

@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from adapters.errors import StorageError
-from adapters.storage import LOCAL_FILES_URL, Storage
+from adapters.storage import LOCAL_FILES_URL, LocalStorage, Storage
 from label_config import TileTask
 from preprocess.tiles.cells import CellTable
 
@@ -54,6 +55,8 @@ def read_cell_table(storage: Storage, slide_id: str) -> CellTable:
     """The slide's cell table; StorageError when it is missing or not a cell table."""
     key = cells_key(slide_id)
     try:
+        if isinstance(storage, LocalStorage) and storage.path(key).is_file():  # read from the file: at 1M cells a
+            return CellTable.load(storage.path(key))  # copy of the whole file in memory would be 400 MB more
         return CellTable.from_bytes(storage.get_bytes(key), storage.location(key))
     except ValueError as exc:  # also numpy's "not a zip file" for a truncated or foreign file
         raise StorageError(f"{storage.location(key)} is not a readable cell table ({exc}); re-run `hali preprocess`") \
@@ -64,13 +67,25 @@ def write_slide_meta(storage: Storage, slide_id: str, meta: dict[str, Any]) -> N
     storage.put_bytes(tasks_key(slide_id), json.dumps(meta).encode(), "application/json")
 
 
-def read_slide_meta(storage: Storage, slide_id: str) -> dict[str, Any]:
-    """The slide's ``tasks.json``: slide path, mpp, recipe, featurizer and every tile's task data."""
+def read_slide_meta(storage: Storage, slide_id: str,
+                    tile_hook: Callable[[dict[str, Any]], Any] | None = None) -> dict[str, Any]:
+    """The slide's ``tasks.json``: slide path, mpp, recipe, featurizer and every tile's task data.
+
+    ``tile_hook``, when given, takes each tile's task data as soon as it is parsed, and what it answers takes
+    the tile's place in ``meta["tiles"]``: at 1M cells the tiles as JSON objects take about 1 GB, so a reader
+    that wants a compact form of them (or none: :func:`skip_tile`) holds one tile's objects at a time.
+    """
     key = tasks_key(slide_id)
+    hook = None if tile_hook is None else (lambda obj: tile_hook(obj) if "tile_id" in obj and "cells" in obj else obj)
     try:
-        return json.loads(storage.get_bytes(key))
+        return json.loads(storage.get_bytes(key), object_hook=hook)
     except ValueError as exc:
         raise StorageError(f"{storage.location(key)} is not valid JSON ({exc}); re-run `hali preprocess`") from exc
+
+
+def skip_tile(data: dict[str, Any]) -> None:
+    """A :func:`read_slide_meta` ``tile_hook`` for a reader of the slide's own fields only."""
+    return None
 
 
 def task_map_key(project_id: int, slide_id: str) -> str:

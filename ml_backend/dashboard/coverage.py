@@ -8,12 +8,13 @@ colour ("Not a nucleus" black, as in Label Studio).
 from __future__ import annotations
 
 import io
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 from PIL import Image
 
 from label_config import TileTask
+from ml_backend.labels.tile_store import TileStore
 
 MAX_SIDE_PX = 1024
 _OPEN_RGB = np.array([150, 150, 150], np.uint8)
@@ -28,21 +29,39 @@ def coverage_png(tiles: Iterable[TileTask], done: set[str], labels: Mapping[str,
     ``thumbnail``: uint8 (rows, cols, 3) RGB at ``downsample`` level-0 px per pixel, or None (white canvas
     covering the tasks, at most :data:`MAX_SIDE_PX` a side)."""
     tiles = list(tiles)
-    spans = np.array([_span(t) for t in tiles], dtype=np.float64).reshape(-1, 4)  # level-0 (x0, y0, x1, y1)
+    spans = np.array([_span(t) for t in tiles], dtype=np.float64).reshape(-1, 4)
+    is_done = np.array([t.tile_id in done for t in tiles], dtype=bool)
+    return draw_coverage(spans, is_done, tiles, labels, colours, thumbnail, downsample)
+
+
+def draw_coverage(spans: np.ndarray, is_done: np.ndarray, dot_tiles: Iterable[TileTask], labels: Mapping[str, str],
+                  colours: Mapping[str, tuple[int, int, int]], thumbnail: np.ndarray | None = None,
+                  downsample: float | None = None) -> bytes:
+    """:func:`coverage_png` from each task's level-0 span (T, 4) (x0, y0, x1, y1) (:func:`task_spans`) and
+    whether it is done (T,) bool; dots for the labelled cells of ``dot_tiles`` (the done tasks suffice: only
+    an annotation labels a cell), so a 50,000-task slide is drawn without building every task's tile."""
+    spans = np.asarray(spans, dtype=np.float64).reshape(-1, 4)
     if thumbnail is None or downsample is None:
         thumbnail, downsample = _canvas(spans)
     image = np.array(thumbnail, dtype=np.uint8, copy=True)
     boxes = np.floor(spans / downsample).astype(np.int64)
-    is_done = np.array([t.tile_id in done for t in tiles], dtype=bool)
-    for (x0, y0, x1, y1), annotated in zip(boxes.tolist(), is_done.tolist()):
+    for (x0, y0, x1, y1), annotated in zip(boxes.tolist(), np.asarray(is_done, bool).tolist()):
         if annotated:
             _tint(image, x0, y0, x1, y1)
         else:
             _outline(image, x0, y0, x1, y1)
-    _dots(image, tiles, labels, colours, downsample)
+    _dots(image, dot_tiles, labels, colours, downsample)
     buffer = io.BytesIO()
     Image.fromarray(image).save(buffer, format="PNG", optimize=True)
     return buffer.getvalue()
+
+
+def task_spans(tiles: Mapping[int, TileTask], task_ids: Sequence[int]) -> np.ndarray:
+    """Level-0 (x0, y0, x1, y1) (T, 4) float64 around each task's own cells (its window when it has none);
+    from a :class:`TileStore`'s arrays without building its tiles."""
+    if isinstance(tiles, TileStore):
+        return tiles.cell_spans(task_ids)
+    return np.array([_span(tiles[t]) for t in task_ids], dtype=np.float64).reshape(-1, 4)
 
 
 def _span(tile: TileTask) -> tuple[float, float, float, float]:
@@ -80,7 +99,7 @@ def _outline(image: np.ndarray, x0: int, y0: int, x1: int, y1: int) -> None:
     image[y0 : y1 + 1, x1] = _OPEN_RGB
 
 
-def _dots(image: np.ndarray, tiles: list[TileTask], labels: Mapping[str, str],
+def _dots(image: np.ndarray, tiles: Iterable[TileTask], labels: Mapping[str, str],
           colours: Mapping[str, tuple[int, int, int]], downsample: float) -> None:
     """A 3 x 3 px dot at each labelled cell's centre, in its class colour."""
     xy, rgb = [], []

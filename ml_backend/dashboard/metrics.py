@@ -25,6 +25,7 @@ from typing import Any
 from sklearn.metrics import cohen_kappa_score
 
 from label_config import NOT_NUCLEUS_LABEL, TileTask
+from ml_backend.labels.tile_store import cell_counts, slide_ids
 
 
 @dataclass(frozen=True)
@@ -183,15 +184,16 @@ def progress(tiles: Mapping[int, TileTask], done_task_ids: Iterable[int], labels
     slides; ``labels`` is the merged cell id -> target of the project."""
     done = set(done_task_ids)
     slides: dict[str, dict[str, Any]] = {}
-    for task_id, tile in tiles.items():
-        row = slides.setdefault(tile.slide_id, {"tasks": 0, "tasks_done": 0, "cells": 0, "cells_labelled": 0,
-                                                "per_class": dict.fromkeys(targets, 0)})
+    # slide and cell count of every task without building its tile: a worker's tiles are a TileStore
+    for task_id, slide_id, n_cells in zip(tiles, slide_ids(tiles), cell_counts(tiles, tiles).tolist()):
+        row = slides.setdefault(slide_id, {"tasks": 0, "tasks_done": 0, "cells": 0, "cells_labelled": 0,
+                                           "per_class": dict.fromkeys(targets, 0)})
         row["tasks"] += 1
-        row["cells"] += len(tile.cells)
+        row["cells"] += n_cells
         if task_id not in done:
             continue
         row["tasks_done"] += 1
-        for cell in tile.cells:
+        for cell in tiles[task_id].cells:
             label = labels.get(cell.cell_id)
             if label in row["per_class"]:
                 row["cells_labelled"] += 1

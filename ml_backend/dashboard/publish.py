@@ -14,19 +14,22 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from adapters.errors import AdapterError
 from adapters.label_studio import LabelStudioGateway
 from adapters.slide_reader import OpenSlideReader
 from label_config import LabelSet, TileTask
-from ml_backend.dashboard.coverage import MAX_SIDE_PX, coverage_png
+from ml_backend.dashboard.coverage import MAX_SIDE_PX, draw_coverage, task_spans
 from ml_backend.dashboard.metrics import AnnotationFact, facts_from_records
 from ml_backend.dashboard.snapshot import build_snapshot, status_line, with_status_line
 from ml_backend.dashboard.store import DashboardFiles
 from ml_backend.export.formats import label_colours
 from ml_backend.labels.records import AnnotationRecord
+from ml_backend.labels.tile_store import slide_ids
 from ml_backend.settings import BackendSettings
 from ml_backend.suggestions.embeddings import tables_storage
-from preprocess.layout import read_slide_meta, tasks_key
+from preprocess.layout import read_slide_meta, skip_tile, tasks_key
 
 log = logging.getLogger(__name__)
 _SLIDE_FILES: dict[str, tuple[str | None, str | None, float | None]] = {}  # tasks.json -> (version, slide, mpp)
@@ -79,13 +82,13 @@ def _coverage(files: DashboardFiles, settings: BackendSettings, tiles: Mapping[i
               previous: Mapping[str, Any]) -> list[str]:
     """Redraw the coverage map of each slide whose tasks or labels changed since the last snapshot."""
     done_tasks = {f.task_id for f in facts}
-    by_slide: dict[str, list[tuple[int, TileTask]]] = {}
-    for task_id, tile in tiles.items():
-        by_slide.setdefault(tile.slide_id, []).append((task_id, tile))
+    by_slide: dict[str, list[int]] = {}  # task ids per slide; a tile is built only to be drawn
+    for task_id, slide_id in zip(tiles, slide_ids(tiles)):
+        by_slide.setdefault(slide_id, []).append(task_id)
     before = (previous.get("progress") or {}).get("slides") or {}
-    now = _slide_counts(by_slide, done_tasks, labels)
+    now = _slide_counts(by_slide, tiles, done_tasks, labels)
     drawn = []
-    for slide_id, items in sorted(by_slide.items()):
+    for slide_id, task_ids in sorted(by_slide.items()):
         path = files.coverage_path(slide_id)
         if path is None:
             continue
@@ -94,16 +97,19 @@ def _coverage(files: DashboardFiles, settings: BackendSettings, tiles: Mapping[i
         if path.exists() and (old.get("tasks_done"), old.get("cells_labelled")) == now[slide_id]:
             continue
         thumb = _thumbnail(files, settings, slide_id)
-        done = {tile.tile_id for task_id, tile in items if task_id in done_tasks}
-        png = coverage_png([t for _, t in items], done, labels, colours, *(thumb or (None, None)))
+        is_done = np.array([t in done_tasks for t in task_ids], dtype=bool)
+        png = draw_coverage(task_spans(tiles, task_ids), is_done, (tiles[t] for t in task_ids if t in done_tasks),
+                            labels, colours, *(thumb or (None, None)))
         files.write_png(path, png)
     return drawn
 
 
-def _slide_counts(by_slide, done_tasks, labels) -> dict[str, tuple[int, int]]:
-    return {slide: (sum(1 for task_id, _ in items if task_id in done_tasks),
-                    sum(1 for task_id, t in items if task_id in done_tasks for c in t.cells if c.cell_id in labels))
-            for slide, items in by_slide.items()}
+def _slide_counts(by_slide: Mapping[str, list[int]], tiles: Mapping[int, TileTask], done_tasks: set[int],
+                  labels: Mapping[str, str]) -> dict[str, tuple[int, int]]:
+    """Slide -> (tasks done, cells labelled in them)."""
+    return {slide: (sum(1 for t in task_ids if t in done_tasks),
+                    sum(1 for t in task_ids if t in done_tasks for c in tiles[t].cells if c.cell_id in labels))
+            for slide, task_ids in by_slide.items()}
 
 
 def _thumbnail(files: DashboardFiles, settings: BackendSettings, slide_id: str):
@@ -130,7 +136,7 @@ def _slide_file(settings: BackendSettings, slide_id: str) -> tuple[str, float | 
     key = tables.location(tasks_key(slide_id))
     version = tables.version(tasks_key(slide_id))
     if key not in _SLIDE_FILES or _SLIDE_FILES[key][0] != version:
-        meta = read_slide_meta(tables, slide_id)
+        meta = read_slide_meta(tables, slide_id, skip_tile)  # the slide's fields only: no tile kept
         _SLIDE_FILES[key] = (version, meta.get("slide_path"), meta.get("mpp"))
     _, slide_path, mpp = _SLIDE_FILES[key]
     if not slide_path:

@@ -137,6 +137,10 @@ class HeadClassifier(ClassifierMixin, BaseEstimator):
         """Probabilities for the suggestions a pathologist sees: :meth:`predict_proba` (the head is unweighted)."""
         return self.predict_proba(X)
 
+    def suggest_from_proba(self, proba: np.ndarray) -> np.ndarray:
+        """:meth:`suggest_proba` from :meth:`predict_proba`'s answer (N, K): a copy of it."""
+        return np.array(proba, dtype=np.float32)
+
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
         """Class probabilities (N, K) float32 for features ``X`` (N, d)."""
         return self._apply(X, lambda net, x: torch.softmax(net(x), dim=1))

@@ -106,9 +106,12 @@ class LogisticClassifier(ClassifierMixin, BaseEstimator):
         right suggestions from 0.806 to 0.836 (10 seeds, docs/simulation.md). Without class weights it is
         :meth:`predict_proba`.
         """
-        proba = self.predict_proba(X)
+        return self.suggest_from_proba(self.predict_proba(X))
+
+    def suggest_from_proba(self, proba: np.ndarray) -> np.ndarray:
+        """:meth:`suggest_proba` from :meth:`predict_proba`'s answer (N, K), without a second pass (a new array)."""
         if self.class_weight != "balanced":
-            return proba
+            return np.array(proba, dtype=np.float32)
         weighted = proba * self.label_prior_
         return (weighted / weighted.sum(axis=1, keepdims=True)).astype(np.float32)
 

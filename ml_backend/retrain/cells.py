@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -22,6 +23,7 @@ import numpy as np
 from adapters.storage import open_output_storage
 from label_config import TileTask
 from ml_backend.errors import NotPreprocessedError
+from ml_backend.labels.tile_store import cell_counts, slide_ids
 from ml_backend.settings import BackendSettings
 from ml_backend.suggestions.context import CellFeatures, ContextSpec
 from ml_backend.suggestions.drawn_cells import DrawnCellEmbedder
@@ -65,15 +67,17 @@ class CellLayout:
     starts: dict[int, int]
 
     @classmethod
-    def build(cls, tiles: dict[int, TileTask], index: CellIndex) -> CellLayout:
-        slides = tuple(dict.fromkeys(t.slide_id for t in tiles.values()))
+    def build(cls, tiles: Mapping[int, TileTask], index: CellIndex) -> CellLayout:
+        """The layout of ``tiles``, read one tile at a time (a :class:`TileStore` builds each when read)."""
+        task_slides = slide_ids(tiles)
+        slides = tuple(dict.fromkeys(task_slides))
         code = {s: i for i, s in enumerate(slides)}
-        sizes = np.array([len(t.cells) for t in tiles.values()], np.int64)
-        rows = [index.rows(tile) for tile in tiles.values()]
+        rows = [index.rows(tiles[task_id]) for task_id in tiles]
+        sizes = np.array([len(r) for r in rows], np.int64)
         starts = np.r_[0, np.cumsum(sizes)[:-1]] if len(sizes) else np.zeros(0, np.int64)
         return cls(np.repeat(np.fromiter(tiles, np.int64, len(tiles)), sizes),
                    np.concatenate(rows) if rows else np.zeros(0, np.int64),
-                   np.repeat(np.array([code[t.slide_id] for t in tiles.values()], np.int32), sizes),
+                   np.repeat(np.array([code[s] for s in task_slides], np.int32), sizes),
                    slides, dict(zip(tiles, starts.tolist())))
 
     def __len__(self) -> int:
@@ -88,8 +92,8 @@ class LayoutCache:
         self._max = max_projects
         self._entries: OrderedDict[int, tuple[Any, tuple[Any, ...], CellLayout]] = OrderedDict()
 
-    def get(self, project_id: int, tiles: dict[int, TileTask], features: CellFeatures) -> CellLayout:
-        tables = tuple(features.index.table(s) for s in dict.fromkeys(t.slide_id for t in tiles.values()))
+    def get(self, project_id: int, tiles: Mapping[int, TileTask], features: CellFeatures) -> CellLayout:
+        tables = tuple(features.index.table(s) for s in dict.fromkeys(slide_ids(tiles)))
         cached = self._entries.get(project_id)
         if cached is not None and (cached[0] is tiles or cached[0] == tiles) and len(cached[1]) == len(tables) \
                 and all(a is b for a, b in zip(cached[1], tables)):
@@ -121,16 +125,15 @@ def _cell_features(storage_url: Any, data_dir: Path, files_root: Path, endpoint:
     return CellFeatures(EmbeddingIndex(tables), tables, spec)
 
 
-def gather_cells(layout: CellLayout, tiles: dict[int, TileTask], open_ids: list[int], labelled_ids: set[int],
+def gather_cells(layout: CellLayout, tiles: Mapping[int, TileTask], open_ids: list[int], labelled_ids: set[int],
                  labels: dict[str, str], targets: list[str], index: CellIndex) -> Cells:
     """Labelled cells (of the tasks ``labelled_ids``) plus every cell of an open task; ``y`` indexes ``targets``."""
     class_index = {c: i for i, c in enumerate(targets)}
     y = np.full(len(layout), -1, np.int64)
     for task_id in labelled_ids:
         if task_id in layout.starts:
-            first = layout.starts[task_id]
-            y[first : first + len(tiles[task_id].cells)] = [class_index.get(labels.get(c.cell_id, ""), -1)
-                                                            for c in tiles[task_id].cells]
+            first, cells = layout.starts[task_id], tiles[task_id].cells
+            y[first : first + len(cells)] = [class_index.get(labels.get(c.cell_id, ""), -1) for c in cells]
     keep = np.isin(layout.task_ids, np.asarray(open_ids, np.int64)) | (y >= 0)
     rows, codes = layout.rows[keep], layout.slide_codes[keep]
     parts = {code: index.features(layout.slides[code], rows[codes == code]) for code in np.unique(codes).tolist()}
@@ -147,7 +150,7 @@ def gather_cells(layout: CellLayout, tiles: dict[int, TileTask], open_ids: list[
                  if len(layout.slides) else np.zeros(0, str))
 
 
-def add_drawn_cells(cells: Cells, records, tiles: dict[int, TileTask], targets: list[str],
+def add_drawn_cells(cells: Cells, records, tiles: Mapping[int, TileTask], targets: list[str],
                     embedder: DrawnCellEmbedder, index: CellFeatures) -> Cells:
     """``cells`` plus the labelled boxes annotators drew by hand (task id -1: they are never ranked)."""
     by_slide: dict[str, list[tuple[list[int], str]]] = {}
@@ -182,7 +185,7 @@ def first_rows(cells: Cells) -> dict[int, int]:
     return dict(zip(task_ids.tolist(), first.tolist()))
 
 
-def sample_open_tasks(open_ids: list[int], keep: list[int], tiles: dict[int, TileTask], max_cells: int,
+def sample_open_tasks(open_ids: list[int], keep: list[int], tiles: Mapping[int, TileTask], max_cells: int,
                       seed: int) -> list[int]:
     """The open tasks a retrain ranks: all of them when they hold at most ``max_cells`` cells (or ``max_cells``
     is 0), else ``keep`` plus a seeded random share of the others holding about ``max_cells`` cells; in id order.
@@ -190,7 +193,7 @@ def sample_open_tasks(open_ids: list[int], keep: list[int], tiles: dict[int, Til
     The strategy picks ``HALI_QUERY_BUDGET`` cells (100) from k-means clusters of its pool: a random 100,000
     cells describe the project's feature space as well as a million, at a tenth of the cost.
     """
-    n_cells = sum(len(tiles[t].cells) for t in open_ids)
+    n_cells = int(cell_counts(tiles, open_ids).sum())
     if max_cells <= 0 or n_cells <= max_cells:
         return open_ids
     n_tasks = max(1, int(len(open_ids) * max_cells / n_cells))

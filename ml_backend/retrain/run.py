@@ -17,7 +17,7 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from functools import partial
 from typing import Any
@@ -127,7 +127,7 @@ def _retrain(project_id: int, settings: BackendSettings, gateway: LabelStudioGat
         log.info("project %s: no cell labels yet, nothing to retrain", project_id)
         current = models.latest_version()
         return RetrainReport(project_id, current, version_name(current), 0, len(open_ids), [], {}, 0.0), None
-    proba, shown = (_cells_proba(cells, head, features, suggest) for suggest in (False, True))
+    proba, shown = _cells_proba(cells, head, features)
     excluded = not_nucleus_mask(shown, targets) & (cells.y < 0)
     order = _rank_open_tasks(cells, head, proba, pool, settings, strategy, excluded, cells.slides)
     order = _exploit(order, cells, shown, open_ids, settings, n_served=len(labelled))
@@ -187,7 +187,7 @@ def _fit_head(cells: Cells, n_classes: int, settings: BackendSettings, mc: bool)
     return head.fit(cells.features[labelled], cells.y[labelled])
 
 
-def _gold_metrics(tiles: dict[int, TileTask], labels: dict[str, str], targets: list[str], head: Learner,
+def _gold_metrics(tiles: Mapping[int, TileTask], labels: dict[str, str], targets: list[str], head: Learner,
                   settings: BackendSettings, features: CellFeatures) -> dict[str, Any]:
     """``{"gold": {n, accuracy, balanced_accuracy}}`` of ``head``'s suggestions, as shown (context and
     smoothing included), on the held-out gold cells."""
@@ -204,17 +204,19 @@ def _gold_metrics(tiles: dict[int, TileTask], labels: dict[str, str], targets: l
                                 np.concatenate(said).astype(np.int64) if said else np.zeros(0, np.int64))}
 
 
-def _cells_proba(cells: Cells, head: Learner, index: CellFeatures, suggest: bool) -> np.ndarray:
-    """(N, K) probabilities of ``cells`` (``suggest``: as shown), smoothed over each slide's spatial neighbours
-    by :meth:`CellFeatures.proba`, the one ``/predict`` uses; hand-drawn cells from their own features."""
-    out = head.suggest_proba(cells.features) if suggest else head.predict_proba(cells.features)
+def _cells_proba(cells: Cells, head: Learner, index: CellFeatures) -> tuple[np.ndarray, np.ndarray]:
+    """(N, K) probabilities of ``cells`` for the strategies, and as shown, from one pass of the head, smoothed
+    over each slide's spatial neighbours by :meth:`CellFeatures.proba_both` (``/predict``'s :meth:`CellFeatures.proba`
+    gives the same); hand-drawn cells from their own features."""
+    proba = head.predict_proba(cells.features)
+    shown = head.suggest_from_proba(proba)
     if index.spec is None or cells.rows is None:
-        return out
+        return proba, shown
     slides, drawn = cells.slides, cells.rows < 0
     for slide_id in np.unique(slides[~drawn]).tolist():
         mine = (slides == slide_id) & ~drawn
-        out[mine] = index.proba(head, slide_id, cells.rows[mine], suggest)
-    return out
+        proba[mine], shown[mine] = index.proba_both(head, slide_id, cells.rows[mine])
+    return proba, shown
 
 
 def _rank_open_tasks(
@@ -248,7 +250,7 @@ def _exploit(order: list[int], cells: Cells, shown: np.ndarray, open_ids: list[i
 
 
 def _predictions(
-    order: list[int], tiles: dict[int, TileTask], cells: Cells, proba: np.ndarray, targets: list[str], name: str
+    order: list[int], tiles: Mapping[int, TileTask], cells: Cells, proba: np.ndarray, targets: list[str], name: str
 ) -> list[dict[str, Any]]:
     """One prediction per open task in ``order``; an open task's cells are contiguous rows of ``cells``."""
     first = first_rows(cells)

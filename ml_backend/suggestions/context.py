@@ -48,7 +48,7 @@ from ml_backend.model.context import (
 from ml_backend.model.learners import Learner
 from ml_backend.suggestions.embeddings import EmbeddingIndex
 from preprocess.errors import PreprocessError
-from preprocess.layout import read_slide_meta
+from preprocess.layout import read_slide_meta, skip_tile
 from preprocess.tiles.cells import CellTable
 
 log = logging.getLogger(__name__)
@@ -157,6 +157,22 @@ class CellFeatures:
             return proba_of(np.asarray(rows, np.int64))
         return smooth_rows(proba_of, self.graph(slide_id).neighbours, rows, self.spec.smooth_alpha)
 
+    def proba_both(self, head: Learner, slide_id: str, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`proba` of the cells ``rows`` for the strategies and as shown, (n, K) float32 each, from one pass
+        of the head and one smoothing (it is linear: both are smoothed as one (n, 2K) array)."""
+        def both_of(idx: np.ndarray) -> np.ndarray:
+            chunks = []
+            for s in range(0, len(idx), _CHUNK_ROWS):
+                p = head.predict_proba(self.features(slide_id, idx[s : s + _CHUNK_ROWS]))
+                chunks.append(np.concatenate([p, head.suggest_from_proba(p)], axis=1))
+            return np.concatenate(chunks) if chunks else np.zeros((0, 2 * _n_outputs(head)), np.float32)
+
+        rows = np.asarray(rows, np.int64)
+        alpha = 1.0 if self.spec is None else self.spec.smooth_alpha
+        both = both_of(rows) if alpha == 1.0 else smooth_rows(both_of, self.graph(slide_id).neighbours, rows, alpha)
+        k = both.shape[1] // 2
+        return np.ascontiguousarray(both[:, :k]), np.ascontiguousarray(both[:, k:])
+
     def tile_proba(self, head: Learner, tile: TileTask, suggest: bool = True) -> np.ndarray:
         """(n_cells, K) probabilities of ``tile``'s cells, in ``tile.cells`` order."""
         return self.proba(head, tile.slide_id, self.rows(tile), suggest)
@@ -205,7 +221,7 @@ class CellFeatures:
         """The slide's level-0 um/px: from its tasks, else its ``tasks.json``, else :data:`FALLBACK_MPP`."""
         if slide_id not in self._mpp:
             try:
-                mpp = read_slide_meta(self._storage, slide_id).get("mpp")
+                mpp = read_slide_meta(self._storage, slide_id, skip_tile).get("mpp")
             except (PreprocessError, AdapterError):
                 mpp = None
             if not mpp:

@@ -20,7 +20,7 @@ from adapters.slide_reader import OpenSlideReader
 from adapters.storage import Storage
 from preprocess.errors import PreprocessError
 from preprocess.features.featurize import cell_patch_px, extract_patches, make_featurizer, patch_um_of
-from preprocess.layout import read_slide_meta
+from preprocess.layout import read_slide_meta, skip_tile
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +32,7 @@ class DrawnCellEmbedder:
     def embed(self, slide_id: str, boxes: Sequence[Sequence[int]]) -> np.ndarray | None:
         """float32 (len(boxes), D) features of level-0 boxes ``(x0, y0, w, h)``; None when the slide is gone."""
         try:
-            meta = read_slide_meta(self._storage, slide_id)
+            meta = read_slide_meta(self._storage, slide_id, skip_tile)
         except (PreprocessError, AdapterError) as exc:
             log.warning("slide %s: hand-drawn cells skipped: %s", slide_id, exc)
             return None

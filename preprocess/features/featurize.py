@@ -17,7 +17,6 @@ import numpy as np
 import torch
 from PIL import Image
 from torch import nn
-from torchvision.models import resnet18
 
 from preprocess.errors import FeaturizerError
 from preprocess.features.cellnet import DEFAULT_WEIGHTS as DEFAULT_CELLNET_WEIGHTS
@@ -132,6 +131,8 @@ class ResNet18Featurizer:
 
 def _build_backbone() -> nn.Module:
     """torchvision ResNet-18, ``fc`` replaced by identity, initialised from a fixed seed."""
+    from torchvision.models import resnet18  # here, not at the top: importing torchvision costs a worker 170 MB
+
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(_RANDOM_INIT_SEED)
         model = resnet18(weights=None)

@@ -65,16 +65,26 @@ class CellTable:
         return len(self.cell_ids)
 
     def index_of(self, cell_ids: Sequence[str] | np.ndarray) -> np.ndarray:
-        """int64 row of each id in ``cell_ids``; :class:`KeyError` naming the first unknown id."""
-        rows = self._rows
-        try:
-            return np.array([rows[str(cell_id)] for cell_id in cell_ids], dtype=np.int64)
-        except KeyError as exc:
-            raise KeyError(f"cell id {exc.args[0]!r} is not in this slide's cell table of {len(self)} cells") from None
+        """int64 row of each id in ``cell_ids``; :class:`KeyError` naming the first unknown id.
+
+        A binary search in the ids' sort order: no dictionary of every id (at 1M cells one takes 150 MB).
+        """
+        wanted = np.asarray(cell_ids, dtype=str).reshape(-1)
+        if not len(wanted):
+            return np.zeros(0, np.int64)
+        order = self._id_order
+        rows = order[np.minimum(np.searchsorted(self.cell_ids, wanted, sorter=order), len(order) - 1)] \
+            if len(order) else np.zeros(len(wanted), np.int64)
+        unknown = (self.cell_ids[rows] != wanted) if len(order) else np.ones(len(wanted), bool)
+        if unknown.any():
+            first = str(wanted[np.argmax(unknown)])
+            raise KeyError(f"cell id {first!r} is not in this slide's cell table of {len(self)} cells")
+        return rows.astype(np.int64, copy=False)
 
     @cached_property
-    def _rows(self) -> dict[str, int]:
-        return {cell_id: i for i, cell_id in enumerate(self.cell_ids.tolist())}
+    def _id_order(self) -> np.ndarray:
+        """int64 (N,): the rows in the order of their cell ids."""
+        return np.argsort(self.cell_ids, kind="stable").astype(np.int64, copy=False)
 
     def save(self, path: str | Path) -> None:
         """Write the table to ``path`` (.npz), atomically: a reader sees the old file or the new one."""
@@ -82,9 +92,8 @@ class CellTable:
 
     @classmethod
     def load(cls, path: str | Path) -> CellTable:
-        """Read a table written by :meth:`save`."""
-        with open(path, "rb") as fh:
-            return cls.from_bytes(fh.read(), str(path))
+        """Read a table written by :meth:`save`, each array straight from the file (no copy of the whole file)."""
+        return cls._from_npz(path, str(path))
 
     def to_bytes(self) -> bytes:
         """The table as ``.npz`` bytes (no pickle), for object storage."""
@@ -95,7 +104,11 @@ class CellTable:
     @classmethod
     def from_bytes(cls, data: bytes, source: str = "cell table") -> CellTable:
         """Parse :meth:`to_bytes` output; ``source`` names where it came from in error messages."""
-        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+        return cls._from_npz(io.BytesIO(data), source)
+
+    @classmethod
+    def _from_npz(cls, file: str | Path | io.BytesIO, source: str) -> CellTable:
+        with np.load(file, allow_pickle=False) as npz:
             missing = [name for name in _FIELDS if name not in npz.files]
             if missing:
                 raise ValueError(f"{source} is not a cell table: fields {missing} are missing; re-run `hali preprocess`")

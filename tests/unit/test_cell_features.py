@@ -178,3 +178,17 @@ def test_smoothing_only_keeps_the_tables_features_and_smooths_what_is_shown(tmp_
     np.testing.assert_array_equal(features.features(SLIDE, rows), table.features)
     expected = smooth_proba(head.suggest_proba(table.features), features.graph(SLIDE).neighbours, spec.smooth_alpha)
     np.testing.assert_allclose(features.proba(head, SLIDE, rows[:7], True), expected[:7], rtol=1e-5)
+
+
+@pytest.mark.parametrize("spec", [None, DEFAULT_SPEC, ContextSpec(features=False), ContextSpec(smooth_alpha=1.0)])
+def test_both_probabilities_from_one_pass_equal_each_asked_alone(tmp_path, spec):
+    table = _grid_table(np.random.default_rng(3))
+    features = _features(tmp_path, table, spec)
+    rows = np.array([5, 0, 77, 143, 6])
+    x = features.features(SLIDE, np.arange(len(table)))
+    y = (table.boxes[:, 0] >= 240).astype(int) + (table.boxes[:, 1] >= 400).astype(int) * (table.boxes[:, 0] < 100)
+    head = LogisticClassifier(3).fit(x, y)  # class-balanced: the shown probabilities differ from the ranked ones
+    ranked, shown = features.proba_both(head, SLIDE, rows)
+    np.testing.assert_allclose(ranked, features.proba(head, SLIDE, rows, False), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(shown, features.proba(head, SLIDE, rows, True), rtol=1e-5, atol=1e-7)
+    assert not np.allclose(ranked, shown)

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from preprocess.tiles.cells import CellTable, make_cell_id, make_tile_id
 
@@ -61,6 +63,28 @@ def test_index_of_finds_rows_in_the_order_asked() -> None:
 def test_index_of_an_unknown_id_names_it() -> None:
     with pytest.raises(KeyError, match="no-such-cell"):
         _table().index_of([_table().cell_ids[0], "no-such-cell"])
+
+
+def test_index_of_tells_an_id_from_its_prefix_and_its_extensions() -> None:
+    table = CellTable(["s-1-10", "s-1-1", "s-10-1"], np.zeros((3, 4)), ["t"] * 3, np.zeros((3, 2)))
+    np.testing.assert_array_equal(table.index_of(["s-1-1", "s-10-1", "s-1-10"]), [1, 2, 0])
+    for unknown in ("s-1-", "s-1-100", "a", "z"):
+        with pytest.raises(KeyError, match=unknown):
+            table.index_of([unknown])
+
+
+def test_index_of_nothing_is_empty_and_an_empty_table_knows_no_id() -> None:
+    empty = CellTable(np.array([], str), np.zeros((0, 4)), np.array([], str), np.zeros((0, 2)))
+    assert _table().index_of([]).dtype == np.int64 and len(empty.index_of([])) == 0
+    with pytest.raises(KeyError, match="c-0"):
+        empty.index_of(["c-0"])
+
+
+@given(st.lists(st.text("ab-019", min_size=1, max_size=6), min_size=1, max_size=30, unique=True), st.data())
+def test_index_of_finds_every_row_of_any_table(ids: list[str], data) -> None:
+    table = CellTable(ids, np.zeros((len(ids), 4)), ["t"] * len(ids), np.zeros((len(ids), 1)))
+    asked = data.draw(st.lists(st.integers(0, len(ids) - 1), max_size=40))
+    np.testing.assert_array_equal(table.index_of([ids[i] for i in asked]), np.array(asked, np.int64))
 
 
 def test_fields_of_different_lengths_are_rejected() -> None:

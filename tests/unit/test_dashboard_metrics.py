@@ -217,6 +217,13 @@ def test_the_coverage_map_tints_done_tasks_and_dots_labelled_cells_on_a_white_ca
     assert tuple(image[y, x]) == (255, 0, 0)
     assert tuple(image[102, 150]) != (255, 255, 255)  # the done task is tinted
     assert tuple(image[405, 130]) == (255, 255, 255) and tuple(image[400, 130]) == (150, 150, 150)  # open: outlined
+    from ml_backend.dashboard.coverage import draw_coverage, task_spans
+    from ml_backend.labels.tile_store import TileStore
+
+    store = TileStore.from_tiles({1: done, 2: open_}.items())
+    drawn = draw_coverage(task_spans(store, [1, 2]), np.array([True, False]), [store[1]], labels,
+                          {"Tumor": (255, 0, 0)})
+    np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(drawn))), image)  # the same map from arrays
 
 
 @pytest.mark.parametrize("name", ["progress", "annotators", "acceptance", "learning"])
@@ -238,9 +245,9 @@ def test_the_slide_file_is_read_from_tasks_json_once_per_version(tmp_path, monke
     settings = BackendSettings(data_dir=tmp_path, ls_files_root=tmp_path / "files")
     storage, real_read, reads = LocalStorage(tmp_path), publish.read_slide_meta, []
 
-    def counting_read(tables, slide_id):
+    def counting_read(tables, slide_id, tile_hook=None):
         reads.append(slide_id)
-        return real_read(tables, slide_id)
+        return real_read(tables, slide_id, tile_hook)
 
     monkeypatch.setattr(publish, "read_slide_meta", counting_read)
     write_slide_meta(storage, "s9", {"slide_path": "/slides/s9.svs", "mpp": 0.25, "tiles": []})

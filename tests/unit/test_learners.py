@@ -113,3 +113,15 @@ def test_suggestions_of_a_balanced_logreg_follow_how_common_each_class_is():
     np.testing.assert_allclose(again.suggest_proba(x), model.suggest_proba(x), atol=1e-6)
     plain = LogisticClassifier(2, class_weight=None).fit(x, y)
     np.testing.assert_allclose(plain.suggest_proba(x), plain.predict_proba(x))
+
+
+@pytest.mark.parametrize("name", ["mlp", "logreg"])
+def test_the_shown_probabilities_follow_from_the_ranked_ones(name):
+    rng = np.random.default_rng(4)
+    y = rng.choice(3, size=120, p=[0.7, 0.2, 0.1])
+    x = (rng.normal(size=(120, 5)) + y[:, None]).astype(np.float32)
+    model = make_learner(name, 3, random_state=0).fit(x, y)
+    proba = model.predict_proba(x)
+    shown = model.suggest_from_proba(proba)
+    np.testing.assert_allclose(shown, model.suggest_proba(x), rtol=1e-5, atol=1e-7)
+    assert shown is not proba

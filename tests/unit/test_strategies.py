@@ -2,7 +2,10 @@
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
+from ml_backend.ordering.diverse import assign_to_centres
 from ml_backend.ordering.relevance import RelevanceParams
 from ml_backend.ordering.strategies import STRATEGIES, get_strategy, needs_mc_passes, query, weighted_k_center
 
@@ -211,3 +214,14 @@ def test_cluster_takes_the_closest_call_from_the_inner_half_not_the_clusters_odd
     proba[np.argsort(np.linalg.norm(x[:40], axis=1))[3]] = [0.6, 0.4]  # a central cell is the runner-up
     pick = get_strategy("cluster")(x, proba, np.zeros(41, dtype=bool), 1, 0)
     assert pick.tolist() != [40] and proba[pick[0]].tolist() == [0.6, 0.4]
+
+
+@given(st.integers(1, 300), st.integers(1, 12), st.integers(0, 10_000))
+def test_assigning_rows_to_centres_finds_each_rows_nearest_centre(n_rows, k, seed):
+    rng = np.random.default_rng(seed)
+    x = (rng.normal(size=(n_rows, 6)) * 3 + 5).astype(np.float32)
+    centres = x[rng.choice(n_rows, size=min(k, n_rows), replace=False)] + rng.normal(size=(min(k, n_rows), 6))
+    cluster, dist = assign_to_centres(x, centres.astype(np.float32))
+    exact = np.linalg.norm(x[:, None, :].astype(np.float64) - centres[None, :, :].astype(np.float32), axis=2)
+    np.testing.assert_allclose(dist, exact.min(axis=1), atol=1e-3)  # float32 sums: near, not exact
+    np.testing.assert_allclose(exact[np.arange(n_rows), cluster], exact.min(axis=1), atol=1e-3)
