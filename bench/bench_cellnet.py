@@ -30,8 +30,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.bench_segmentation import KI67_MPP, ki67_images
 from ml_backend.model.learners import make_learner
 from preprocess.datasets.consep import MPP, load_consep_split
-from preprocess.features.cellnet_train import CLASSES, ArrayReader, label_detections
-from preprocess.features.featurize import cell_patch_px, extract_patches, make_featurizer, patch_um_of
+from preprocess.features.cellnet_train import CLASSES, label_detections
+from preprocess.features.featurize import cell_patch_px, make_featurizer, patch_um_of
+from preprocess.features.pretrain import patches_from_image
 from preprocess.nuclei.learned import segment_nuclei_learned
 
 DATA = Path(__file__).resolve().parents[2] / "shared/data/consep_patches"
@@ -56,8 +57,7 @@ def features(name: str, cells: list[tuple[np.ndarray, np.ndarray, np.ndarray]], 
              mpp: float = MPP) -> np.ndarray:
     featurizer = make_featurizer(name, patch_um=patch_um)
     patch_px = cell_patch_px(mpp, patch_um_of(featurizer, patch_um))
-    return np.concatenate([featurizer.embed(extract_patches(ArrayReader(image, mpp), xy, patch_px,
-                                                            featurizer.patch_out_px))
+    return np.concatenate([featurizer.embed(patches_from_image(image, xy, patch_px, featurizer.patch_out_px))
                            for image, xy, _ in cells]).astype(np.float32)
 
 

@@ -32,28 +32,14 @@ from scipy.spatial import cKDTree
 from adapters.atomic import write_atomic
 from preprocess.datasets.consep import MPP, load_consep_split
 from preprocess.features.cellnet import CellNet, CellNetSpec
-from preprocess.features.featurize import cell_patch_px, extract_patches
+from preprocess.features.featurize import cell_patch_px
+from preprocess.features.pretrain import patches_from_image
 from preprocess.nuclei.learned import segment_nuclei_learned
 
 logger = logging.getLogger(__name__)
 
 CLASSES = ("epithelial", "inflammatory", "other", "spindle", "not a nucleus")
 VAL_IMAGES = 4
-
-
-class ArrayReader:
-    """An in-memory image as the slide reader :func:`extract_patches` takes: white beyond its edges."""
-
-    def __init__(self, rgb: np.ndarray, mpp: float) -> None:
-        self.rgb, self.mpp = rgb, mpp
-
-    def read_region(self, x0: int, y0: int, width: int, height: int) -> np.ndarray:
-        out = np.full((height, width, 3), 255, np.uint8)
-        rows, cols = self.rgb.shape[:2]
-        ys, xs = slice(max(0, y0), min(rows, y0 + height)), slice(max(0, x0), min(cols, x0 + width))
-        if ys.start < ys.stop and xs.start < xs.stop:
-            out[ys.start - y0 : ys.stop - y0, xs.start - x0 : xs.stop - x0] = self.rgb[ys, xs]
-        return out
 
 
 def label_detections(det_xy: np.ndarray, gt_xy: np.ndarray, gt_label: np.ndarray, max_dist_px: float) -> np.ndarray:
@@ -75,8 +61,7 @@ def split_cells(consep: Path, split: str, spec: CellNetSpec, match_um: float = 3
     for g, (name, (image, nuclei, _)) in enumerate(load_consep_split(consep, split).items()):
         det = segment_nuclei_learned(image, MPP)
         labels.append(label_detections(det.centroids_xy, nuclei.xy, nuclei.label, match_um / MPP))
-        patches.append(extract_patches(ArrayReader(image, MPP), det.centroids_xy,
-                                       cell_patch_px(MPP, spec.patch_um), spec.input_px))
+        patches.append(patches_from_image(image, det.centroids_xy, cell_patch_px(MPP, spec.patch_um), spec.input_px))
         groups.append(np.full(len(det), g))
         logger.info("%s %s: %d boxes", split, name, len(det))
     return np.concatenate(patches), np.concatenate(labels), np.concatenate(groups)

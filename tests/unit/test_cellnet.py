@@ -15,7 +15,7 @@ from preprocess.features.cellnet import (
     load_cellnet,
     weights_digest,
 )
-from preprocess.features.cellnet_train import CLASSES, ArrayReader, augment, label_detections, save, to_input
+from preprocess.features.cellnet_train import CLASSES, augment, label_detections, save, to_input
 from preprocess.features.featurize import make_featurizer, patch_um_of
 from preprocess.settings import PreprocessSettings
 
@@ -114,14 +114,6 @@ def test_detections_take_the_class_of_the_ground_truth_nucleus_within_reach():
     got = label_detections(det, gt, np.array(["spindle", "inflammatory", "epithelial"]), max_dist_px=4.0)
     assert [CLASSES[k] for k in got] == ["spindle", "inflammatory", "not a nucleus"]
     assert [CLASSES[k] for k in label_detections(det, gt[:0], np.array([]), 4.0)] == ["not a nucleus"] * 3
-
-
-def test_the_array_reader_is_white_beyond_the_image():
-    rgb = np.zeros((4, 5, 3), np.uint8)
-    region = ArrayReader(rgb, 0.5).read_region(-2, 3, 4, 3)
-    assert region.shape == (3, 4, 3)
-    assert (region[0, 2:] == 0).all()  # row 3, columns 0..1 of the image
-    assert (region[:, :2] == 255).all() and (region[1:] == 255).all()
 
 
 def test_augmentation_keeps_the_pixels_and_jitter_stays_near_the_normalised_input():
