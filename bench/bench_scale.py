@@ -19,7 +19,8 @@ Per size the table gives:
 - the worker's start-up reconcile and its **first retrain** (cold: it reads the tiles, cell tables and
   neighbour graph the next ones find in memory);
 - **label -> live** over the other rounds: from the submit to the end of the switch (the new version and
-  order served), median and p95. The rq hand-off (webhook, enqueue, a worker's dequeue) is not in it: on an
+  order served: the first ``HALI_PREDICTIONS_FIRST_N`` of the top K pushed; the rest, "fill", follows), median
+  and p95. The rq hand-off (webhook, enqueue, a worker's dequeue) is not in it: on an
   idle worker it adds well under a second;
 - the whole retrain with its pruning and its dashboard snapshot (both after the switch), its phases' medians,
   and the phases of the slowest round;
@@ -204,7 +205,7 @@ def _worker(job: dict[str, Any]) -> dict[str, Any]:
         end = time.perf_counter()
         laps = dict(report.metrics["seconds_by_phase"])
         laps["dashboard"] = end - called - report.seconds  # after the lease, the new version already live
-        live.append(called - start + report.seconds - laps.get("prune", 0.0))
+        live.append(called - start + report.seconds - laps.get("fill", 0.0) - laps.get("prune", 0.0))
         total.append(end - start)
         for phase, seconds in laps.items():
             phases.setdefault(phase, []).append(seconds)

@@ -52,6 +52,11 @@ class BackendSettings(SharedSettings):
         100, ge=1, description="open tasks that get each new version's prediction: the top of the queue, which "
         "all annotators open before the next retrain (about one task per retrain each)"
     )
+    predictions_first_n: int = Field(
+        10, ge=1, description="of the top K, the tasks whose predictions are pushed before the new version goes live "
+        "(the tasks annotators open next); the rest follow right after the switch. Each prediction costs Label "
+        "Studio about 10 ms to import, so this, not K, sets how long a label waits for the new order"
+    )
     prune_after_s: float = Field(
         1800.0, ge=0, description="a superseded model version's predictions are deleted from Label Studio this long "
         "after the next version went live: an annotator who opened a task under it can still submit (Label Studio "

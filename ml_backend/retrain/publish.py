@@ -6,9 +6,14 @@ For version v of project p, in order:
 1. **reserve** v: :meth:`ModelStore.reserve_version` creates ``vNNNN.reserved`` exclusively, above every
    version on disk and every HALI version Label Studio holds predictions of, before any prediction is written.
    Two workers, or a run restarted after a kill, never share a name.
-2. **push** v's prediction to the top-K open tasks (score = rank, lowest served first).
+2. **push** v's prediction to the first ``first_n`` of the top-K open tasks (score = rank, lowest served first):
+   the tasks annotators open next. Label Studio serves only tasks that hold a prediction of the project's
+   version, so these alone carry the new order.
 3. **save** the model files (``latest.json`` -> v: ``/setup`` and ``/predict`` answer v from now on).
-4. **switch** the project to v (``project.model_version``): "Label All Tasks" serves v's ranking.
+4. **switch** the project to v (``project.model_version``): "Label All Tasks" serves v's ranking. v is live.
+4b. **fill**: the rest of the top K get v's prediction. Importing a prediction costs Label Studio about 10 ms,
+   so pushing all of K = 100 before the switch held the new version back by about 1 s; a task opened in that
+   second is one of the first ``first_n``. A failure here is logged: those tasks get theirs from ``/predict``.
 5. **prune** the other HALI versions from 1 up (one ``DELETE /api/projects/<p>/model-versions/`` each):
    any left by a failed or killed run (never live, so never shown), and those superseded more than
    ``keep_superseded_s`` (``HALI_PRUNE_AFTER_S``) ago. The grace matters: an annotator who opened a task under
@@ -59,16 +64,19 @@ class Publication:
 def publish_version(
     project_id: int, gateway: LabelStudioGateway, models: ModelStore,
     predictions_for: Callable[[str], list[dict[str, Any]]], save: Callable[[int], Any],
-    lap: Callable[[str], None] = lambda _phase: None, keep_superseded_s: float = 0.0,
+    lap: Callable[[str], None] = lambda _phase: None, keep_superseded_s: float = 0.0, first_n: int | None = None,
 ) -> Publication:
-    """Steps 1-7 above. ``predictions_for(name)``: the top-K predictions carrying the version ``name``;
-    ``save(version)``: writes the model files; ``lap(phase)`` is called after push, switch and prune;
-    ``keep_superseded_s``: how long a superseded version's predictions stay (0: pruned at once)."""
+    """Steps 1-7 above. ``predictions_for(name)``: the top-K predictions carrying the version ``name``, in rank
+    order; ``save(version)``: writes the model files; ``lap(phase)`` is called after push, switch, fill and prune
+    (the phases up to the switch are what an annotator waits for); ``keep_superseded_s``: how long a superseded
+    version's predictions stay (0: pruned at once); ``first_n``: how many are pushed before the switch (None: all)."""
     served = parse_version_name(gateway.get_project(project_id).model_version or "")  # before this run
     version = reserve_version(project_id, gateway, models)
     name = version_name(version)
+    predictions = predictions_for(name)
+    first, rest = (predictions, []) if first_n is None else (predictions[:first_n], predictions[first_n:])
     try:
-        gateway.import_predictions(project_id, predictions_for(name))
+        gateway.import_predictions(project_id, first)
         lap("push")
         save(version)
         gateway.serve_version(project_id, name)
@@ -76,9 +84,22 @@ def publish_version(
     except Exception:  # clean up, then let it propagate: the job fails and the labels stay pending
         discard_version(project_id, gateway, name)
         raise
+    _fill(project_id, gateway, name, rest)
+    lap("fill")
     pruned = _after_switch(project_id, gateway, name, _still_kept(models, version, keep_superseded_s, served))
     lap("prune")
     return Publication(version, name, pruned)
+
+
+def _fill(project_id: int, gateway: LabelStudioGateway, name: str, rest: list[dict[str, Any]]) -> None:
+    """Step 4b: the rest of the top K, once ``name`` is live; a failure is logged, never raised."""
+    if not rest:
+        return
+    try:
+        gateway.import_predictions(project_id, rest)
+    except LabelStudioError as exc:
+        log.warning("project %s: %s is live, but %d of its top-K predictions were not pushed (%s); those tasks get "
+                    "theirs from /predict when opened", project_id, name, len(rest), exc)
 
 
 def _still_kept(models: ModelStore, live: int, keep_superseded_s: float, served: int | None = None) -> set[str]:

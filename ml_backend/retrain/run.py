@@ -140,7 +140,8 @@ def _retrain(project_id: int, settings: BackendSettings, gateway: LabelStudioGat
                            n_train=int((cells.y >= 0).sum()))
     version = publish_version(
         project_id, gateway, models, lambda name: _predictions(top, tiles, cells, shown, targets, name),
-        lambda v: models.save(v, head, meta), laps.lap, keep_superseded_s=settings.prune_after_s).version
+        lambda v: models.save(v, head, meta), laps.lap, keep_superseded_s=settings.prune_after_s,
+        first_n=settings.predictions_first_n).version
     report = RetrainReport(project_id, version, version_name(version), len(labels), len(open_ids), order[:5],
                            {**meta["metrics"], "seconds_by_phase": laps.seconds}, time.perf_counter() - t0)
     return report, partial(publish_dashboard, project_id, settings, gateway, tiles, records, labels, label_set,

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from hali_backend import label_next_task, preprocess_settings, serve_backend
 
+from adapters.errors import LabelStudioError
 from adapters.label_studio import LabelStudioGateway
 from label_config import version_name
 from ml_backend.labels.redis_store import RedisLabelStore
@@ -181,3 +182,54 @@ def _next_by_url(annotator, project_id: int, tab: dict) -> int:
     response = annotator.post(f"/api/dm/actions?id=next_task&tabID={tab['id']}&project={project_id}", json=body)
     response.raise_for_status()
     return response.json()["id"]
+
+
+class _Recording(LabelStudioGateway):
+    """A real gateway that notes the prediction imports and the version switches, in order."""
+
+    calls: list[tuple[str, Any]]
+
+    def import_predictions(self, project_id: int, predictions) -> int:
+        self.calls.append(("push", [p["task"] for p in predictions]))
+        return super().import_predictions(project_id, predictions)
+
+    def serve_version(self, project_id: int, model_version: str) -> None:
+        self.calls.append(("switch", model_version))
+        super().serve_version(project_id, model_version)
+
+
+def test_the_head_of_the_queue_goes_live_first_and_the_rest_of_the_top_k_follows(
+        hali_environ, label_studio, redis_conn, ihc_slide, new_annotator):
+    project_id, annotator = _project(label_studio, ihc_slide, new_annotator)
+    gateway = _gateway(label_studio, _Recording)
+    gateway.calls = []
+    settings = BackendSettings(predictions_top_k=5, predictions_first_n=2, prune_after_s=0)
+    report = run_retrain(project_id, settings, gateway, RedisLabelStore(redis_conn))
+    name = version_name(report.version)
+    top = report.next_task_ids[:5]
+    assert gateway.calls == [("push", top[:2]), ("switch", name), ("push", top[2:])]
+    assert gateway.model_versions(project_id)[name] == 5, "the whole top K holds the version"
+    assert {"push", "switch", "fill", "prune"} <= set(report.metrics["seconds_by_phase"])
+    assert annotator.next_task(project_id)["id"] == top[0]
+
+
+class _FillFails(_Recording):
+    """Fails the second prediction import (the fill after the switch) as a Label Studio error."""
+
+    def import_predictions(self, project_id: int, predictions) -> int:
+        if any(c[0] == "switch" for c in self.calls):
+            raise LabelStudioError("Label Studio went away during the fill")
+        return super().import_predictions(project_id, predictions)
+
+
+def test_a_failed_fill_leaves_the_new_version_live_with_its_head(
+        hali_environ, label_studio, redis_conn, ihc_slide, new_annotator):
+    project_id, annotator = _project(label_studio, ihc_slide, new_annotator)
+    gateway = _gateway(label_studio, _FillFails)
+    gateway.calls = []
+    settings = BackendSettings(predictions_top_k=5, predictions_first_n=2, prune_after_s=0)
+    report = run_retrain(project_id, settings, gateway, RedisLabelStore(redis_conn))
+    name = version_name(report.version)
+    assert gateway.get_project(project_id).model_version == name
+    assert gateway.model_versions(project_id)[name] == 2
+    assert annotator.next_task(project_id)["id"] == report.next_task_ids[0]

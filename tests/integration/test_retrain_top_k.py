@@ -31,7 +31,8 @@ def test_only_the_top_k_open_tasks_get_the_new_version(hali_environ, label_studi
                if any(_version(p) == version_name(1) for p in t.predictions)]
     assert sorted(with_v1) == sorted(report.next_task_ids[:3])
     assert annotator.next_task(result.project_id)["id"] == report.next_task_ids[0]
-    assert set(report.metrics["seconds_by_phase"]) == {"read", "cells", "fit", "rank", "push", "switch", "prune"}
+    assert set(report.metrics["seconds_by_phase"]) == {"read", "cells", "fit", "rank", "push", "switch", "fill",
+                                                            "prune"}
 
 
 def _version(prediction) -> str | None:
