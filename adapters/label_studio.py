@@ -19,6 +19,7 @@ import logging
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -35,6 +36,21 @@ _ANNOTATION_READERS = 4  # annotation reads in flight at once (the retrain reads
 UNCERTAINTY_SAMPLING = "Uncertainty sampling"
 DEFAULT_BATCH_SIZE = 100
 _TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+# Label Studio's `include` is both its sparse-fields parameter (REST_FLEX_FIELDS) and the list of counts to
+# compute: naming only settings skips every count. A full project read or update counts the project's tasks,
+# annotations and predictions (and the user's queue) each time: 0.41 s against 0.05 s at 15,000 tasks on PostgreSQL.
+_SETTINGS_FIELDS = "id,title,description,label_config,model_version"
+
+
+@dataclass(frozen=True)
+class ProjectSettings:
+    """What the backend reads of a project, without its counts (:meth:`LabelStudioGateway.project_settings`)."""
+
+    id: int
+    title: str
+    description: str
+    label_config: str
+    model_version: str
 _NO_SDK_RETRY = {"max_retries": 0}  # a re-sent import POST would duplicate tasks; we retry ourselves
 
 
@@ -91,8 +107,16 @@ class LabelStudioGateway:
                                          overlap_cohort_percentage=round(100 * share))
 
     def get_project(self, project_id: int) -> Any:
+        """The whole project, counts included (slow on a big project: see :meth:`project_settings`)."""
         with self._calling(f"read project {project_id}"):
             return self._client.projects.get(id=project_id)
+
+    def project_settings(self, project_id: int) -> ProjectSettings:
+        """The project's label config, model version, title and description, read without computing its counts."""
+        data = self._api("GET", f"api/projects/{project_id}/", f"read project {project_id}",
+                         params={"include": _SETTINGS_FIELDS}) or {}
+        return ProjectSettings(int(data.get("id", project_id)), data.get("title") or "", data.get("description") or "",
+                               data.get("label_config") or "", data.get("model_version") or "")
 
     def ensure_local_storage(self, project_id: int, path: str) -> None:
         """Attach a local-files import storage covering ``path`` (never synced: tasks are imported by us)."""
@@ -188,10 +212,10 @@ class LabelStudioGateway:
 
     def serve_version(self, project_id: int, model_version: str) -> None:
         """Show ``model_version``'s predictions and serve tasks by their score (static mode, see notes)."""
-        with self._calling(f"set model version {model_version} on project {project_id}"):
-            self._client.projects.update(
-                id=project_id, model_version=model_version, sampling=UNCERTAINTY_SAMPLING, show_collab_predictions=True
-            )
+        self._api("PATCH", f"api/projects/{project_id}/", f"set model version {model_version} on project {project_id}",
+                  params={"include": "id,model_version"},  # the answer without the project's counts
+                  json={"model_version": model_version, "sampling": UNCERTAINTY_SAMPLING,
+                        "show_collab_predictions": True})
 
     # The prediction lifecycle (ml_backend/retrain/publish.py): versions, pruning, the ML backend's title, tabs.
 
@@ -374,8 +398,8 @@ class LabelStudioGateway:
             return [b.url.rstrip("/") for b in self._client.ml.list(project=project_id)]
 
     def set_description(self, project_id: int, description: str) -> None:
-        with self._calling(f"update the description of project {project_id}"):
-            self._client.projects.update(id=project_id, description=description)
+        self._api("PATCH", f"api/projects/{project_id}/", f"update the description of project {project_id}",
+                  params={"include": "id"}, json={"description": description})
 
     @contextmanager
     def _calling(self, what: str) -> Iterator[None]:

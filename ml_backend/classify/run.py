@@ -51,7 +51,7 @@ def classify_project(settings: BackendSettings, gateway: LabelStudioGateway, pro
     learner, meta = ModelStore(DataLayout(settings.data_dir, settings.ls_files_root).models_dir(project_id)).load()
     targets = tuple(meta.get("targets") or meta["classes"])
     model_version = str(meta.get("model_version") or version_name(int(meta["version"])))
-    colours = label_colours(gateway.get_project(project_id).label_config)
+    colours = label_colours(gateway.project_settings(project_id).label_config)
     storage = tables_storage(settings)
     features = CellFeatures(EmbeddingIndex(storage), storage, ContextSpec.from_meta(meta))
     results, files = [], []

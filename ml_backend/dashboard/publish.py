@@ -44,7 +44,7 @@ def publish_dashboard(project_id: int, settings: BackendSettings, gateway: Label
     t0 = time.perf_counter()
     try:
         files = DashboardFiles(models_dir)
-        project = gateway.get_project(project_id)
+        project = gateway.project_settings(project_id)
         colours = label_colours(project.label_config)
         facts = facts_from_records(records, tiles, gateway.user_names())
         versions = _prediction_versions(files, gateway, facts, records)

@@ -33,7 +33,7 @@ def export_project(gateway: LabelStudioGateway, project_id: int, fmt: ExportForm
 
     Cells whose consensus is one of ``excluded`` (by default "Not a nucleus") are left out.
     """
-    config = gateway.get_project(project_id).label_config
+    config = gateway.project_settings(project_id).label_config
     tasks = [t for t in gateway.export_tasks(project_id) if t.get("data", {}).get("tile_id")]
     rows = cell_rows(tasks, excluded)
     if fmt == "csv":

@@ -39,7 +39,7 @@ def _labels(args: argparse.Namespace) -> int:
     gateway = LabelStudioGateway.connect(settings.ls_url, settings.ls_api_key.get_secret_value())
     store = RedisLabelStore.from_url(settings.redis_url)
     project_id = project_id_of(gateway, args.project)
-    label_set = parse_label_set(gateway.get_project(project_id).label_config)
+    label_set = parse_label_set(gateway.project_settings(project_id).label_config)
     reconcile_incremental(project_id, gateway, store, label_set, count_pending=True)
     records = store.records(project_id)
     rows = cell_labels(records)

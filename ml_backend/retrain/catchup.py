@@ -40,7 +40,7 @@ def catch_up(project_id: int, settings: BackendSettings, gateway: LabelStudioGat
              queue: Queue, full: bool = False) -> tuple[ReconcileReport, str | None]:
     """Reconcile ``project_id``'s mirror (counting what changed as pending) and enqueue a retrain when due;
     returns the report and the job id enqueued (None when none was)."""
-    labels = parse_label_set(gateway.get_project(project_id).label_config)
+    labels = parse_label_set(gateway.project_settings(project_id).label_config)
     reconcile = reconcile_full if full else reconcile_incremental
     report = reconcile(project_id, gateway, store, labels, count_pending=True)
     pending, killed = store.pending(project_id), _killed_retrain(store, project_id, full)

@@ -70,7 +70,7 @@ def publish_version(
     order; ``save(version)``: writes the model files; ``lap(phase)`` is called after push, switch, fill and prune
     (the phases up to the switch are what an annotator waits for); ``keep_superseded_s``: how long a superseded
     version's predictions stay (0: pruned at once); ``first_n``: how many are pushed before the switch (None: all)."""
-    served = parse_version_name(gateway.get_project(project_id).model_version or "")  # before this run
+    served = parse_version_name(gateway.project_settings(project_id).model_version or "")  # before this run
     version = reserve_version(project_id, gateway, models)
     name = version_name(version)
     predictions = predictions_for(name)
@@ -159,7 +159,7 @@ def prune_versions(project_id: int, gateway: LabelStudioGateway, live: str,
 def discard_version(project_id: int, gateway: LabelStudioGateway, name: str) -> None:
     """Delete the predictions of ``name``, a version whose run failed; logs (never raises) when it cannot."""
     try:
-        if gateway.get_project(project_id).model_version == name:
+        if gateway.project_settings(project_id).model_version == name:
             return  # it went live before the failure: the next run supersedes it
         with _backend_not_live(project_id, gateway):
             n = gateway.delete_model_version(project_id, name)
@@ -182,7 +182,7 @@ def go_live(project_id: int, gateway: LabelStudioGateway, name: str) -> None:
 def _backend_not_live(project_id: int, gateway: LabelStudioGateway) -> Iterator[None]:
     """While a backend's title equals the project's model version, Label Studio resets that model version to
     None on any delete by version: rename such backends to :data:`BACKEND_TITLE` for the block."""
-    current = gateway.get_project(project_id).model_version
+    current = gateway.project_settings(project_id).model_version
     live = [b for b in gateway.ml_backends(project_id) if current and b.title == current] if current else []
     for backend in live:
         gateway.retitle_backend(backend, BACKEND_TITLE)

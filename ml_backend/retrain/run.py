@@ -107,7 +107,7 @@ def _retrain(project_id: int, settings: BackendSettings, gateway: LabelStudioGat
              store: RedisLabelStore) -> tuple[RetrainReport, Callable[[], Any] | None]:
     """The new version, live; and the dashboard step to run once the training lease is released."""
     t0, laps = time.perf_counter(), _Laps()
-    label_set = parse_label_set(gateway.get_project(project_id).label_config)
+    label_set = parse_label_set(gateway.project_settings(project_id).label_config)
     targets = list(label_set.targets)
     view = read_labels(project_id, gateway, store, label_set, tables_storage(settings),  # mirror, reconciled
                        settings.consensus)

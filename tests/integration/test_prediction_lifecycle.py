@@ -233,3 +233,24 @@ def test_a_failed_fill_leaves_the_new_version_live_with_its_head(
     assert gateway.get_project(project_id).model_version == name
     assert gateway.model_versions(project_id)[name] == 2
     assert annotator.next_task(project_id)["id"] == report.next_task_ids[0]
+
+
+def test_the_light_project_calls_read_and_write_what_the_full_ones_do(
+        hali_environ, label_studio, redis_conn, ihc_slide, new_annotator):
+    """The retrain reads and switches the project without Label Studio's counts (``include``); what it reads
+    and writes must be what the full calls give."""
+    project_id, _ = _project(label_studio, ihc_slide, new_annotator)
+    gateway = _gateway(label_studio)
+    full, light = gateway.get_project(project_id), gateway.project_settings(project_id)
+    assert (light.id, light.title, light.label_config, light.model_version) == (
+        project_id, full.title, full.label_config, full.model_version)
+    gateway.import_predictions(project_id, [{"task": t, "model_version": "hali-v0042", "score": 0.0, "result": []}
+                                            for t in [t["id"] for t in gateway.iter_tasks(project_id)][:2]])
+    gateway.serve_version(project_id, "hali-v0042")
+    gateway.set_description(project_id, "cohort A\nsecond line")
+    full = gateway.get_project(project_id)
+    assert (full.model_version, full.sampling, full.show_collab_predictions) == (
+        "hali-v0042", "Uncertainty sampling", True)
+    assert gateway.project_settings(project_id).description == full.description == "cohort A\nsecond line"
+    with pytest.raises(LabelStudioError, match="read project 999999"):
+        gateway.project_settings(999999)
