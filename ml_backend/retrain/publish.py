@@ -5,7 +5,8 @@ For version v of project p, in order:
 
 1. **reserve** v: :meth:`ModelStore.reserve_version` creates ``vNNNN.reserved`` exclusively, above every
    version on disk and every HALI version Label Studio holds predictions of, before any prediction is written.
-   Two workers, or a run restarted after a kill, never share a name.
+   Two workers, or a run restarted after a kill, never share a name. Label Studio's side (:func:`read_before`)
+   is read by the retrain while it trains, under its lease.
 2. **push** v's prediction to the first ``first_n`` of the top-K open tasks (score = rank, lowest served first):
    the tasks annotators open next. Label Studio serves only tasks that hold a prediction of the project's
    version, so these alone carry the new order.
@@ -61,17 +62,38 @@ class Publication:
     pruned: dict[str, int] = field(default_factory=dict)  # version name -> predictions deleted
 
 
+@dataclass(frozen=True)
+class Before:
+    """What Label Studio holds before a run publishes: the version the project serves (None: no HALI version)
+    and the highest HALI version it holds predictions of. The retrain reads it while it trains (under its
+    lease nothing else publishes to the project), so that the two reads do not delay the new version."""
+
+    served: int | None
+    highest: int
+
+
+def read_before(project_id: int, gateway: LabelStudioGateway) -> Before:
+    """:class:`Before` for ``project_id``: two Label Studio reads."""
+    served = parse_version_name(gateway.project_settings(project_id).model_version or "")
+    known = [parse_version_name(n) for n in gateway.model_versions(project_id)]
+    return Before(served, max((v for v in known if v is not None), default=0))
+
+
 def publish_version(
     project_id: int, gateway: LabelStudioGateway, models: ModelStore,
     predictions_for: Callable[[str], list[dict[str, Any]]], save: Callable[[int], Any],
     lap: Callable[[str], None] = lambda _phase: None, keep_superseded_s: float = 0.0, first_n: int | None = None,
+    before: Before | None = None,
 ) -> Publication:
     """Steps 1-7 above. ``predictions_for(name)``: the top-K predictions carrying the version ``name``, in rank
     order; ``save(version)``: writes the model files; ``lap(phase)`` is called after push, switch, fill and prune
     (the phases up to the switch are what an annotator waits for); ``keep_superseded_s``: how long a superseded
-    version's predictions stay (0: pruned at once); ``first_n``: how many are pushed before the switch (None: all)."""
-    served = parse_version_name(gateway.project_settings(project_id).model_version or "")  # before this run
-    version = reserve_version(project_id, gateway, models)
+    version's predictions stay (0: pruned at once); ``first_n``: how many are pushed before the switch (None: all);
+    ``before``: :func:`read_before` read earlier in the run (None: read here)."""
+    before = before or read_before(project_id, gateway)
+    served = before.served
+    version = models.reserve_version(above=before.highest)
+    log.info("project %s: reserved model version %s", project_id, version_name(version))
     name = version_name(version)
     predictions = predictions_for(name)
     first, rest = (predictions, []) if first_n is None else (predictions[:first_n], predictions[first_n:])
@@ -132,14 +154,6 @@ def _after_switch(project_id: int, gateway: LabelStudioGateway, name: str, keep:
                     project_id, name, exc)
         return {}
     return pruned
-
-
-def reserve_version(project_id: int, gateway: LabelStudioGateway, models: ModelStore) -> int:
-    """A new version number, above any HALI version Label Studio knows for the project and any on disk."""
-    known = [parse_version_name(n) for n in gateway.model_versions(project_id)]
-    version = models.reserve_version(above=max((v for v in known if v is not None), default=0))
-    log.info("project %s: reserved model version %s", project_id, version_name(version))
-    return version
 
 
 def prune_versions(project_id: int, gateway: LabelStudioGateway, live: str,

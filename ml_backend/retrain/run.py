@@ -18,6 +18,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from functools import partial
 from typing import Any
@@ -45,7 +46,7 @@ from ml_backend.retrain.cells import (
     gather_cells,
     sample_open_tasks,
 )
-from ml_backend.retrain.publish import publish_version
+from ml_backend.retrain.publish import Before, publish_version, read_before
 from ml_backend.settings import BackendSettings
 from ml_backend.suggestions.context import CellFeatures, ContextSpec
 from ml_backend.suggestions.drawn_cells import DrawnCellEmbedder
@@ -108,11 +109,20 @@ def _retrain(project_id: int, settings: BackendSettings, gateway: LabelStudioGat
     """The new version, live; and the dashboard step to run once the training lease is released."""
     t0, laps = time.perf_counter(), _Laps()
     label_set = parse_label_set(gateway.project_settings(project_id).label_config)
-    targets = list(label_set.targets)
     view = read_labels(project_id, gateway, store, label_set, tables_storage(settings),  # mirror, reconciled
                        settings.consensus)
-    tiles, records, labels, open_ids = view.tiles, view.records, view.labels, view.open_ids
     laps.lap("read")
+    # Label Studio's side of the publication (the version served, the versions held) is read while this trains.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="hali-before") as prefetch:
+        before = prefetch.submit(read_before, project_id, gateway)
+        return _train_and_publish(project_id, settings, gateway, view, label_set, laps, t0, before)
+
+
+def _train_and_publish(project_id: int, settings: BackendSettings, gateway: LabelStudioGateway, view: LabelView,
+                       label_set: LabelSet, laps: _Laps, t0: float,
+                       before: Future[Before]) -> tuple[RetrainReport, Callable[[], Any] | None]:
+    targets = list(label_set.targets)
+    tiles, records, labels, open_ids = view.tiles, view.records, view.labels, view.open_ids
     models = ModelStore(DataLayout(settings.data_dir, settings.ls_files_root).models_dir(project_id))
     features = cell_features(settings)  # the worker's: tables and neighbour graphs kept between retrains
     labelled = {r.task_id for r in records.values()}
@@ -141,7 +151,7 @@ def _retrain(project_id: int, settings: BackendSettings, gateway: LabelStudioGat
     version = publish_version(
         project_id, gateway, models, lambda name: _predictions(top, tiles, cells, shown, targets, name),
         lambda v: models.save(v, head, meta), laps.lap, keep_superseded_s=settings.prune_after_s,
-        first_n=settings.predictions_first_n).version
+        first_n=settings.predictions_first_n, before=before.result()).version
     report = RetrainReport(project_id, version, version_name(version), len(labels), len(open_ids), order[:5],
                            {**meta["metrics"], "seconds_by_phase": laps.seconds}, time.perf_counter() - t0)
     return report, partial(publish_dashboard, project_id, settings, gateway, tiles, records, labels, label_set,
