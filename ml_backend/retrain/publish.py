@@ -39,9 +39,10 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from itertools import islice
 from typing import Any
 
 from adapters.errors import LabelStudioError
@@ -81,7 +82,7 @@ def read_before(project_id: int, gateway: LabelStudioGateway) -> Before:
 
 def publish_version(
     project_id: int, gateway: LabelStudioGateway, models: ModelStore,
-    predictions_for: Callable[[str], list[dict[str, Any]]], save: Callable[[int], Any],
+    predictions_for: Callable[[str], Iterable[dict[str, Any]]], save: Callable[[int], Any],
     lap: Callable[[str], None] = lambda _phase: None, keep_superseded_s: float = 0.0, first_n: int | None = None,
     before: Before | None = None,
 ) -> Publication:
@@ -95,8 +96,8 @@ def publish_version(
     version = models.reserve_version(above=before.highest)
     log.info("project %s: reserved model version %s", project_id, version_name(version))
     name = version_name(version)
-    predictions = predictions_for(name)
-    first, rest = (predictions, []) if first_n is None else (predictions[:first_n], predictions[first_n:])
+    predictions = iter(predictions_for(name))  # made as taken: the rest of the top K after the switch
+    first = list(predictions if first_n is None else islice(predictions, first_n))
     try:
         gateway.import_predictions(project_id, first)
         lap("push")
@@ -106,7 +107,7 @@ def publish_version(
     except Exception:  # clean up, then let it propagate: the job fails and the labels stay pending
         discard_version(project_id, gateway, name)
         raise
-    _fill(project_id, gateway, name, rest)
+    _fill(project_id, gateway, name, list(predictions))
     lap("fill")
     pruned = _after_switch(project_id, gateway, name, _still_kept(models, version, keep_superseded_s, served))
     lap("prune")

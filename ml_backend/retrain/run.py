@@ -17,7 +17,7 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from functools import partial
@@ -262,15 +262,14 @@ def _exploit(order: list[int], cells: Cells, shown: np.ndarray, open_ids: list[i
 
 def _predictions(
     order: list[int], tiles: Mapping[int, TileTask], cells: Cells, proba: np.ndarray, targets: list[str], name: str
-) -> list[dict[str, Any]]:
-    """One prediction per open task in ``order``; an open task's cells are contiguous rows of ``cells``."""
+) -> Iterator[dict[str, Any]]:
+    """One prediction per open task in ``order``, made as they are taken (those after the switch, after it); an
+    open task's cells are contiguous rows of ``cells``."""
     first = first_rows(cells)
-    preds = []
     for task_id, score in zip(order, rank_to_score(len(order))):
         tile = tiles[task_id]
         rows = proba[first[task_id] : first[task_id] + len(tile.cells)]
-        preds.append({"task": task_id, **tile_prediction(tile, rows, targets, name, score)})
-    return preds
+        yield {"task": task_id, **tile_prediction(tile, rows, targets, name, score)}
 
 
 def _meta(
