@@ -198,15 +198,20 @@ class _Recording(LabelStudioGateway):
         super().serve_version(project_id, model_version)
 
 
-def test_the_head_of_the_queue_goes_live_first_and_the_rest_of_the_top_k_follows(
-        hali_environ, label_studio, redis_conn, ihc_slide, new_annotator):
+def _retrain_head_first(label_studio, ihc_slide, new_annotator, redis_conn, cls):
+    """One retrain with K 5 and the first 2 pushed before the switch, through a ``cls`` gateway."""
     project_id, annotator = _project(label_studio, ihc_slide, new_annotator)
-    gateway = _gateway(label_studio, _Recording)
+    gateway = _gateway(label_studio, cls)
     gateway.calls = []
     settings = BackendSettings(predictions_top_k=5, predictions_first_n=2, prune_after_s=0)
-    report = run_retrain(project_id, settings, gateway, RedisLabelStore(redis_conn))
-    name = version_name(report.version)
-    top = report.next_task_ids[:5]
+    return project_id, annotator, gateway, run_retrain(project_id, settings, gateway, RedisLabelStore(redis_conn))
+
+
+def test_the_head_of_the_queue_goes_live_first_and_the_rest_of_the_top_k_follows(
+        hali_environ, label_studio, redis_conn, ihc_slide, new_annotator):
+    project_id, annotator, gateway, report = _retrain_head_first(label_studio, ihc_slide, new_annotator, redis_conn,
+                                                                 _Recording)
+    name, top = version_name(report.version), report.next_task_ids[:5]
     assert gateway.calls == [("push", top[:2]), ("switch", name), ("push", top[2:])]
     assert gateway.model_versions(project_id)[name] == 5, "the whole top K holds the version"
     assert {"push", "switch", "fill", "prune"} <= set(report.metrics["seconds_by_phase"])
@@ -224,11 +229,8 @@ class _FillFails(_Recording):
 
 def test_a_failed_fill_leaves_the_new_version_live_with_its_head(
         hali_environ, label_studio, redis_conn, ihc_slide, new_annotator):
-    project_id, annotator = _project(label_studio, ihc_slide, new_annotator)
-    gateway = _gateway(label_studio, _FillFails)
-    gateway.calls = []
-    settings = BackendSettings(predictions_top_k=5, predictions_first_n=2, prune_after_s=0)
-    report = run_retrain(project_id, settings, gateway, RedisLabelStore(redis_conn))
+    project_id, annotator, gateway, report = _retrain_head_first(label_studio, ihc_slide, new_annotator, redis_conn,
+                                                                 _FillFails)
     name = version_name(report.version)
     assert gateway.get_project(project_id).model_version == name
     assert gateway.model_versions(project_id)[name] == 2
