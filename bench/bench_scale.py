@@ -1,7 +1,7 @@
 """Label -> new version live at a lab's scale, in a real Label Studio (on PostgreSQL) and redis-server.
 
     .venv/bin/python bench/bench_scale.py [--cells 10000,100000] [--labels 1000] [--retrains 20] [--top-k 100]
-                                          [--db postgres|sqlite] [--out rounds.json]
+                                          [--db postgres|sqlite] [--out rounds.json] [--profile FILE]
 
 One Label Studio serves every size of a run: on its own PostgreSQL 15 cluster under gunicorn (2 workers x 4
 threads, as ``make up``), or ``--db sqlite`` (its embedded SQLite and development server). Per project size C
@@ -34,6 +34,7 @@ the live version, which makes Label Studio call the backend's /health and /setup
 from __future__ import annotations
 
 import argparse
+import cProfile
 import json
 import os
 import secrets
@@ -93,7 +94,8 @@ def main() -> int:
               "tasks + K | worker peak RSS MB |")
         print("|---:|---:|---:|---:|---:|---:|---:|---:|---|---|---:|---:|---:|")
         for n_cells in [int(c.replace("_", "")) for c in args.cells.split(",")]:
-            line, rounds[str(n_cells)] = _row(stack, n_cells, args.labels, args.retrains, args.top_k)
+            profile = f"{args.profile}.{n_cells}" if args.profile else None
+            line, rounds[str(n_cells)] = _row(stack, n_cells, args.labels, args.retrains, args.top_k, profile)
             print(line, flush=True)
     if args.out:
         Path(args.out).write_text(json.dumps(rounds, indent=1))
@@ -123,7 +125,8 @@ def _stack(root: Path, db: str) -> Iterator[Stack]:
         yield Stack(root, url, token, f"redis://{services.LOOPBACK}:{redis_port}/0")
 
 
-def _row(stack: Stack, n_cells: int, n_labels: int, retrains: int, top_k: int) -> tuple[str, dict[str, Any]]:
+def _row(stack: Stack, n_cells: int, n_labels: int, retrains: int, top_k: int,
+         profile: str | None = None) -> tuple[str, dict[str, Any]]:
     data = stack.root / f"data-{n_cells}"
     env = {"HALI_DATA_DIR": str(data), "HALI_LS_FILES_ROOT": str(stack.root / "ls-files"),
            "HALI_LS_URL": stack.url, "HALI_LS_API_KEY": stack.token, "HALI_PREDICTIONS_TOP_K": str(top_k),
@@ -132,7 +135,7 @@ def _row(stack: Stack, n_cells: int, n_labels: int, retrains: int, top_k: int) -
     slide.save_cell_table(DataLayout(data, stack.root / "ls-files"))
     gateway = LabelStudioGateway.connect(stack.url, stack.token, timeout_s=600)
     import_s, project_id = benchutil.timed(lambda: _make_project(gateway, slide, n_labels, LocalStorage(data)))
-    out = _run_worker(env, {"project_id": project_id, "retrains": retrains})
+    out = _run_worker(env, {"project_id": project_id, "retrains": retrains, "profile": profile})
     rows = sum(gateway.model_versions(project_id).values())
     n_tasks = gateway.get_project(project_id).task_number
     live, total = out["live_s"][1:], out["total_s"][1:]
@@ -196,12 +199,17 @@ def _worker(job: dict[str, Any]) -> dict[str, Any]:
     start_s, _ = benchutil.timed(lambda: reconcile_full(project_id, gateway, store, label_set))  # the worker's start
     start_peak_mb = _peak_rss_mb()
     top, peaks = _first_open_task(gateway, project_id), []
-    for _ in range(job["retrains"]):
+    profiler = cProfile.Profile() if job.get("profile") else None
+    for i in range(job["retrains"]):
         start = time.perf_counter()
         _submit_labels(gateway, top, rng)
         called = time.perf_counter()
+        if profiler is not None and i > 0:  # the warm rounds: the first reads tiles, tables and graphs
+            profiler.enable()
         with frozen_gc():
             report = run_retrain(project_id, settings, gateway, store)
+        if profiler is not None:
+            profiler.disable()
         end = time.perf_counter()
         laps = dict(report.metrics["seconds_by_phase"])
         laps["dashboard"] = end - called - report.seconds  # after the lease, the new version already live
@@ -212,6 +220,8 @@ def _worker(job: dict[str, Any]) -> dict[str, Any]:
         top = report.next_task_ids[0]
         peaks.append(_peak_rss_mb())
     peak_mb = _peak_rss_mb()
+    if profiler is not None:
+        profiler.dump_stats(job["profile"])
     return {"start_s": start_s, "live_s": live, "total_s": total, "phases": phases, "peak_rss_mb": peak_mb,
             "peak_rss_mb_after_start": start_peak_mb, "peak_rss_mb_after_round": peaks}
 
@@ -245,6 +255,8 @@ def _parse_args() -> argparse.Namespace:
     parser.add_argument("--top-k", type=int, default=100, help="HALI_PREDICTIONS_TOP_K")
     parser.add_argument("--db", choices=("postgres", "sqlite"), default="postgres", help="Label Studio's database")
     parser.add_argument("--out", default=None, help="write every round's figures to this JSON file")
+    parser.add_argument("--profile", default=None, help="write a cProfile of the worker's warm retrains (all but the "
+                        "first) to this file (read it with `python -m pstats FILE`)")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     return parser.parse_args()
 

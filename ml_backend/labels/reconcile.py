@@ -4,8 +4,9 @@ Webhooks write the mirror as annotators save (:meth:`RedisLabelStore.record`), b
 with a 1 s timeout, and a backend or Redis that is down loses them. Two reconciles catch up:
 
 - :func:`reconcile_incremental` lists only the tasks Label Studio updated after the mirror's sync mark (saving
-  or deleting an annotation updates its task; importing predictions does not), with their annotations, data and
-  predictions, in pages; one request when nothing changed. It runs before every retrain and on the worker's
+  or deleting an annotation updates its task; importing predictions does not), lean (annotation ids and save
+  times), in pages, then reads with their data and predictions only those whose annotations the mirror lacks;
+  one request when nothing changed. It runs before every retrain and on the worker's
   schedule (``HALI_RECONCILE_S``).
 - :func:`reconcile_full` lists every task with its annotations (no data), reads in full only the tasks whose
   annotations differ from the mirror, and also drops the annotations of deleted tasks. It runs when a worker
@@ -39,6 +40,7 @@ log = logging.getLogger(__name__)
 MARK_MARGIN_S = 30.0
 _ANNOTATION_FIELDS = "annotations,result,was_cancelled,completed_by,lead_time,parent_prediction,created_at,updated_at"
 _LEAN_FIELDS = f"id,overlap,{_ANNOTATION_FIELDS}"
+_IDS_FIELDS = "id,overlap,annotations,updated_at"  # a task's and its annotations' ids and save times
 _FULL_FIELDS = f"id,data,overlap,{_ANNOTATION_FIELDS},predictions,model_version,score"
 
 
@@ -54,6 +56,7 @@ class ReconcileReport:
     changed: int
     mark: str | None
     task_ids: frozenset[int] | None = None  # full only: every task of the project
+    listed: int = 0  # incremental only: tasks listed lean (updated since the sync mark)
 
 
 def reconcile_incremental(project_id: int, gateway: LabelStudioGateway, store: RedisLabelStore,
@@ -63,16 +66,23 @@ def reconcile_incremental(project_id: int, gateway: LabelStudioGateway, store: R
     mark, started = store.sync_mark(project_id), datetime.now(UTC)
     if mark is None:
         return reconcile_full(project_id, gateway, store, labels, count_pending, margin_s)
-    tasks = list(gateway.list_tasks(project_id, _FULL_FIELDS, updated_after=mark))
+    # Lean first (annotation ids and save times), then in full only the tasks whose annotations the mirror lacks:
+    # the window also holds tasks imported in the last MARK_MARGIN_S seconds, and at 5,000 of them a listing
+    # with data and predictions took 12 s (docs/predictions.md).
+    listed = list(gateway.list_tasks(project_id, _IDS_FIELDS, updated_after=mark))
     mirror = store.records(project_id)
-    upserts, removed = _task_changes(tasks, mirror, labels)
+    stale = [int(t["id"]) for t in listed if _differs(t, mirror, lineage=True)]
+    full = list(gateway.list_tasks(project_id, _FULL_FIELDS, task_ids=stale)) if stale else []
+    upserts, _ = _task_changes(full, mirror, labels)
+    removed = _removed(listed, mirror)
     changed = store.apply(project_id, upserts, removed)
-    store.set_overlaps(project_id, {int(t["id"]): int(t.get("overlap") or 1) for t in tasks})
+    store.set_overlaps(project_id, {int(t["id"]): int(t.get("overlap") or 1) for t in listed})
     new_mark = max(_parse(mark), started - timedelta(seconds=margin_s)).isoformat()
     store.set_sync_mark(project_id, new_mark)
     if count_pending:
         store.add_pending(project_id, changed)
-    return ReconcileReport(project_id, "incremental", len(tasks), len(upserts), len(removed), changed, new_mark)
+    return ReconcileReport(project_id, "incremental", len(full), len(upserts), len(removed), changed, new_mark,
+                           listed=len(listed))
 
 
 def reconcile_full(project_id: int, gateway: LabelStudioGateway, store: RedisLabelStore, labels: LabelSet,
@@ -134,13 +144,26 @@ def _keep_lineage(old: AnnotationRecord, new: AnnotationRecord) -> AnnotationRec
     return replace(new, suggested=old.suggested, model_version=old.model_version or new.model_version)
 
 
-def _differs(task: Mapping[str, Any], mirror: Mapping[int, AnnotationRecord]) -> bool:
-    """Whether a task's listed annotations (ids and save times) differ from what the mirror holds of them."""
+def _differs(task: Mapping[str, Any], mirror: Mapping[int, AnnotationRecord], lineage: bool = False) -> bool:
+    """Whether a task's listed annotations (ids and save times) differ from what the mirror holds of them; with
+    ``lineage``, also when a record started from a prediction whose version and suggestions it does not know (a
+    webhook's: Label Studio sends the parent's id, not its regions), which the task's predictions give."""
     for ann in task.get("annotations") or []:
         rec = mirror.get(int(ann["id"]))
         if rec is None or rec.task_id != int(task["id"]) or rec.updated_at != str(ann.get("updated_at") or ""):
             return True
+        if lineage and rec.parent_prediction is not None and not rec.model_version:
+            return True
     return False
+
+
+def _removed(listed: Iterable[Mapping[str, Any]], mirror: Mapping[int, AnnotationRecord]) -> list[int]:
+    """Mirror annotations of the ``listed`` tasks that Label Studio no longer lists (deleted)."""
+    task_ids, seen = set(), set()
+    for task in listed:
+        task_ids.add(int(task["id"]))
+        seen.update(int(a["id"]) for a in task.get("annotations") or [])
+    return [a for a, rec in mirror.items() if rec.task_id in task_ids and a not in seen]
 
 
 def _parse(iso: str) -> datetime:

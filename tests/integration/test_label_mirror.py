@@ -57,6 +57,11 @@ def test_incremental_reconcile_reads_only_tasks_updated_since_the_sync(hali_envi
     store, labels = RedisLabelStore(redis_conn), parse_label_set(ls_client.projects.get(id=pid).label_config)
     margin = 2.0  # each read lists again the tasks saved in the last `margin` s (MARK_MARGIN_S, 30 s, by default)
     assert reconcile_incremental(pid, gateway, store, labels, margin_s=margin).kind == "full"  # no sync mark yet
+    # a mark that trails the import (as MARK_MARGIN_S makes it after a big one): every task is listed, lean,
+    # and none is read in full, for none has an annotation the mirror lacks
+    reconcile_full(pid, gateway, store, labels, margin_s=600.0)
+    imported = reconcile_incremental(pid, gateway, store, labels, margin_s=margin)
+    assert (imported.listed, imported.tasks_read, imported.written) == (len(maps[result.slide_id]), 0, 0)
     time.sleep(margin)  # the import leaves the window
 
     annotator = new_annotator()
@@ -73,7 +78,7 @@ def test_incremental_reconcile_reads_only_tasks_updated_since_the_sync(hali_envi
     assert {r.action for r in cell_labels(store.records(pid))} == {"labelled"}  # the first boxes suggest no class
 
     again = reconcile_incremental(pid, gateway, store, labels, margin_s=margin)
-    assert (again.tasks_read, again.written, again.changed) == (1, 0, 0)  # of 38 tasks, the one updated
+    assert (again.listed, again.tasks_read, again.written, again.changed) == (1, 0, 0, 0)  # of 38, the one updated
     ls_client.annotations.delete(id=ann["id"])
     gone = reconcile_incremental(pid, gateway, store, labels, margin_s=margin)
     assert (gone.removed, gone.changed) == (1, 3) and store.records(pid) == {}
