@@ -31,6 +31,7 @@ from adapters.errors import LabelStudioError
 from adapters.retry import RetriesExhausted, RetryPolicy, call_with_retry
 
 log = logging.getLogger(__name__)
+_IDS_PER_REQUEST = 200  # task ids per listing request: they go in the URL (gunicorn's limit: 4,094 bytes a line)
 _ANNOTATION_READERS = 4  # annotation reads in flight at once (the retrain reads one per labelled task)
 
 UNCERTAINTY_SAMPLING = "Uncertainty sampling"
@@ -294,29 +295,47 @@ class LabelStudioGateway:
 
     def list_tasks(
         self, project_id: int, include: str, updated_after: str | None = None,
-        task_ids: Sequence[int] | None = None, page_size: int = 500,
+        task_ids: Sequence[int] | None = None, page_size: int = 500, annotated: bool | None = None,
+        created_before: str | None = None,
     ) -> Iterator[dict[str, Any]]:
         """Tasks of the project as dicts of the ``include`` fields (names apply to nested annotations and
-        predictions too: ``"id,annotations,result"``), in pages of ``page_size``.
+        predictions too: ``"id,annotations,result"``), in pages of ``page_size``, each task once.
 
         ``updated_after``: only tasks whose ``updated_at`` is later (an ISO time with microseconds, as Label
         Studio writes them; saving or deleting an annotation updates its task, importing predictions does not).
-        ``task_ids``: only these tasks.
+        ``created_before``: only tasks created no later. ``annotated``: only tasks with (True) or without (False)
+        an annotation, skips included. ``task_ids``: only these tasks (asked :data:`_IDS_PER_REQUEST` at a time:
+        the ids travel in the URL, which gunicorn caps at 4 KB).
         """
-        query: dict[str, Any] = {}
+        items = []
         if updated_after is not None:
-            query["filters"] = {"conjunction": "and", "items": [
-                {"filter": "filter:tasks:updated_at", "operator": "greater", "type": "Datetime",
-                 "value": _ls_time(updated_after)}]}
-        if task_ids is not None:
-            if not task_ids:
-                return
-            query["selectedItems"] = {"all": False, "included": [int(t) for t in task_ids]}
+            items.append({"filter": "filter:tasks:updated_at", "operator": "greater", "type": "Datetime",
+                          "value": _ls_time(updated_after)})
+        if created_before is not None:
+            items.append({"filter": "filter:tasks:created_at", "operator": "less_or_equal", "type": "Datetime",
+                          "value": _ls_time(created_before)})
+        if annotated is not None:  # annotations.completed_by is null: no annotation (a join: rows repeat)
+            items.append({"filter": "filter:tasks:annotators", "operator": "empty", "type": "List",
+                          "value": not annotated})
+        query: dict[str, Any] = {"filters": {"conjunction": "and", "items": items}} if items else {}
+        if task_ids is None:
+            yield from self._list_pages(project_id, include, page_size, query)
+            return
+        ids = [int(t) for t in task_ids]
+        for start in range(0, len(ids), _IDS_PER_REQUEST):
+            chunk = {**query, "selectedItems": {"all": False, "included": ids[start : start + _IDS_PER_REQUEST]}}
+            yield from self._list_pages(project_id, include, page_size, chunk)
+
+    def _list_pages(self, project_id: int, include: str, page_size: int,
+                    query: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        seen: set[int] = set()
         with self._calling(f"list tasks of project {project_id}"):
             pages = self._client.tasks.list(project=project_id, fields="all", include=include, page_size=page_size,
                                             query=json.dumps(query) if query else None)
             for task in pages:
-                yield task.model_dump(mode="json", exclude_unset=True)
+                if task.id not in seen:
+                    seen.add(task.id)
+                    yield task.model_dump(mode="json", exclude_unset=True)
 
     def slide_ids(self, project_id: int) -> list[str]:
         """The slide ids the project's tasks come from (task data ``slide_id``), sorted."""

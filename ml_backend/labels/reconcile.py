@@ -4,9 +4,11 @@ Webhooks write the mirror as annotators save (:meth:`RedisLabelStore.record`), b
 with a 1 s timeout, and a backend or Redis that is down loses them. Two reconciles catch up:
 
 - :func:`reconcile_incremental` lists only the tasks Label Studio updated after the mirror's sync mark (saving
-  or deleting an annotation updates its task; importing predictions does not), lean (annotation ids and save
-  times), in pages, then reads with their data and predictions only those whose annotations the mirror lacks;
-  one request when nothing changed. It runs before every retrain and on the worker's
+  or deleting an annotation updates its task; importing predictions does not) that hold an annotation, or that
+  hold none any more and are older than the mark, lean (annotation ids and save times), in pages; then reads
+  with their data and predictions only those whose annotations the mirror lacks. Two requests when nothing
+  changed. (A task imported inside the window whose only annotation is deleted inside it too is left to the
+  webhook and the next full reconcile.) It runs before every retrain and on the worker's
   schedule (``HALI_RECONCILE_S``).
 - :func:`reconcile_full` lists every task with its annotations (no data), reads in full only the tasks whose
   annotations differ from the mirror, and also drops the annotations of deleted tasks. It runs when a worker
@@ -66,10 +68,12 @@ def reconcile_incremental(project_id: int, gateway: LabelStudioGateway, store: R
     mark, started = store.sync_mark(project_id), datetime.now(UTC)
     if mark is None:
         return reconcile_full(project_id, gateway, store, labels, count_pending, margin_s)
-    # Lean first (annotation ids and save times), then in full only the tasks whose annotations the mirror lacks:
-    # the window also holds tasks imported in the last MARK_MARGIN_S seconds, and at 5,000 of them a listing
-    # with data and predictions took 12 s (docs/predictions.md).
-    listed = list(gateway.list_tasks(project_id, _IDS_FIELDS, updated_after=mark))
+    # The window also holds every task imported in the last MARK_MARGIN_S seconds: at 5,000 of them a listing
+    # with data and predictions took 12 s, and a lean one most of that (docs/predictions.md). So list, lean, the
+    # updated tasks that hold an annotation and the older ones that hold none any more (an annotation deleted),
+    # then read in full only those whose annotations the mirror lacks.
+    listed = [*gateway.list_tasks(project_id, _IDS_FIELDS, updated_after=mark, annotated=True),
+              *gateway.list_tasks(project_id, _IDS_FIELDS, updated_after=mark, created_before=mark, annotated=False)]
     mirror = store.records(project_id)
     stale = [int(t["id"]) for t in listed if _differs(t, mirror, lineage=True)]
     full = list(gateway.list_tasks(project_id, _FULL_FIELDS, task_ids=stale)) if stale else []
