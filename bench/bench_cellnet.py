@@ -55,7 +55,8 @@ def ki67_cells(data: Path) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
 
 def features(name: str, cells: list[tuple[np.ndarray, np.ndarray, np.ndarray]], patch_um: float,
              mpp: float = MPP) -> np.ndarray:
-    featurizer = make_featurizer(name, patch_um=patch_um)
+    name, _, checkpoint = name.partition("=")  # "cellnet=PATH": other cellnet weights
+    featurizer = make_featurizer(name, checkpoint or None, patch_um=patch_um)
     patch_px = cell_patch_px(mpp, patch_um_of(featurizer, patch_um))
     return np.concatenate([featurizer.embed(patches_from_image(image, xy, patch_px, featurizer.patch_out_px))
                            for image, xy, _ in cells]).astype(np.float32)
@@ -82,7 +83,8 @@ def few_shot(x: np.ndarray, y: np.ndarray, n: int, seed: int) -> tuple[float, fl
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", type=Path, default=DATA)
-    p.add_argument("--featurizers", default="handcrafted,cellnet")
+    p.add_argument("--featurizers", default="handcrafted,cellnet",
+                   help="comma separated; cellnet=PATH scores other cellnet weights (python -m preprocess.features.cellnet_train)")
     p.add_argument("--classes-map", choices=("4class", "tils"), default="4class")
     p.add_argument("--labels", default="100,300,800", help="N labelled boxes, comma separated")
     p.add_argument("--seeds", type=int, default=10)

@@ -4,11 +4,11 @@ Webhooks write the mirror as annotators save (:meth:`RedisLabelStore.record`), b
 with a 1 s timeout, and a backend or Redis that is down loses them. Two reconciles catch up:
 
 - :func:`reconcile_incremental` lists only the tasks Label Studio updated after the mirror's sync mark (saving
-  or deleting an annotation updates its task; importing predictions does not) that hold an annotation, or that
-  hold none any more and are older than the mark, lean (annotation ids and save times), in pages; then reads
-  with their data and predictions only those whose annotations the mirror lacks. Two requests when nothing
-  changed. (A task imported inside the window whose only annotation is deleted inside it too is left to the
-  webhook and the next full reconcile.) It runs before every retrain and on the worker's
+  or deleting an annotation updates its task; importing predictions does not) that hold an annotation, with
+  their annotations, data and predictions, in pages; and at the same time, lean, those older than the mark that
+  hold none any more (a last annotation deleted). Tasks imported since the mark are not listed. (A task imported
+  inside the window whose only annotation is deleted inside it too is left to the webhook and the next full
+  reconcile.) It runs before every retrain and on the worker's
   schedule (``HALI_RECONCILE_S``).
 - :func:`reconcile_full` lists every task with its annotations (no data), reads in full only the tasks whose
   annotations differ from the mirror, and also drops the annotations of deleted tasks. It runs when a worker
@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -58,7 +59,6 @@ class ReconcileReport:
     changed: int
     mark: str | None
     task_ids: frozenset[int] | None = None  # full only: every task of the project
-    listed: int = 0  # incremental only: tasks listed lean (updated since the sync mark)
 
 
 def reconcile_incremental(project_id: int, gateway: LabelStudioGateway, store: RedisLabelStore,
@@ -68,25 +68,23 @@ def reconcile_incremental(project_id: int, gateway: LabelStudioGateway, store: R
     mark, started = store.sync_mark(project_id), datetime.now(UTC)
     if mark is None:
         return reconcile_full(project_id, gateway, store, labels, count_pending, margin_s)
-    # The window also holds every task imported in the last MARK_MARGIN_S seconds: at 5,000 of them a listing
-    # with data and predictions took 12 s, and a lean one most of that (docs/predictions.md). So list, lean, the
-    # updated tasks that hold an annotation and the older ones that hold none any more (an annotation deleted),
-    # then read in full only those whose annotations the mirror lacks.
-    listed = [*gateway.list_tasks(project_id, _IDS_FIELDS, updated_after=mark, annotated=True),
-              *gateway.list_tasks(project_id, _IDS_FIELDS, updated_after=mark, created_before=mark, annotated=False)]
+    # The window also holds every task imported in the last MARK_MARGIN_S seconds: listing 5,000 of them took
+    # 12 s (docs/predictions.md). So list the updated tasks that hold an annotation, in full, and, at the same
+    # time and lean, the older ones that hold none any more (their last annotation deleted).
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="hali-emptied") as pool:
+        emptied = pool.submit(lambda: list(gateway.list_tasks(project_id, _IDS_FIELDS, updated_after=mark,
+                                                              created_before=mark, annotated=False)))
+        tasks = [*gateway.list_tasks(project_id, _FULL_FIELDS, updated_after=mark, annotated=True),
+                 *emptied.result()]
     mirror = store.records(project_id)
-    stale = [int(t["id"]) for t in listed if _differs(t, mirror, lineage=True)]
-    full = list(gateway.list_tasks(project_id, _FULL_FIELDS, task_ids=stale)) if stale else []
-    upserts, _ = _task_changes(full, mirror, labels)
-    removed = _removed(listed, mirror)
+    upserts, removed = _task_changes(tasks, mirror, labels)
     changed = store.apply(project_id, upserts, removed)
-    store.set_overlaps(project_id, {int(t["id"]): int(t.get("overlap") or 1) for t in listed})
+    store.set_overlaps(project_id, {int(t["id"]): int(t.get("overlap") or 1) for t in tasks})
     new_mark = max(_parse(mark), started - timedelta(seconds=margin_s)).isoformat()
     store.set_sync_mark(project_id, new_mark)
     if count_pending:
         store.add_pending(project_id, changed)
-    return ReconcileReport(project_id, "incremental", len(full), len(upserts), len(removed), changed, new_mark,
-                           listed=len(listed))
+    return ReconcileReport(project_id, "incremental", len(tasks), len(upserts), len(removed), changed, new_mark)
 
 
 def reconcile_full(project_id: int, gateway: LabelStudioGateway, store: RedisLabelStore, labels: LabelSet,
@@ -148,26 +146,13 @@ def _keep_lineage(old: AnnotationRecord, new: AnnotationRecord) -> AnnotationRec
     return replace(new, suggested=old.suggested, model_version=old.model_version or new.model_version)
 
 
-def _differs(task: Mapping[str, Any], mirror: Mapping[int, AnnotationRecord], lineage: bool = False) -> bool:
-    """Whether a task's listed annotations (ids and save times) differ from what the mirror holds of them; with
-    ``lineage``, also when a record started from a prediction whose version and suggestions it does not know (a
-    webhook's: Label Studio sends the parent's id, not its regions), which the task's predictions give."""
+def _differs(task: Mapping[str, Any], mirror: Mapping[int, AnnotationRecord]) -> bool:
+    """Whether a task's listed annotations (ids and save times) differ from what the mirror holds of them."""
     for ann in task.get("annotations") or []:
         rec = mirror.get(int(ann["id"]))
         if rec is None or rec.task_id != int(task["id"]) or rec.updated_at != str(ann.get("updated_at") or ""):
             return True
-        if lineage and rec.parent_prediction is not None and not rec.model_version:
-            return True
     return False
-
-
-def _removed(listed: Iterable[Mapping[str, Any]], mirror: Mapping[int, AnnotationRecord]) -> list[int]:
-    """Mirror annotations of the ``listed`` tasks that Label Studio no longer lists (deleted)."""
-    task_ids, seen = set(), set()
-    for task in listed:
-        task_ids.add(int(task["id"]))
-        seen.update(int(a["id"]) for a in task.get("annotations") or [])
-    return [a for a, rec in mirror.items() if rec.task_id in task_ids and a not in seen]
 
 
 def _parse(iso: str) -> datetime:
