@@ -83,6 +83,15 @@ def test_incremental_reconcile_reads_only_tasks_updated_since_the_sync(hali_envi
     gone = reconcile_incremental(pid, gateway, store, labels, margin_s=margin)
     assert (gone.removed, gone.changed) == (1, 3) and store.records(pid) == {}
 
+    skipper = new_annotator()  # a skip is an annotation too: the "annotated" listing finds it
+    other = skipper.next_task(pid)
+    response = skipper.post(f"/api/tasks/{other['id']}/annotations?project={pid}",
+                            json={"result": [], "was_cancelled": True, "lead_time": 1.0, "project": pid})
+    assert response.status_code < 400, response.text
+    skipped = reconcile_incremental(pid, gateway, store, labels, margin_s=margin)
+    assert skipped.written == 1
+    assert [(r.task_id, r.cancelled) for r in store.records(pid).values()] == [(other["id"], True)]
+
 
 def test_three_readers_keep_their_labels_and_the_consensus_trains(hali_environ, label_studio, ls_client, redis_conn,
                                                                   ihc_slide, new_annotator, tmp_path, capsys):
