@@ -308,7 +308,8 @@ def reset_label_studio_password(data_dir: Path, files_root: Path, username: str,
     binary = find_label_studio(ls_bin)
     # The admin variables only matter at first start; keep them harmless here.
     env = label_studio_env(Path(data_dir), Path(files_root), "", "", "", database)
-    argv = [str(binary), "reset_password", "--username", username, "--password", password]
+    # "--password=PW", not "--password PW": a generated password may start with "-", which argparse takes for an option
+    argv = [str(binary), "reset_password", f"--username={username}", f"--password={password}"]
     done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=180,
                           stdin=subprocess.DEVNULL)
     output = done.stdout + done.stderr

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 import sys
 import time
 
@@ -76,6 +77,12 @@ def test_annotator_is_not_the_admin(ls_client, new_annotator):
     me = annotator.get("/api/current-user/whoami").json()
     admin = ls_client.users.whoami()
     assert me["id"] == annotator.user_id != admin.id
+
+
+def test_a_password_that_starts_with_a_dash_is_set_and_logs_in(new_annotator):
+    # secrets.token_urlsafe gives such passwords (1 in 32): reset_password took one for an option and failed
+    annotator = new_annotator(password="-Kq1" + secrets.token_urlsafe(8))
+    assert annotator.get("/api/current-user/whoami").json()["id"] == annotator.user_id
 
 
 def test_wait_http_fails_fast_with_the_log_tail_of_a_dead_process(tmp_path):
