@@ -80,7 +80,7 @@ def test_annotator_is_not_the_admin(ls_client, new_annotator):
 
 
 def test_a_password_that_starts_with_a_dash_is_set_and_logs_in(new_annotator):
-    # secrets.token_urlsafe gives such passwords (1 in 32): reset_password took one for an option and failed
+    # secrets.token_urlsafe gives such passwords (1 in 64): reset_password took one for an option and failed
     annotator = new_annotator(password="-Kq1" + secrets.token_urlsafe(8))
     assert annotator.get("/api/current-user/whoami").json()["id"] == annotator.user_id
 
