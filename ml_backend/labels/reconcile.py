@@ -43,7 +43,9 @@ log = logging.getLogger(__name__)
 MARK_MARGIN_S = 30.0
 _ANNOTATION_FIELDS = "annotations,result,was_cancelled,completed_by,lead_time,parent_prediction,created_at,updated_at"
 _LEAN_FIELDS = f"id,overlap,{_ANNOTATION_FIELDS}"
-_IDS_FIELDS = "id,overlap,annotations,updated_at"  # a task's and its annotations' ids and save times
+# the tasks that lost their last annotation: their ids alone (no "annotations" field, so one that gains an
+# annotation between the filter and the listing is never mistaken for a task to read in full without its data)
+_ID_FIELDS = "id,overlap"
 _FULL_FIELDS = f"id,data,overlap,{_ANNOTATION_FIELDS},predictions,model_version,score"
 
 
@@ -72,7 +74,7 @@ def reconcile_incremental(project_id: int, gateway: LabelStudioGateway, store: R
     # 12 s (docs/predictions.md). So list the updated tasks that hold an annotation, in full, and, at the same
     # time and lean, the older ones that hold none any more (their last annotation deleted).
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="hali-emptied") as pool:
-        emptied = pool.submit(lambda: list(gateway.list_tasks(project_id, _IDS_FIELDS, updated_after=mark,
+        emptied = pool.submit(lambda: list(gateway.list_tasks(project_id, _ID_FIELDS, updated_after=mark,
                                                               created_before=mark, annotated=False)))
         tasks = [*gateway.list_tasks(project_id, _FULL_FIELDS, updated_after=mark, annotated=True),
                  *emptied.result()]
