@@ -64,6 +64,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                    help="nucleus segmenter: auto (default: learned on H&E, classical on IHC), learned or classical")
     p.add_argument("--segmenter-weights", type=Path,
                    help="HoVer-Net checkpoint (original repo or tiatoolbox); overrides --segmenter")
+    p.add_argument("--max-blur", type=float, metavar="B",
+                   help="leave out nuclei in out-of-focus tissue: 50 um blocks whose blur (0 sharp .. 1 blurred) "
+                        "exceeds B (default 0.6; 1 keeps everything)")
     p.add_argument("--featurizer", choices=FEATURIZERS,
                    help="cell features: cellnet (default; the packaged CNN, or weights from --checkpoint), "
                         "handcrafted (no weights needed), resnet18 (backbone, see --checkpoint) or "
@@ -135,6 +138,7 @@ def _preprocess_settings(args: argparse.Namespace) -> PreprocessSettings:
         "segmenter_weights": args.segmenter_weights,
         "checkpoint": args.checkpoint, "backend_url": args.backend_url, "featurizer": args.featurizer,
         "redis_url": args.redis_url, "encoder": args.encoder, "segmenter": args.segmenter,
+        "max_blur": args.max_blur,
     }.items() if v is not None}
     if args.no_progress:
         overrides["progress"] = False

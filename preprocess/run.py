@@ -195,6 +195,10 @@ def _process_regions(reader: OpenSlideReader, plan: SlidePlan, settings: Preproc
         stats = process_region(reader, plan, region, settings, featurizer, segment)
         timer.add("segmentation", stats.segment_s)
         timer.add("embedding", stats.embed_s)
+    left_out = getattr(segment, "left_out", 0)
+    if left_out:
+        log.warning("slide %s: %d nuclei in out-of-focus tissue were left out (blur above %.2f); rescan the slide, "
+                    "or set HALI_MAX_BLUR=1 to keep them", plan.slide_id, left_out, settings.max_blur)
 
 
 def _import_new_tiles(gateway: LabelStudioGateway, project, tiles: list[TileTask], tables: Storage) -> int:

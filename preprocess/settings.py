@@ -68,6 +68,11 @@ class PreprocessSettings(SharedSettings):
         None, description="HoVer-Net checkpoint (original repo or tiatoolbox layout); none: the classical segmenter"
     )
     segmenter_device: Literal["auto", "cpu", "cuda"] = Field("auto", description="HoVer-Net's device: auto (CUDA when there is one), cpu, cuda")
+    max_blur: float = Field(
+        0.6, ge=0.0, le=1.0, description="nuclei in out-of-focus tissue are not offered: blocks of 50 um whose "
+        "blur (skimage's blur_effect, 0 sharp .. 1 blurred) exceeds this are dropped; 1 keeps everything "
+        "(docs/segmentation.md, 'Out-of-focus tissue')"
+    )
     progress: bool = True
     # Label Studio blinks (restart, proxy timeout): imports retry a few times, then stop with a resumable error.
     ls_timeout_s: float = Field(60.0, gt=0, description="seconds to wait for one Label Studio answer")

@@ -32,6 +32,7 @@ from preprocess.features.cellnet import DEFAULT_WEIGHTS as DEFAULT_CELLNET_WEIGH
 from preprocess.features.cellnet import weights_digest
 from preprocess.features.featurize import Featurizer, cell_patch_px, extract_patches, make_featurizer, patch_um_of
 from preprocess.layout import DataLayout
+from preprocess.nuclei.focus import focus_checked
 from preprocess.nuclei.learned import segment_nuclei_learned
 from preprocess.nuclei.segment import Nuclei, segment_nuclei, segment_windows, tissue_windows
 from preprocess.nuclei.stain import Stain, detect_stain
@@ -66,6 +67,7 @@ def part_recipe(settings: PreprocessSettings) -> dict:
             **({"cellnet_weights": weights_digest(settings.checkpoint or DEFAULT_CELLNET_WEIGHTS)}
                if settings.featurizer == "cellnet" else {}),
             "segmenter_weights": str(settings.segmenter_weights or ""), "segmenter": settings.segmenter,
+            **({"max_blur": settings.max_blur} if settings.max_blur < 1.0 else {}),
             "patch_um": settings.patch_um,
             "mpp": settings.mpp, "window_px": settings.window_px, "region_windows": settings.region_windows}
 
@@ -195,7 +197,12 @@ def merge_parts(reader: OpenSlideReader, plan: SlidePlan) -> RegionCells:
 
 def pick_segmenter(settings: PreprocessSettings, stain: Stain = "he") -> Segmenter:
     """HoVer-Net when the settings name its weights; else ``HALI_SEGMENTER``: the learned segmenter (H&E),
-    the classical one, or under ``auto`` the learned one on H&E and the classical one on IHC (``stain``)."""
+    the classical one, or under ``auto`` the learned one on H&E and the classical one on IHC (``stain``).
+    Nuclei in out-of-focus blocks (``HALI_MAX_BLUR``) are left out whichever segments."""
+    return focus_checked(_segmenter(settings, stain), settings.max_blur)
+
+
+def _segmenter(settings: PreprocessSettings, stain: Stain) -> Segmenter:
     if settings.segmenter_weights is not None:
         from preprocess.nuclei.hovernet import HoVerNetSegmenter  # torch and weights only when asked for
 

@@ -39,7 +39,7 @@ _WAITING = (JobStatus.QUEUED, JobStatus.DEFERRED, JobStatus.SCHEDULED)
 # they go in Label Studio. Paths (data dir, files root) and credentials come from each worker's environment.
 _JOB_FIELDS = ("cells_per_task", "task_mode", "focus_cells", "tile_min_px", "mark", "classes", "backend_url",
                "featurizer", "encoder", "encoder_input_px", "checkpoint", "segmenter", "segmenter_weights", "patch_um",
-               "mpp", "window_px", "region_windows")
+               "mpp", "window_px", "region_windows", "max_blur")
 
 
 @dataclass(frozen=True)

@@ -133,6 +133,7 @@ def test_parts_are_keyed_by_the_recipe_but_not_by_the_task_size(tmp_path):
     assert recipe_key(base) == recipe_key(_settings(tmp_path, cells_per_task=50))
     assert recipe_key(base) != recipe_key(_settings(tmp_path, patch_um=30.0))
     assert recipe_key(base) != recipe_key(_settings(tmp_path, region_windows=3))
+    assert recipe_key(base) != recipe_key(_settings(tmp_path, max_blur=1.0))  # focus check off: other cells
 
 
 def test_merging_with_a_region_missing_names_it(slide_path, tmp_path):
@@ -157,7 +158,7 @@ def test_queued_jobs_carry_every_setting_that_decides_a_part(tmp_path):
     from preprocess.queue.jobs import job_settings
     from preprocess.stages import part_recipe
 
-    settings = _settings(tmp_path, patch_um=25.0, region_windows=3)
+    settings = _settings(tmp_path, patch_um=25.0, region_windows=3, max_blur=0.7)
     rebuilt = PreprocessSettings(**job_settings(settings), data_dir=tmp_path / "elsewhere")
     assert part_recipe(rebuilt) == part_recipe(settings) and recipe_key(rebuilt) == recipe_key(settings)
 

@@ -51,4 +51,5 @@ def test_the_shared_slides_get_their_own_stain():
     ("learned", "ihc", segment_nuclei_learned), ("classical", "he", segment_nuclei),
 ])
 def test_the_segmenter_follows_the_setting_and_the_stain(setting, stain, expected):
-    assert pick_segmenter(PreprocessSettings(segmenter=setting), stain) is expected
+    assert pick_segmenter(PreprocessSettings(segmenter=setting), stain).__wrapped__ is expected  # focus-checked
+    assert pick_segmenter(PreprocessSettings(segmenter=setting, max_blur=1.0), stain) is expected
